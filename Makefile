@@ -1,0 +1,49 @@
+# One command runs the main job (make demo); one command passes the tests (make test).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BYPASS := $(VENV)/bin/bypass
+
+.PHONY: venv test check lint typecheck fmt stack-up stack-down stack-status demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+fmt: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+stack-up: $(VENV)/.installed
+	$(BYPASS) stack up
+
+stack-down: $(VENV)/.installed
+	$(BYPASS) stack down
+
+stack-status: $(VENV)/.installed
+	$(BYPASS) stack status
+
+demo: $(VENV)/.installed
+	$(PY) -m streams.demo $(if $(KEEP),--keep,)
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .bypass .pytest_cache .mypy_cache .ruff_cache
