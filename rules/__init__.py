@@ -1,0 +1,1 @@
+"""Rule language, rule sets and decisions: pure, deterministic, no I/O."""

@@ -1,0 +1,1 @@
+"""Sinks: ClickHouse hit tables, Redis mirror, Kafka producers."""

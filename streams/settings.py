@@ -1,0 +1,148 @@
+"""One typed, frozen settings object for every bypass process.
+
+Every field is read from the environment with the prefix ``BYPASS_`` (for
+example ``BYPASS_KAFKA_BOOTSTRAP``), or from a ``.env`` file. Secrets are
+``SecretStr`` and are masked whenever settings are printed or logged.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from features.errors import ConfigError
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def mask_url(url: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:****@host`` (for logs and printing)."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1****@", url)
+
+
+class Settings(BaseSettings):
+    """Settings of bypass. Env prefix ``BYPASS_``; frozen once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BYPASS_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Kafka -----------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL"
+    )
+    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret)")
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL")
+    kafka_ssl_certfile: str | None = Field(None, description="client certificate for SSL")
+    kafka_ssl_keyfile: str | None = Field(None, description="client key for SSL")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="client key password (secret)")
+
+    # --- Topics ----------------------------------------------------------
+    raw_topics: CommaList = Field(("bypass.events",), description="raw event topics, comma-separated")
+    hits_topic: str = Field("bypass.hits", description="hit records")
+    blacklist_topic: str = Field("bypass.blacklist", description="blacklist entries")
+    dlq_topic: str = Field("bypass.dlq", description="dead letters: original bytes + reason headers")
+    rules_topic: str = Field("bypass.rules", description="compacted topic holding rule-set versions")
+    topic_partitions: int = Field(4, ge=1, description="partitions for topics bypass creates")
+    topic_replication: int = Field(1, ge=1, description="replication factor for topics bypass creates")
+
+    # --- ClickHouse ------------------------------------------------------
+    clickhouse_url: str = Field("http://127.0.0.1:8123", description="ClickHouse HTTP URL")
+    clickhouse_user: str = Field("default", description="ClickHouse user")
+    clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse password (secret)")
+    clickhouse_database: str = Field("bypass", description="ClickHouse database")
+
+    # --- Redis -----------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL (a password in it is masked when printed)"
+    )
+
+    # --- Pipeline --------------------------------------------------------
+    app_id: str = Field("bypass", description="Faust app id = consumer group of the workers")
+    features_spec: Path = Field(Path("examples/features.yaml"), description="feature spec YAML")
+    phone_hash_key: SecretStr | None = Field(
+        None, description="HMAC key for phone numbers (secret; required by ingest)"
+    )
+    allowed_lateness_ms: int = Field(3_600_000, ge=0, description="how late an event may be")
+    dedup_horizon_ms: int = Field(86_400_000, ge=0, description="how long event ids are remembered")
+    state_cap: int = Field(10_000, ge=16, description="entries per (entity, feature) before degrading")
+    state_dir: Path = Field(Path(".bypass"), description="local state: stack data, pid files, tables")
+    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
+
+    @field_validator("raw_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        if not value:
+            raise ValueError("at least one raw topic is required")
+        return tuple(value)
+
+    def masked(self) -> dict[str, Any]:
+        """All settings as ``BYPASS_*`` names -> printable values, secrets masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            elif name.endswith("_url") and isinstance(value, str):
+                value = mask_url(value)
+            out[f"BYPASS_{name.upper()}"] = value
+        return out
+
+    def __repr_args__(self) -> Any:  # keep repr() secret-safe too
+        return list(self.masked().items())
+
+    def kafka_config(self) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) client configuration for these settings."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = self.kafka_ssl_cafile
+        if self.kafka_ssl_certfile:
+            conf["ssl.certificate.location"] = self.kafka_ssl_certfile
+        if self.kafka_ssl_keyfile:
+            conf["ssl.key.location"] = self.kafka_ssl_keyfile
+        if self.kafka_ssl_key_password is not None:
+            conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        return conf
+
+    def require_phone_hash_key(self) -> bytes:
+        """The phone HMAC key, or a ConfigError saying how to set it."""
+        if self.phone_hash_key is None or not self.phone_hash_key.get_secret_value():
+            raise ConfigError(
+                "BYPASS_PHONE_HASH_KEY is not set: ingest hashes phone numbers with it. "
+                "Set it to a long random secret (`bypass stack up` prints one for local runs).",
+                setting="BYPASS_PHONE_HASH_KEY",
+            )
+        return self.phone_hash_key.get_secret_value().encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
