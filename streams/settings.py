@@ -83,6 +83,23 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path(".bypass"), description="local state: stack data, pid files, tables")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
 
+    # --- Live worker (streams/) -------------------------------------------
+    event_max_bytes: int = Field(65_536, ge=256, description="size limit of one raw event message")
+    worker_batch_size: int = Field(1_000, ge=1, description="events an entity agent takes per batch")
+    worker_batch_within_ms: int = Field(50, ge=1, description="longest wait to fill an agent batch")
+    table_standby_replicas: int = Field(1, ge=0, description="standby replicas of the state tables")
+    table_store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
+    consumer_session_timeout_ms: int = Field(
+        30_000, ge=1_000, description="consumer-group session timeout of the workers"
+    )
+    consumer_rebalance_timeout_ms: int = Field(
+        30_000, ge=1_000, description="consumer-group rebalance timeout (1-3 s on Tansu in tests)"
+    )
+    consumer_heartbeat_interval_ms: int = Field(
+        3_000, ge=100, description="consumer-group heartbeat interval"
+    )
+    metrics_port: int = Field(9108, ge=0, le=65535, description="worker Prometheus port; 0 = off")
+
     @field_validator("raw_topics", mode="before")
     @classmethod
     def _split_topics(cls, value: Any) -> Any:

@@ -1,0 +1,236 @@
+"""The event envelope: decode, validate, and hash phone numbers at ingest.
+
+An event is one JSON object per Kafka message (see ARCHITECTURE.md)::
+
+    {"event_id": "e-01", "type": "login", "ts": 1763856000000, "user_id": "u1",
+     "device_id": "d1", "ip": "10.0.0.1", "phone": "+86 138-0000-0000",
+     "geo": {"lat": 39.9, "lon": 116.4, "city": "Beijing"}, "attrs": {"amount": 12.5}}
+
+Required: ``event_id``, ``type``, ``user_id`` (non-empty strings) and ``ts`` (event
+time, integer epoch milliseconds).  Optional: ``device_id``, ``ip``, ``phone`` (strings),
+``geo`` (object with ``lat``/``lon`` numbers, both or neither, and ``city``) and ``attrs``
+(any JSON object: the place for app-specific data).  An optional field set to ``null``
+is the same as a missing one and is dropped.  Any other top-level field is rejected, so
+a phone number can not slip past hashing under another name.
+
+Phone numbers are normalized (spaces, dashes, dots and parentheses removed, one
+leading ``+`` kept; 5-15 digits) and replaced by ``ph_`` + the first 32 hex digits of
+HMAC-SHA256(key, normalized number) before anything downstream sees the event.  The
+same number written differently (``+86 138-0000-0000`` / ``+8613800000000``) gives the
+same hash, so features over phones stay exact, and the live path and replay agree.
+
+Every failure raises :class:`InvalidEventError` whose ``reason`` field is a short code
+(put in the DLQ ``bypass.reason`` header) and whose message says what is wrong.
+
+    reason          meaning
+    too_large       the raw message is bigger than the size limit
+    not_json        the bytes are not valid UTF-8 JSON
+    not_object      the JSON value is not an object
+    missing_field   a required field is missing (or null)
+    wrong_type      a field has the wrong JSON type
+    bad_value       right type, unusable value (empty id, ts out of range, lat > 90 ...)
+    unknown_field   a top-level field that is not part of the envelope
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from typing import Any, Final
+
+import orjson
+
+from features.errors import BypassError
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "EnvelopeDecoder",
+    "InvalidEvent",
+    "InvalidEventError",
+    "hash_phone",
+    "normalize_phone",
+    "validate",
+]
+
+DEFAULT_MAX_EVENT_BYTES: Final = 65_536
+MAX_ID_CHARS: Final = 256
+MAX_TS_MS: Final = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+REQUIRED: Final = ("event_id", "type", "ts", "user_id")
+OPTIONAL_STR: Final = ("device_id", "ip", "phone")
+ALLOWED: Final = frozenset((*REQUIRED, *OPTIONAL_STR, "geo", "attrs"))
+GEO_ALLOWED: Final = frozenset(("lat", "lon", "city"))
+PHONE_HASH_PREFIX: Final = "ph_"
+
+_PHONE_STRIP = str.maketrans("", "", " -().\t")
+
+
+class InvalidEventError(BypassError):
+    """An event failed decoding or validation.
+
+    Fields: ``reason`` (a short code, see the module docstring), ``field`` (the
+    offending envelope field, when there is one).
+    """
+
+    @property
+    def reason(self) -> str:
+        return str(self.fields.get("reason", "invalid"))
+
+
+InvalidEvent = InvalidEventError  # the name the issue uses
+
+
+def _fail(reason: str, message: str, field: str | None = None) -> InvalidEventError:
+    return InvalidEventError(message, reason=reason, field=field)
+
+
+def normalize_phone(phone: str) -> str:
+    """``"+86 (138) 0000-0000"`` -> ``"+8613800000000"``; InvalidEventError when not a number."""
+    text = phone.strip().translate(_PHONE_STRIP)
+    digits = text[1:] if text.startswith("+") else text
+    if not digits.isascii() or not digits.isdigit() or not 5 <= len(digits) <= 15:
+        raise _fail(
+            "bad_value",
+            "phone is not a phone number: expected 5-15 digits with an optional leading '+' "
+            "(spaces, dashes, dots and parentheses are ignored)",
+            "phone",
+        )
+    return text
+
+
+def hash_phone(phone: str, key: bytes) -> str:
+    """Normalize ``phone`` and return its keyed hash ``ph_<32 hex>`` (HMAC-SHA256)."""
+    digest = hmac.new(key, normalize_phone(phone).encode(), hashlib.sha256).hexdigest()
+    return PHONE_HASH_PREFIX + digest[:32]
+
+
+def _check_id(event: dict[str, Any], name: str, required: bool) -> None:
+    value = event.get(name)
+    if value is None:
+        if required:
+            raise _fail("missing_field", f"missing required field {name!r}", name)
+        event.pop(name, None)
+        return
+    if not isinstance(value, str):
+        raise _fail("wrong_type", f"field {name!r} must be a string, got {type(value).__name__}", name)
+    if not value:
+        raise _fail("bad_value", f"field {name!r} must not be empty", name)
+    if len(value) > MAX_ID_CHARS:
+        raise _fail("bad_value", f"field {name!r} is longer than {MAX_ID_CHARS} characters", name)
+
+
+def _check_number(geo: dict[str, Any], name: str, limit: float) -> None:
+    value = geo[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail("wrong_type", f"field 'geo.{name}' must be a number, got {type(value).__name__}", "geo")
+    if not math.isfinite(value) or not -limit <= value <= limit:
+        raise _fail("bad_value", f"field 'geo.{name}' must be within [-{limit:g}, {limit:g}]", "geo")
+
+
+def _check_geo(event: dict[str, Any]) -> None:
+    geo = event.get("geo")
+    if geo is None:
+        event.pop("geo", None)
+        return
+    if not isinstance(geo, dict):
+        raise _fail("wrong_type", f"field 'geo' must be an object, got {type(geo).__name__}", "geo")
+    unknown = set(geo) - GEO_ALLOWED
+    if unknown:
+        raise _fail(
+            "unknown_field",
+            f"unknown field 'geo.{sorted(unknown)[0]}' (geo holds lat, lon, city)",
+            "geo",
+        )
+    for name in [k for k, v in geo.items() if v is None]:
+        del geo[name]
+    if ("lat" in geo) != ("lon" in geo):
+        raise _fail("missing_field", "geo needs both 'lat' and 'lon' (or neither)", "geo")
+    if "lat" in geo:
+        _check_number(geo, "lat", 90.0)
+        _check_number(geo, "lon", 180.0)
+    city = geo.get("city")
+    if city is not None and not isinstance(city, str):
+        raise _fail("wrong_type", f"field 'geo.city' must be a string, got {type(city).__name__}", "geo")
+
+
+def validate(event: Any) -> dict[str, Any]:
+    """Check a decoded event in place and return it (null optional fields dropped).
+
+    Does not hash the phone: the producer SDK validates with this before sending, and
+    the raw topics hold what apps sent; :class:`EnvelopeDecoder` hashes at ingest.
+    """
+    if not isinstance(event, dict):
+        raise _fail("not_object", f"an event must be a JSON object, got {type(event).__name__}")
+    for name in event:
+        if name not in ALLOWED:
+            raise _fail(
+                "unknown_field",
+                f"unknown field {name!r}: the envelope holds {', '.join(sorted(ALLOWED))} "
+                "(put app-specific data in 'attrs')",
+                str(name),
+            )
+    _check_id(event, "event_id", True)
+    _check_id(event, "type", True)
+    _check_id(event, "user_id", True)
+    ts = event.get("ts")
+    if ts is None:
+        raise _fail("missing_field", "missing required field 'ts'", "ts")
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise _fail(
+            "wrong_type",
+            f"field 'ts' must be an integer (epoch milliseconds), got {type(ts).__name__}",
+            "ts",
+        )
+    if not 0 <= ts <= MAX_TS_MS:
+        raise _fail("bad_value", f"field 'ts' is out of range: {ts} (epoch milliseconds)", "ts")
+    for name in OPTIONAL_STR:
+        _check_id(event, name, False)
+    _check_geo(event)
+    attrs = event.get("attrs")
+    if attrs is None:
+        event.pop("attrs", None)
+    elif not isinstance(attrs, dict):
+        raise _fail("wrong_type", f"field 'attrs' must be an object, got {type(attrs).__name__}", "attrs")
+    if "phone" in event:
+        normalize_phone(event["phone"])
+    return event
+
+
+class EnvelopeDecoder:
+    """Raw Kafka message bytes -> a validated event with its phone number hashed.
+
+    ``phone_key`` is the HMAC key (``settings.require_phone_hash_key()``); ``max_bytes``
+    the size limit of one raw message.
+    """
+
+    __slots__ = ("_key", "max_bytes")
+
+    def __init__(self, phone_key: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        if not phone_key:
+            raise ValueError("phone_key must not be empty")
+        self._key = phone_key
+        self.max_bytes = max_bytes
+
+    def __repr__(self) -> str:  # never show the key
+        return f"EnvelopeDecoder(max_bytes={self.max_bytes})"
+
+    def decode(self, raw: bytes | None) -> dict[str, Any]:
+        """Decode, validate and hash; raise InvalidEventError with a reason."""
+        if raw is None:
+            raise _fail("not_json", "the message has no value (tombstone)")
+        if len(raw) > self.max_bytes:
+            raise _fail("too_large", f"the message is {len(raw)} bytes, above the limit of {self.max_bytes}")
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise _fail("not_json", f"not valid JSON: {exc}") from None
+        return self.prepare(event)
+
+    def prepare(self, event: Any) -> dict[str, Any]:
+        """Validate an already decoded event and hash its phone (in place)."""
+        checked = validate(event)
+        phone = checked.get("phone")
+        if phone is not None:
+            checked["phone"] = hash_phone(phone, self._key)
+        return checked

@@ -1,0 +1,197 @@
+"""The event envelope: decoding, validation reasons, phone normalization and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.errors import BypassError
+from streams.envelope import (
+    EnvelopeDecoder,
+    InvalidEvent,
+    InvalidEventError,
+    hash_phone,
+    normalize_phone,
+    validate,
+)
+
+KEY = b"test-key"
+
+
+def good(**over: object) -> dict[str, object]:
+    event: dict[str, object] = {
+        "event_id": "e-01",
+        "type": "login",
+        "ts": 1_763_856_000_000,
+        "user_id": "u1",
+        "device_id": "d1",
+        "ip": "10.0.0.1",
+        "phone": "+86 138-0000-0000",
+        "geo": {"lat": 39.9, "lon": 116.4, "city": "Beijing"},
+        "attrs": {"amount": 12.5},
+    }
+    event.update(over)
+    return event
+
+
+def reason_of(raw: bytes, max_bytes: int = 65_536) -> str:
+    with pytest.raises(InvalidEventError) as info:
+        EnvelopeDecoder(KEY, max_bytes=max_bytes).decode(raw)
+    return info.value.reason
+
+
+def test_good_event_decodes_and_phone_is_hashed() -> None:
+    event = EnvelopeDecoder(KEY).decode(orjson.dumps(good()))
+    expected = "ph_" + hmac.new(KEY, b"+8613800000000", hashlib.sha256).hexdigest()[:32]
+    assert event["phone"] == expected
+    assert "138" not in orjson.dumps(event).decode()
+    assert event["geo"] == {"lat": 39.9, "lon": 116.4, "city": "Beijing"}
+    assert event["ts"] == 1_763_856_000_000
+
+
+def test_invalid_event_is_a_bypass_error_with_the_issue_name() -> None:
+    assert InvalidEvent is InvalidEventError
+    assert issubclass(InvalidEventError, BypassError)
+
+
+def test_minimal_event_and_null_optionals_dropped() -> None:
+    event = validate({"event_id": "e", "type": "t", "ts": 0, "user_id": "u", "device_id": None, "geo": None})
+    assert event == {"event_id": "e", "type": "t", "ts": 0, "user_id": "u"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "words"),
+    [
+        (b"{not json", "not_json", "not valid JSON"),
+        (b"\xff\xfe", "not_json", "not valid JSON"),
+        (b"[1, 2]", "not_object", "JSON object"),
+        (b'"x"', "not_object", "JSON object"),
+    ],
+)
+def test_undecodable(raw: bytes, reason: str, words: str) -> None:
+    with pytest.raises(InvalidEventError, match=words) as info:
+        EnvelopeDecoder(KEY).decode(raw)
+    assert info.value.reason == reason
+
+
+def test_tombstone_is_invalid() -> None:
+    with pytest.raises(InvalidEventError, match="tombstone"):
+        EnvelopeDecoder(KEY).decode(None)
+
+
+@pytest.mark.parametrize("name", ["event_id", "type", "ts", "user_id"])
+def test_missing_required(name: str) -> None:
+    event = good()
+    del event[name]
+    with pytest.raises(InvalidEventError, match=f"missing required field '{name}'") as info:
+        validate(event)
+    assert info.value.reason == "missing_field"
+    assert info.value.fields["field"] == name
+
+
+@pytest.mark.parametrize(
+    ("over", "field", "reason"),
+    [
+        ({"event_id": 12}, "event_id", "wrong_type"),
+        ({"user_id": ["u"]}, "user_id", "wrong_type"),
+        ({"type": ""}, "type", "bad_value"),
+        ({"ts": "1763856000000"}, "ts", "wrong_type"),
+        ({"ts": 1.5e12}, "ts", "wrong_type"),
+        ({"ts": True}, "ts", "wrong_type"),
+        ({"ts": -1}, "ts", "bad_value"),
+        ({"ts": 10**16}, "ts", "bad_value"),
+        ({"device_id": 5}, "device_id", "wrong_type"),
+        ({"ip": "x" * 300}, "ip", "bad_value"),
+        ({"phone": 8613800000000}, "phone", "wrong_type"),
+        ({"phone": "call me"}, "phone", "bad_value"),
+        ({"phone": "+12"}, "phone", "bad_value"),
+        ({"geo": [1, 2]}, "geo", "wrong_type"),
+        ({"geo": {"lat": 91, "lon": 0}}, "geo", "bad_value"),
+        ({"geo": {"lat": 1, "lon": "0"}}, "geo", "wrong_type"),
+        ({"geo": {"lat": 1}}, "geo", "missing_field"),
+        ({"geo": {"lat": 1, "lon": 2, "alt": 3}}, "geo", "unknown_field"),
+        ({"geo": {"city": 7}}, "geo", "wrong_type"),
+        ({"attrs": "x"}, "attrs", "wrong_type"),
+        ({"mobile": "+8613800000000"}, "mobile", "unknown_field"),
+    ],
+)
+def test_wrong_types_and_values(over: dict[str, object], field: str, reason: str) -> None:
+    with pytest.raises(InvalidEventError) as info:
+        EnvelopeDecoder(KEY).decode(orjson.dumps(good(**over)))
+    assert info.value.reason == reason
+    assert info.value.fields["field"] == field
+    assert field.split(".")[0] in info.value.message
+
+
+def test_huge_message_is_rejected_before_parsing() -> None:
+    raw = orjson.dumps(good(attrs={"blob": "x" * 100_000}))
+    assert reason_of(raw) == "too_large"
+    assert reason_of(b"{" * 10, max_bytes=5) == "too_large"
+
+
+def test_unknown_field_message_points_at_attrs() -> None:
+    with pytest.raises(InvalidEventError, match="put app-specific data in 'attrs'"):
+        validate(good(extra=1))
+
+
+def test_validate_does_not_hash() -> None:
+    assert validate(good())["phone"] == "+86 138-0000-0000"
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["+8613800000000", "+86 138 0000 0000", "+86-138-0000-0000", "+86 (138) 0000.0000", " +8613800000000 "],
+)
+def test_phone_normalization(written: str) -> None:
+    assert normalize_phone(written) == "+8613800000000"
+    assert hash_phone(written, KEY) == hash_phone("+8613800000000", KEY)
+
+
+def test_leading_plus_matters_and_keys_matter() -> None:
+    assert normalize_phone("13800000000") == "13800000000"
+    assert hash_phone("13800000000", KEY) != hash_phone("+13800000000", KEY)
+    assert hash_phone("+8613800000000", KEY) != hash_phone("+8613800000000", b"other")
+
+
+def test_decoder_repr_hides_key() -> None:
+    assert "test-key" not in repr(EnvelopeDecoder(KEY))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_crash(raw: bytes) -> None:
+    try:
+        event = EnvelopeDecoder(KEY).decode(raw)
+    except InvalidEventError as exc:
+        assert exc.reason in {
+            "not_json",
+            "not_object",
+            "missing_field",
+            "wrong_type",
+            "bad_value",
+            "unknown_field",
+        }
+    else:
+        assert isinstance(event, dict)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["event_id", "type", "ts", "user_id", "phone", "geo", "attrs", "ip", "zz"]),
+        st.one_of(st.none(), st.integers(), st.text(max_size=20), st.floats(), st.booleans()),
+    )
+)
+def test_arbitrary_objects_valid_or_clear_reason(obj: dict[str, object]) -> None:
+    try:
+        event = EnvelopeDecoder(KEY).prepare(obj)
+    except InvalidEventError as exc:
+        assert exc.message
+    else:
+        assert isinstance(event["ts"], int)
+        assert str(event.get("phone", "ph_")).startswith("ph_")
