@@ -1,0 +1,403 @@
+"""The feature spec: a frozen, validated model of ``features.yaml``.
+
+``FeatureSpec.from_dict`` validates an already-parsed mapping (pure, no I/O);
+``load_spec`` is the one edge helper that also accepts YAML/JSON text or a path
+(it imports PyYAML lazily, only when given YAML, so the rest of ``features``
+stays stdlib + orjson).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from features.errors import SpecError
+
+AGGS: tuple[str, ...] = (
+    "count",
+    "distinct",
+    "geo_spread",
+    "last",
+    "max",
+    "max_speed",
+    "min",
+    "sequence",
+    "since",
+    "sum",
+)
+
+# agg -> the rules type name of its value
+_TYPES: dict[str, str] = {
+    "count": "int",
+    "distinct": "int",
+    "sequence": "int",
+    "since": "int",
+    "sum": "number",
+    "min": "number",
+    "max": "number",
+    "geo_spread": "float",
+    "max_speed": "float",
+    "last": "any",
+}
+
+_NEEDS_FIELD = frozenset({"distinct", "sum", "min", "max", "last"})
+_COMMON_KEYS = frozenset({"name", "entity", "agg", "where", "window"})
+_ALLOWED_KEYS: dict[str, frozenset[str]] = {
+    "count": _COMMON_KEYS,
+    "since": _COMMON_KEYS,
+    "sequence": frozenset({"name", "entity", "agg", "steps", "within", "where"}),
+    **{
+        agg: _COMMON_KEYS | {"field"}
+        for agg in ("distinct", "sum", "min", "max", "last", "geo_spread", "max_speed")
+    },
+}
+
+_DURATION = re.compile(r"^([1-9][0-9]{0,12})([smhd])$")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Getter = Callable[[Mapping[str, Any]], Any]
+Matcher = Callable[[Mapping[str, Any]], bool]
+
+
+def parse_duration(text: Any, *, feature: str | None = None, what: str = "window") -> int:
+    """``"30d"`` -> milliseconds. Integer + ``s|m|h|d``; anything else is a SpecError."""
+    m = _DURATION.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise SpecError(
+            f"feature {feature!r}: bad duration for {what}: {text!r} "
+            "(expected a positive integer followed by s, m, h or d, e.g. 30d)",
+            feature=feature,
+            problem="bad duration",
+        )
+    return int(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+def make_getter(path: str) -> Getter:
+    """A fast getter for a dotted path into the envelope; a missing path gives None."""
+    parts = tuple(path.split("."))
+    if len(parts) == 1:
+        (a,) = parts
+
+        def get1(ev: Mapping[str, Any]) -> Any:
+            return ev.get(a)
+
+        return get1
+    if len(parts) == 2:
+        a, b = parts
+
+        def get2(ev: Mapping[str, Any]) -> Any:
+            x = ev.get(a)
+            return x.get(b) if isinstance(x, dict) else None
+
+        return get2
+
+    def getn(ev: Mapping[str, Any]) -> Any:
+        x: Any = ev
+        for p in parts:
+            if not isinstance(x, dict):
+                return None
+            x = x.get(p)
+        return x
+
+    return getn
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def make_matcher(where: Mapping[str, tuple[Any, ...]]) -> Matcher | None:
+    """Compile a ``where`` mapping (path -> allowed values) once. None means "match all"."""
+    if not where:
+        return None
+    pairs = [(make_getter(p), vals) for p, vals in sorted(where.items())]
+    if len(pairs) == 1:
+        g, vals = pairs[0]
+        if len(vals) == 1:
+            (want,) = vals
+            if isinstance(want, str):
+
+                def match_str(ev: Mapping[str, Any]) -> bool:
+                    return bool(g(ev) == want)
+
+                return match_str
+
+    def match(ev: Mapping[str, Any]) -> bool:
+        for g, vals in pairs:
+            x = g(ev)
+            if x is None or not _in(x, vals):
+                return False
+        return True
+
+    return match
+
+
+def _in(x: Any, vals: tuple[Any, ...]) -> bool:
+    for v in vals:
+        # booleans only equal booleans (JSON true is not 1)
+        if x == v and (isinstance(x, bool) == isinstance(v, bool)):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One validated feature. ``window_ms`` None means the whole history."""
+
+    name: str
+    entity: str
+    agg: str
+    field: str | None = None
+    where: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    window_ms: int | None = None
+    steps: tuple[str, ...] = ()
+    within_ms: int | None = None
+
+    @property
+    def type_name(self) -> str:
+        """The rules type name of this feature's value."""
+        return _TYPES[self.agg]
+
+    @property
+    def state_key(self) -> str:
+        """Stable key of this feature's state; changes whenever a parameter changes."""
+        params = [
+            1,  # state format version of the aggregators
+            self.name,
+            self.agg,
+            self.field,
+            [[p, list(v)] for p, v in self.where],
+            self.window_ms,
+            list(self.steps),
+            self.within_ms,
+        ]
+        digest = hashlib.blake2b(orjson.dumps(params), digest_size=4).hexdigest()
+        return digest
+
+    def span_ms(self) -> int | None:
+        """How far back this feature looks: its window, or ``within`` for sequences."""
+        return self.within_ms if self.agg == "sequence" else self.window_ms
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """A validated feature spec: entity kinds and their features (in spec order)."""
+
+    entities: Mapping[str, str]
+    features: tuple[Feature, ...]
+    _by_entity: Mapping[str, tuple[Feature, ...]] = field(repr=False, compare=False, default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FeatureSpec:
+        """Validate an already-parsed spec mapping; raises SpecError naming the feature."""
+        if not isinstance(data, Mapping):
+            raise SpecError("feature spec: expected a mapping with 'entities' and 'features'", feature=None)
+        unknown = set(data) - {"entities", "features"}
+        if unknown:
+            raise SpecError(
+                f"feature spec: unknown top-level key(s) {sorted(map(str, unknown))} "
+                "(expected 'entities' and 'features')",
+                feature=None,
+            )
+        ents = data.get("entities")
+        if not isinstance(ents, Mapping) or not ents:
+            raise SpecError(
+                "feature spec: 'entities' must map entity kind -> envelope field, e.g. {user: user_id}",
+                feature=None,
+            )
+        entities: dict[str, str] = {}
+        for k, v in ents.items():
+            if not isinstance(k, str) or not _NAME.match(k) or not isinstance(v, str) or not _PATH.match(v):
+                raise SpecError(
+                    f"feature spec: entity {k!r}: expected a name mapped to an envelope field path, "
+                    f"got {v!r}",
+                    feature=None,
+                )
+            entities[k] = v
+        raw = data.get("features")
+        if raw is None:
+            raw = []
+        if not isinstance(raw, list):
+            raise SpecError("feature spec: 'features' must be a list", feature=None)
+        feats: list[Feature] = []
+        seen: set[str] = set()
+        for i, item in enumerate(raw):
+            f = _parse_feature(item, i, entities)
+            if f.name in seen:
+                raise SpecError(
+                    f"feature {f.name!r}: duplicate name (feature names must be unique)",
+                    feature=f.name,
+                    problem="duplicate name",
+                )
+            seen.add(f.name)
+            feats.append(f)
+        by_entity = {e: tuple(f for f in feats if f.entity == e) for e in entities}
+        keys = [f.state_key for f in feats]
+        if len(set(keys)) != len(keys):  # pragma: no cover - 32-bit collision
+            raise SpecError("feature spec: state key collision; rename a feature", feature=None)
+        return cls(entities=dict(entities), features=tuple(feats), _by_entity=by_entity)
+
+    def features_of(self, entity: str) -> tuple[Feature, ...]:
+        """The features of one entity kind, in spec order."""
+        return self._by_entity.get(entity, ())
+
+    def schema(self) -> dict[str, dict[str, str]]:
+        """entity -> {feature name -> type name} for the rules compiler (every entity listed)."""
+        return {e: {f.name: f.type_name for f in self.features_of(e)} for e in self.entities}
+
+    def entity_keys(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(entity kind, key) for every entity whose key field the event carries, in spec order.
+
+        A key is a non-empty string, or an integer (given as its decimal string); other
+        values (null, empty string, objects) mean the event does not carry that entity.
+        """
+        out: list[tuple[str, str]] = []
+        for ent, path in self.entities.items():
+            v = event.get(path) if "." not in path else make_getter(path)(event)
+            if isinstance(v, str):
+                if v:
+                    out.append((ent, v))
+            elif isinstance(v, int) and not isinstance(v, bool):
+                out.append((ent, str(v)))
+        return out
+
+    def max_window_ms(self) -> int:
+        """The longest finite look-back of any feature (windows and sequence ``within``), in ms.
+
+        Replay warms up by this much so windowed features are exact at the start of the
+        replayed range. Allowed lateness is not added (replay reads in event order).
+        Whole-history features (no window) cannot be warmed up by any finite amount:
+        see ``unbounded_features()``. 0 when the spec has no finite window.
+        """
+        spans = [s for f in self.features if (s := f.span_ms()) is not None]
+        return max(spans, default=0)
+
+    def unbounded_features(self) -> tuple[str, ...]:
+        """Names of whole-history features (no window): exact only from the key's first event."""
+        return tuple(f.name for f in self.features if f.span_ms() is None)
+
+
+def _parse_feature(item: Any, i: int, entities: Mapping[str, str]) -> Feature:
+    if not isinstance(item, Mapping):
+        raise SpecError(f"feature #{i + 1}: expected a mapping, got {item!r}", feature=None)
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecError(
+            f"feature #{i + 1}: missing or bad 'name' {name!r} (letters, digits, underscores)",
+            feature=name if isinstance(name, str) else None,
+            problem="missing field",
+        )
+
+    def err(msg: str, problem: str) -> SpecError:
+        return SpecError(f"feature {name!r}: {msg}", feature=name, problem=problem)
+
+    agg = item.get("agg")
+    if agg is None:
+        raise err("missing field 'agg'", "missing field")
+    if agg not in AGGS:
+        raise err(f"unknown agg {agg!r} (expected one of: {', '.join(AGGS)})", "unknown agg")
+    entity = item.get("entity")
+    if entity is None:
+        raise err("missing field 'entity'", "missing field")
+    if entity not in entities:
+        raise err(
+            f"unknown entity {entity!r} (declared entities: {', '.join(entities)})",
+            "unknown entity",
+        )
+    extra = set(item) - _ALLOWED_KEYS[agg]
+    if extra:
+        raise err(
+            f"unexpected key(s) {sorted(map(str, extra))} for agg {agg!r} "
+            f"(allowed: {', '.join(sorted(_ALLOWED_KEYS[agg]))})",
+            "unexpected key",
+        )
+    fld = item.get("field")
+    if agg in _NEEDS_FIELD and fld is None:
+        raise err(f"missing field 'field' (agg {agg!r} needs the path of the value)", "missing field")
+    if agg in ("geo_spread", "max_speed") and fld is None:
+        fld = "geo"
+    if fld is not None and (not isinstance(fld, str) or not _PATH.match(fld)):
+        raise err(f"bad 'field' {fld!r} (expected a dotted path such as attrs.amount)", "bad field")
+    where_raw = item.get("where") or {}
+    if not isinstance(where_raw, Mapping):
+        raise err(f"'where' must map path -> value or list of values, got {where_raw!r}", "bad where")
+    where: list[tuple[str, tuple[Any, ...]]] = []
+    for p, v in where_raw.items():
+        if not isinstance(p, str) or not _PATH.match(p):
+            raise err(f"bad 'where' path {p!r}", "bad where")
+        vals = tuple(v) if isinstance(v, list) else (v,)
+        if not vals or not all(_scalar(x) and x is not None for x in vals):
+            raise err(
+                f"'where' {p}: expected a scalar or a non-empty list of scalars, got {v!r}", "bad where"
+            )
+        where.append((p, vals))
+    where.sort(key=lambda pv: pv[0])
+    window_ms = None
+    if item.get("window") is not None:
+        window_ms = parse_duration(item["window"], feature=name, what="window")
+    steps: tuple[str, ...] = ()
+    within_ms = None
+    if agg == "sequence":
+        raw_steps = item.get("steps")
+        if raw_steps is None:
+            raise err("missing field 'steps' (a list of event types)", "missing field")
+        if not isinstance(raw_steps, list) or not raw_steps or not all(isinstance(s, str) for s in raw_steps):
+            raise err(f"'steps' must be a non-empty list of event types, got {raw_steps!r}", "bad steps")
+        steps = tuple(raw_steps)
+        if item.get("within") is None:
+            raise err("missing field 'within' (a duration such as 1h)", "missing field")
+        within_ms = parse_duration(item["within"], feature=name, what="within")
+    return Feature(
+        name=name,
+        entity=entity,
+        agg=agg,
+        field=fld,
+        where=tuple(where),
+        window_ms=window_ms,
+        steps=steps,
+        within_ms=within_ms,
+    )
+
+
+def load_spec(source: Any) -> FeatureSpec:
+    """Load a feature spec from a parsed mapping, YAML/JSON text, or a path to a YAML/JSON file.
+
+    The only function of ``features`` that may read a file or import PyYAML (lazily, only
+    for YAML input); everything else is pure. Raises SpecError (a ConfigError) on any problem.
+    """
+    if isinstance(source, Mapping):
+        return FeatureSpec.from_dict(source)
+    text: str
+    if isinstance(source, Path) or (
+        isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml", ".json"))
+    ):
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError(f"feature spec {str(path)!r}: cannot read: {exc.strerror}", feature=None) from exc
+    elif isinstance(source, str):
+        text = source
+    else:
+        raise SpecError(f"feature spec: expected text, a path or a mapping, got {type(source).__name__}")
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            return FeatureSpec.from_dict(orjson.loads(text))
+        except orjson.JSONDecodeError:
+            pass  # maybe YAML flow style
+    import yaml  # lazy: only this edge helper parses YAML
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"feature spec: invalid YAML: {exc}", feature=None) from exc
+    return FeatureSpec.from_dict(data)
