@@ -18,7 +18,13 @@ from features.errors import BypassError
 # verb -> "module:attribute" of a click command or group
 _VERBS: dict[str, str] = {
     "settings": "streams._cli_settings:settings",
+    "replay": "streams._cli_replay:replay",
+    "stack": "streams._cli_stack:stack",
     "simulate": "streams._cli_simulate:simulate",
+    "hits": "streams._cli_hits:hits",
+    "lists": "streams._cli_lists:lists",
+    "sink": "streams._cli_sink:sink",
+    "clickhouse": "streams._cli_clickhouse:clickhouse",
 }
 
 
