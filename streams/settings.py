@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     dedup_horizon_ms: int = Field(86_400_000, ge=0, description="how long event ids are remembered")
     state_cap: int = Field(10_000, ge=16, description="entries per (entity, feature) before degrading")
     state_dir: Path = Field(Path(".bypass"), description="local state: stack data, pid files, tables")
+    replay_skew_ms: int = Field(
+        3_600_000,
+        ge=0,
+        description="replay: margin around [T1 - warm-up, T2) when finding offsets by Kafka timestamp",
+    )
+    replay_batch_size: int = Field(5_000, ge=1, description="replay: messages read per consume() call")
+    replay_checkpoint_s: float = Field(30.0, gt=0, description="replay: seconds between checkpoints")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
 
     # --- Live worker (streams/) -------------------------------------------

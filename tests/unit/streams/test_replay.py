@@ -1,0 +1,294 @@
+"""Unit tests of streams.replay: time parsing, the ordering merge, the checkpoint format."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.errors import BypassError
+from streams.replay import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    PartitionMerge,
+    Record,
+    ReplayError,
+    ReplayStats,
+    check_run_id,
+    checkpoint_path,
+    compare_hits,
+    format_duration,
+    format_ms,
+    load_checkpoint,
+    new_run_id,
+    parse_duration_ms,
+    parse_time_ms,
+    retention_gap_ms,
+    save_checkpoint,
+)
+
+# --------------------------------------------------------------------------- time
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1763856000000", 1_763_856_000_000),
+        ("0", 0),
+        ("2025-11-23T00:00:00Z", 1_763_856_000_000),
+        ("2025-11-23T00:00:00", 1_763_856_000_000),  # no zone = UTC
+        ("2025-11-23 00:00", 1_763_856_000_000),
+        ("2025-11-23", 1_763_856_000_000),
+        ("2025-11-23T08:00:00+08:00", 1_763_856_000_000),
+        ("2025-11-23T00:00:00.250Z", 1_763_856_000_250),
+        (" 2025-11-23T00:00:00Z ", 1_763_856_000_000),
+    ],
+)
+def test_parse_time_accepts_iso_and_epoch_ms(text: str, expected: int) -> None:
+    assert parse_time_ms(text) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2025-13-01", "17638.5", "", "-5"])
+def test_parse_time_rejects_garbage_with_a_clear_message(text: str) -> None:
+    with pytest.raises(ReplayError) as info:
+        parse_time_ms(text, option="--to")
+    assert "--to" in info.value.message and "ISO 8601" in info.value.message
+    assert isinstance(info.value, BypassError)
+
+
+def test_format_ms_round_trips_through_parse() -> None:
+    for ms in (0, 1_763_856_000_123, 1_700_000_000_999):
+        assert parse_time_ms(format_ms(ms)) == ms
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", 30 * 86_400_000),
+        ("12h", 12 * 3_600_000),
+        ("1h30m", 90 * 60_000),
+        ("90s", 90_000),
+        ("500ms", 500),
+        ("2w", 14 * 86_400_000),
+        ("0", 0),
+        ("3600000", 3_600_000),
+        ("1D", 86_400_000),
+    ],
+)
+def test_parse_duration(text: str, expected: int) -> None:
+    assert parse_duration_ms(text) == expected
+
+
+@pytest.mark.parametrize("text", ["auto", "3 parsecs", "h", "-1h", "1.5h", ""])
+def test_parse_duration_rejects_garbage(text: str) -> None:
+    with pytest.raises(ReplayError, match="not a duration"):
+        parse_duration_ms(text)
+
+
+def test_format_duration() -> None:
+    assert format_duration(90_061_000) == "1d 1h 1m 1s"
+    assert format_duration(250) == "250ms"
+    assert format_duration(3_600_000) == "1h"
+
+
+def test_run_ids_are_unique_and_valid() -> None:
+    a, b = new_run_id(1_763_856_000_000), new_run_id(1_763_856_000_000)
+    assert a != b and a.startswith("replay-20251123T000000Z-")
+    assert check_run_id(a) == a
+    with pytest.raises(ReplayError):
+        check_run_id("../../etc/passwd")
+
+
+def test_retention_gap() -> None:
+    assert retention_gap_ms(1_000, 5_000) == 4_000
+    assert retention_gap_ms(5_000, 1_000) == 0
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def _streams(draw_ts: list[list[int]]) -> dict[tuple[str, int], list[Record]]:
+    out = {}
+    for i, tss in enumerate(draw_ts):
+        tp = (f"t{i % 2}", i // 2)
+        out[tp] = [Record(ts, tp[0], tp[1], off, {"ts": ts}) for off, ts in enumerate(tss)]
+    return out
+
+
+def _merge_all(streams: dict[tuple[str, int], list[Record]], rng: random.Random) -> list[Record]:
+    """Feed the partitions in random fetch chunks (like consume() does) and drain."""
+    merge = PartitionMerge(streams)
+    cursors = dict.fromkeys(streams, 0)
+    out: list[Record] = []
+    while not merge.done:
+        tp = rng.choice(list(streams))
+        recs = streams[tp]
+        n = rng.randint(0, 3)
+        for rec in recs[cursors[tp] : cursors[tp] + n]:
+            merge.push(tp, rec)
+        cursors[tp] = min(cursors[tp] + n, len(recs))
+        if cursors[tp] == len(recs) and not merge.is_finished(tp):
+            merge.finish(tp)
+        out.extend(merge.pop_ready(limit=rng.choice([None, 1, 2])))
+    return out
+
+
+def _reference(streams: dict[tuple[str, int], list[Record]]) -> list[Record]:
+    """The definition: repeatedly take the smallest head (ts, topic, partition, offset)."""
+    heads = {tp: 0 for tp in streams}
+    out = []
+    while True:
+        live = [(streams[tp][i].sort_key, tp) for tp, i in heads.items() if i < len(streams[tp])]
+        if not live:
+            return out
+        _, tp = min(live)
+        out.append(streams[tp][heads[tp]])
+        heads[tp] += 1
+
+
+def test_merge_orders_by_event_time_then_topic_partition_offset() -> None:
+    #   t0[0]: ts 5, 1        (offset order kept: 5 before 1)
+    #   t1[0]: ts 3, 5
+    #   t0[1]: ts 5
+    streams = {
+        ("t0", 0): [Record(5, "t0", 0, 0, {}), Record(1, "t0", 0, 1, {})],
+        ("t1", 0): [Record(3, "t1", 0, 0, {}), Record(5, "t1", 0, 1, {})],
+        ("t0", 1): [Record(5, "t0", 1, 0, {})],
+    }
+    got = [r.sort_key for r in _merge_all(streams, random.Random(1))]
+    assert got == [
+        (3, "t1", 0, 0),
+        (5, "t0", 0, 0),  # tie on ts 5: topic t0 < t1, then partition 0 < 1
+        (1, "t0", 0, 1),  # out of time order inside its partition: stays after its predecessor
+        (5, "t0", 1, 0),
+        (5, "t1", 0, 1),
+    ]
+
+
+def test_merge_waits_for_a_partition_with_nothing_buffered() -> None:
+    merge = PartitionMerge([("a", 0), ("b", 0)])
+    merge.push(("a", 0), Record(10, "a", 0, 0, {}))
+    assert merge.pop_ready() == []  # b[0] might still deliver ts < 10
+    assert merge.waiting_for == {("b", 0)}
+    merge.push(("b", 0), Record(20, "b", 0, 0, {}))
+    assert [r.sort_key for r in merge.pop_ready()] == [(10, "a", 0, 0)]
+    merge.finish(("a", 0))
+    assert [r.sort_key for r in merge.pop_ready()] == [(20, "b", 0, 0)]
+    assert not merge.done
+    merge.finish(("b", 0))
+    assert merge.done
+
+
+def test_merge_refuses_records_after_finish() -> None:
+    merge = PartitionMerge([("a", 0)])
+    merge.finish(("a", 0))
+    with pytest.raises(ValueError, match="finished"):
+        merge.push(("a", 0), Record(1, "a", 0, 0, {}))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 20), max_size=12), min_size=1, max_size=5),
+    st.integers(0, 10_000),
+)
+def test_merge_is_independent_of_fetch_timing(tss: list[list[int]], seed: int) -> None:
+    streams = _streams(tss)
+    got = _merge_all(streams, random.Random(seed))
+    again = _merge_all(streams, random.Random(seed + 1))
+    expected = _reference(streams)
+    assert [r.sort_key for r in got] == [r.sort_key for r in expected]
+    assert [r.sort_key for r in again] == [r.sort_key for r in expected]
+    # per partition, offset order is kept
+    for tp in streams:
+        offs = [r.offset for r in got if (r.topic, r.partition) == tp]
+        assert offs == sorted(offs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 20), max_size=10), min_size=1, max_size=4), st.integers(0, 50))
+def test_merge_resumed_from_positions_continues_identically(tss: list[list[int]], cut: int) -> None:
+    """What --resume relies on: restarting the merge at the next offsets of the records
+    emitted so far yields exactly the rest of the uninterrupted merge."""
+    streams = _streams(tss)
+    full = _reference(streams)
+    cut = min(cut, len(full))
+    positions = {tp: 0 for tp in streams}
+    for rec in full[:cut]:
+        positions[(rec.topic, rec.partition)] = rec.offset + 1
+    rest = {tp: recs[positions[tp] :] for tp, recs in streams.items()}
+    resumed = _merge_all(rest, random.Random(cut))
+    assert [r.sort_key for r in resumed] == [r.sort_key for r in full[cut:]]
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def _checkpoint() -> Checkpoint:
+    stats = ReplayStats(
+        messages=7, applied=6, hits=2, hits_by_rule={"r1": 2}, malformed_by_reason={"not_json": 1}
+    )
+    return Checkpoint(
+        run_id="replay-x",
+        params={"run_id": "replay-x", "from_ms": 1, "to_ms": 2, "topics": ["raw.a", "raw.b"]},
+        positions={("raw.a", 0): 10, ("raw.a", 1): 0, ("raw.b", 0): 3},
+        states={("user", "u1"): b"\x00\x01binary\xff", ("device", "d:1"): b"{}"},
+        stats=stats.to_dict(),
+        replayed={"r1": ["e1", "e2"]},
+        live={"r1": ["e1"]},
+        out_bytes=1234,
+        complete=False,
+        written_ms=99,
+    )
+
+
+def test_checkpoint_round_trips(tmp_path: Path) -> None:
+    ck = _checkpoint()
+    path = checkpoint_path(tmp_path, "replay-x")
+    assert path == tmp_path / "replay" / "replay-x.json"
+    save_checkpoint(path, ck)
+    back = load_checkpoint(path)
+    assert back == ck
+    assert ReplayStats.from_dict(back.stats).hits_by_rule == {"r1": 2}
+    assert not list(path.parent.glob("*.tmp"))  # atomic write leaves no temp file
+
+
+def test_checkpoint_format_is_documented_json(tmp_path: Path) -> None:
+    import orjson
+
+    doc = orjson.loads(_checkpoint().to_bytes())
+    assert doc["format"] == CHECKPOINT_FORMAT
+    assert doc["positions"] == [["raw.a", 0, 10], ["raw.a", 1, 0], ["raw.b", 0, 3]]
+    assert {tuple(s[:2]) for s in doc["states"]} == {("user", "u1"), ("device", "d:1")}
+    assert doc["out_bytes"] == 1234 and doc["complete"] is False
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"{not json", b'{"format": "other/9"}', b'{"format": "bypass-replay-checkpoint/1"}']
+)
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(ReplayError, match="not a readable replay checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_missing_checkpoint_says_what_to_check(tmp_path: Path) -> None:
+    with pytest.raises(ReplayError, match="nothing to resume"):
+        load_checkpoint(tmp_path / "nope.json")
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_counts_added_and_removed_per_rule() -> None:
+    live = {"r1": {"e1", "e2"}, "r2": {"e3"}}
+    replayed = {"r1": {"e2", "e4"}, "r3": {"e5"}}
+    rows = {r.rule_id: r for r in compare_hits(live, replayed)}
+    assert (rows["r1"].live, rows["r1"].replayed, rows["r1"].added, rows["r1"].removed) == (2, 2, 1, 1)
+    assert (rows["r2"].added, rows["r2"].removed) == (0, 1)
+    assert (rows["r3"].added, rows["r3"].removed) == (1, 0)
+    assert all(r.changed for r in rows.values())
+    assert not compare_hits({"r": {"e"}}, {"r": {"e"}})[0].changed
