@@ -18,6 +18,7 @@ from features.errors import BypassError
 # verb -> "module:attribute" of a click command or group
 _VERBS: dict[str, str] = {
     "settings": "streams._cli_settings:settings",
+    "rules": "streams._cli_rules:rules",
     "replay": "streams._cli_replay:replay",
     "stack": "streams._cli_stack:stack",
     "simulate": "streams._cli_simulate:simulate",
