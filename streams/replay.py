@@ -99,7 +99,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-from features.errors import BypassError, ConfigError
+from features.errors import BypassError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -225,6 +225,7 @@ class Record:
     __slots__ = (
         "event",
         "headers",
+        "key",
         "message",
         "offset",
         "partition",
@@ -244,6 +245,7 @@ class Record:
         *,
         timestamp_ms: int | None = None,
         raw: bytes | None = None,
+        key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
         reason: str | None = None,
         message: str | None = None,
@@ -254,6 +256,7 @@ class Record:
         self.event = event
         self.timestamp_ms = timestamp_ms
         self.raw = raw
+        self.key = key
         self.headers = headers
         self.reason = reason
         self.message = message
@@ -744,84 +747,62 @@ class Replay:
         return params, None
 
     def _load_core(self, params: dict[str, Any], checkpoint: Checkpoint | None) -> tuple[Any, Any, Any, Any]:
-        """spec, engine, ruleset, processor - the live classes, built from settings."""
-        import features
-        import rules
+        """spec, engine, ruleset, processor: built by the live worker's own helpers."""
         from streams.processor import Processor
+        from streams.rulestore import load_for_spec, load_spec
+        from streams.worker import build_engine, list_provider
 
         s = self.settings
-        spec_path = Path(s.features_spec)
-        try:
-            spec_text = spec_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the feature spec {spec_path} ({exc.strerror}); set BYPASS_FEATURES_SPEC",
-                setting="BYPASS_FEATURES_SPEC",
-            ) from None
-        spec = features.load_spec(spec_text)
+        spec = load_spec(s)
+        spec_sha = _sha(Path(s.features_spec).read_bytes())
         if checkpoint is not None:
             rules_text = str(params["rules_text"])
             source = str(params.get("rules_source") or "checkpoint")
-            if params.get("spec_sha") != _sha(spec_text):
+            if params.get("spec_sha") != spec_sha:
                 raise ReplayError(
-                    f"the feature spec {spec_path} changed since replay {params['run_id']} started; "
+                    f"the feature spec {s.features_spec} changed since replay {params['run_id']} started; "
                     "a resumed run must use the same spec: restore it or start a new run",
-                    path=str(spec_path),
+                    path=str(s.features_spec),
                 )
         else:
             rules_text, source = self._rules_text(params)
             params["rules_text"] = rules_text
             params["rules_source"] = source
-            params["spec_sha"] = _sha(spec_text)
-        ruleset = rules.load_ruleset(rules_text, spec.schema(), source=source)
-        if params.get("rules_version") and str(ruleset.version) != str(params["rules_version"]):
-            raise ReplayError(
-                f"the rules topic holds version {ruleset.version}, not {params['rules_version']}",
-                version=params["rules_version"],
-            )
+            params["spec_sha"] = spec_sha
+        ruleset = load_for_spec(rules_text, spec, source=source)
         params["ruleset_version"] = str(ruleset.version)
-        engine = features.FeatureEngine(
-            spec,
-            cap=s.state_cap,
-            allowed_lateness_ms=s.allowed_lateness_ms,
-            dedup_horizon_ms=s.dedup_horizon_ms,
-        )
-        processor = Processor(spec, engine, ruleset, run_id=str(params["run_id"]), lists=self._lists())
+        engine = build_engine(spec, s)
+        processor = Processor(spec, engine, ruleset, run_id=str(params["run_id"]), lists=list_provider(s))
         return spec, engine, ruleset, processor
 
-    def _lists(self) -> Any:
-        """The live ``in_list`` provider (current Redis lists), when sinks/ offers one."""
-        try:
-            from sinks import redis_lists
-        except ImportError:
-            return None
-        factory = getattr(redis_lists, "provider_from_settings", None)
-        return factory(self.settings) if factory else None
-
     def _rules_text(self, params: dict[str, Any]) -> tuple[str, str]:
+        """The rule-set YAML to replay with: --rules FILE, --rules-version V, or the latest."""
+        from streams.rulestore import read_versions
+
         if params.get("rules_file"):
             path = Path(params["rules_file"])
             try:
                 return path.read_text(encoding="utf-8"), str(path)
             except OSError as exc:
                 raise ReplayError(f"cannot read --rules {path}: {exc.strerror}", path=str(path)) from None
+        topic = self.settings.rules_topic
         wanted = params.get("rules_version")
-        versions = read_published_rulesets(self.settings)
-        if not versions:
+        records = read_versions(self.settings)
+        if not records:
             raise ReplayError(
-                f"no rule set is published on {self.settings.rules_topic}: publish one with "
+                f"no rule set is published on {topic}: publish one with "
                 "`bypass rules publish RULES.yaml` or give --rules FILE",
-                topic=self.settings.rules_topic,
+                topic=topic,
             )
         if wanted is None:
-            version, text = versions[-1]
-            return text, f"{self.settings.rules_topic}@{version}"
-        for version, text in versions:
-            if version == str(wanted):
-                return text, f"{self.settings.rules_topic}@{version}"
-        known = ", ".join(v for v, _ in versions[-10:])
+            record = records[-1]
+            return record.text, f"{topic}@{record.version}"
+        for record in reversed(records):
+            if record.version == str(wanted):
+                return record.text, f"{topic}@{record.version}"
+        known = ", ".join(dict.fromkeys(r.version for r in records[-10:]))
         raise ReplayError(
-            f"rule-set version {wanted!r} is not on {self.settings.rules_topic} (latest: {known})",
+            f"rule-set version {wanted!r} is not on {topic} (published there: {known})",
             version=wanted,
         )
 
@@ -923,7 +904,7 @@ class Replay:
         chunk_size = int(params.get("chunk") or settings.replay_batch_size)
         ckpt_path = checkpoint_path(settings.state_dir, run_id)
 
-        decoder = EnvelopeDecoder(settings.require_phone_hash_key())
+        decoder = EnvelopeDecoder(settings.require_phone_hash_key(), max_bytes=settings.event_max_bytes)
         stats = ReplayStats.from_dict(checkpoint.stats) if checkpoint else ReplayStats()
         prior_elapsed = stats.elapsed_s
         states: dict[tuple[str, str], Any] = {}
@@ -1033,8 +1014,8 @@ class Replay:
                     if ts > max_applied_ts:
                         max_applied_ts = ts
                     source = SourceEvent(event, rec.sort_key[1], rec.partition, rec.offset, rec.timestamp_ms)
-                    for entity, key in spec.entity_keys(event):
-                        by_entity.setdefault(entity, {}).setdefault(key, []).append(source)
+                    for entity, raw_key in spec.entity_keys(event):
+                        by_entity.setdefault(entity, {}).setdefault(str(raw_key), []).append(source)
                 stats.max_ts_ms = max_applied_ts or None
                 hits_out: list[dict[str, Any]] = []
                 for entity, keyed in by_entity.items():
@@ -1123,6 +1104,7 @@ class Replay:
                                 None,
                                 timestamp_ms=kts,
                                 raw=raw,
+                                key=m.key(),
                                 headers=list(m.headers() or []),
                                 reason=exc.reason,
                                 message=exc.message,
@@ -1238,16 +1220,21 @@ class Replay:
             )
 
     def _send_dlq(self, producer: Any, rec: Record, run_id: str) -> None:
+        """The live DLQ format (``streams.app.DLQ_HEADERS``) plus ``bypass.run_id``."""
         headers = list(rec.headers or [])
         headers += [
             ("bypass.reason", (rec.reason or "invalid").encode()),
-            ("bypass.error", (rec.message or "").encode()[:1000]),
-            ("bypass.source_topic", rec.topic.encode()),
-            ("bypass.source_partition", str(rec.partition).encode()),
-            ("bypass.source_offset", str(rec.offset).encode()),
+            ("bypass.error", (rec.message or "").encode()),
+            ("bypass.source.topic", rec.topic.encode()),
+            ("bypass.source.partition", str(rec.partition).encode()),
+            ("bypass.source.offset", str(rec.offset).encode()),
+            (
+                "bypass.source.timestamp",
+                str(rec.timestamp_ms if rec.timestamp_ms is not None else -1).encode(),
+            ),
             ("bypass.run_id", run_id.encode()),
         ]
-        producer.produce(self.settings.dlq_topic, value=rec.raw, headers=headers)
+        producer.produce(self.settings.dlq_topic, key=rec.key, value=rec.raw, headers=headers)
         producer.poll(0)
 
 
@@ -1264,7 +1251,7 @@ def _has_unbounded(spec: Any) -> bool:
     return False
 
 
-# --------------------------------------------------------------------------- ClickHouse / rules topic
+# --------------------------------------------------------------------------- ClickHouse
 
 
 def clickhouse_client(settings: Any) -> Any:
@@ -1308,72 +1295,6 @@ def read_live_hits(settings: Any, from_ms: int, to_ms: int, topics: list[str]) -
     for rule_id, event_id in result.result_rows:
         live.setdefault(str(rule_id), set()).add(str(event_id))
     return live
-
-
-def read_published_rulesets(settings: Any, timeout_s: float = 10.0) -> list[tuple[str, str]]:
-    """Every rule-set version on the compacted rules topic, oldest first: (version, YAML text)."""
-    from confluent_kafka import KafkaError, TopicPartition
-
-    from streams.kafka import consumer as make_consumer
-
-    topic = settings.rules_topic
-    c = make_consumer(
-        settings,
-        group_id=f"{settings.app_id}-replay-rules",
-        **{"enable.partition.eof": True, "enable.auto.commit": False},
-    )
-    try:
-        meta = c.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            return []
-        parts = sorted(meta.partitions)
-        c.assign([TopicPartition(topic, p, 0) for p in parts])  # OFFSET_BEGINNING = -2 is also fine
-        open_parts = set(parts)
-        found: list[tuple[int, int, int, str, str]] = []  # (timestamp, partition, offset, version, text)
-        deadline = time.monotonic() + timeout_s
-        while open_parts and time.monotonic() < deadline:
-            for m in c.consume(num_messages=500, timeout=0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard(m.partition())
-                    continue
-                parsed = _parse_rules_message(m.key(), m.value())
-                if parsed is not None:
-                    found.append(
-                        (int(m.timestamp()[1]), int(m.partition() or 0), int(m.offset() or 0), *parsed)
-                    )
-        found.sort()
-        latest: dict[str, str] = {}
-        for *_, version, text in found:
-            latest.pop(version, None)
-            latest[version] = text
-        return list(latest.items())
-    finally:
-        c.close()
-
-
-def _parse_rules_message(key: bytes | None, value: bytes | None) -> tuple[str, str] | None:
-    """A rules-topic record -> (version, YAML text). Accepts a JSON object holding the text
-    (``text``/``yaml``/``source``/``rules``) and the version, or the bare YAML with the
-    version as the key."""
-    if not value:
-        return None
-    version = key.decode("utf-8", "replace") if key else None
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        doc = None
-    if isinstance(doc, dict):
-        text = next(
-            (doc[k] for k in ("text", "yaml", "source", "rules") if isinstance(doc.get(k), str)), None
-        )
-        if text is None:
-            return None
-        version = str(doc.get("version") or version or "")
-        return (version, text) if version else None
-    text = value.decode("utf-8", "replace")
-    return (version, text) if version else None
 
 
 # --------------------------------------------------------------------------- progress
