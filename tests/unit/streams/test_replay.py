@@ -292,3 +292,20 @@ def test_compare_counts_added_and_removed_per_rule() -> None:
     assert (rows["r3"].added, rows["r3"].removed) == (1, 0)
     assert all(r.changed for r in rows.values())
     assert not compare_hits({"r": {"e"}}, {"r": {"e"}})[0].changed
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 20), max_size=10), min_size=1, max_size=5), st.integers(0, 1000))
+def test_merge_equals_the_live_ingest_merge(tss: list[list[int]], seed: int) -> None:
+    """Replay's streaming merge gives the order the live ingest agent uses for a batch
+    (``streams.processor.merge_sources``), so both paths apply a key's events alike."""
+    from streams.processor import SourceEvent, merge_sources
+
+    streams = _streams(tss)
+    ours = [r.sort_key for r in _merge_all(streams, random.Random(seed))]
+    sequences = [
+        [SourceEvent({"ts": r.ts_ms}, r.topic, r.partition, r.offset) for r in recs]
+        for recs in streams.values()
+    ]
+    live = [(s.event["ts"], s.topic, s.partition, s.offset) for s in merge_sources(sequences)]
+    assert ours == live
