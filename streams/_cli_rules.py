@@ -171,3 +171,9 @@ def diff_cmd(old_file: str, new_file: str, features_file: str | None, as_json: b
         return
     for line in d.lines():
         click.echo(line)
+
+
+# `bypass rules publish` lives with the live pipeline (streams/_cli_rules_publish.py).
+from streams._cli_rules_publish import publish  # noqa: E402
+
+rules.add_command(publish)

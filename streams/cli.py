@@ -17,6 +17,8 @@ from features.errors import BypassError
 
 # verb -> "module:attribute" of a click command or group
 _VERBS: dict[str, str] = {
+    "worker": "streams._cli_worker:worker",
+    "produce": "streams._cli_produce:produce",
     "settings": "streams._cli_settings:settings",
     "rules": "streams._cli_rules:rules",
     "replay": "streams._cli_replay:replay",

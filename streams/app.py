@@ -1,0 +1,392 @@
+"""The live Faust application: raw topics -> ingest -> entity agents -> hits and blacklist.
+
+Topology (``A`` = ``settings.app_id``, ``n`` = ``settings.topic_partitions``)::
+
+    raw topics (BYPASS_RAW_TOPICS, key = user id, JSON envelope)
+      │ agent "ingest": decode + validate + hash phones (streams.envelope);
+      │   invalid -> settings.dlq_topic (original bytes, reason headers)
+      │   valid   -> one bundle per (entity kind, partition) and batch
+      ▼
+    A-entity-<kind>  (n partitions; repartition topic per entity kind of the feature spec)
+      │ agent "entity-<kind>": batches (take_events), grouped by key, each key's state
+      │   loaded once from the table, the events applied in order (streams.processor),
+      │   written back once (assigned, never mutated)
+      ▼
+    table "entity-<kind>" (changelog A-entity-<kind>-changelog, n partitions, standbys)
+      ├──▶ settings.hits_topic       one JSON hit record per message, key "entity:key"
+      └──▶ settings.blacklist_topic  one JSON blacklist record, key "entity:key"
+
+Re-keying.  The ingest agent computes each (entity, key)'s partition with Kafka's default
+partitioner (murmur2 of the UTF-8 key, as aiokafka and the Java client do) and sends all
+events of one batch for one (entity kind, partition) as one *bundle* message to that
+partition: a JSON array of ``[key, topic, partition, offset, kafka_ts_ms, event]``
+entries, so the repartition hop costs one Kafka message per bundle instead of one per
+event and entity.  The table assigns each key's changelog record to the same partition
+(``EntityTable.partition_for_key``), so the partition of the repartition topic that carries
+a key also holds that key's state: co-partitioned, and a worker that takes a partition
+over rebuilds exactly the keys it will see.
+
+Order.  Inside a bundle, the events are merged across the source partitions of the batch
+by (event time, topic, partition, offset), each source partition kept in offset order
+(:func:`streams.processor.merge_sources`): the order replay uses.  A key's bundles arrive
+in the order they were sent.
+
+Delivery.  At-least-once: the entity agent sends hits and writes state before the batch's
+offsets are acknowledged, and Faust flushes the producer before it commits.  After a crash
+the redelivered events are duplicates for features/ (no state change, same features) and
+their hits are sent again, identical (same ``hit_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.partitioner import murmur2
+
+from streams.envelope import EnvelopeDecoder, InvalidEventError
+from streams.metrics import Metrics
+from streams.processor import KeyBatch, Processor, SourceEvent, blacklist_key, merge_sources
+from streams.settings import Settings
+
+__all__ = ["DLQ_HEADERS", "EntityTable", "Pipeline", "bundle_partition", "faust_broker_url"]
+
+log = logging.getLogger("bypass.worker")
+
+#: Header names on a DLQ message (values are UTF-8 bytes).
+DLQ_HEADERS = (
+    "bypass.reason",  # short reason code (streams.envelope): not_json, missing_field, ...
+    "bypass.error",  # the full message
+    "bypass.source.topic",
+    "bypass.source.partition",
+    "bypass.source.offset",
+    "bypass.source.timestamp",  # Kafka timestamp of the original message, epoch ms
+)
+BUNDLE_MAX_BYTES = 512 * 1024
+
+
+def bundle_partition(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2), the one the table changelog uses too."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class EntityTable(faust.Table):  # type: ignore[type-arg]
+    """A plain Faust table whose key -> partition mapping is Kafka's default partitioner.
+
+    The entity agent handles bundles of several partitions in one batch, so the current
+    event's partition (Faust's default) is not the key's partition; the key decides.
+    """
+
+    _partition_cache: dict[bytes, int]
+
+    def partition_for_key(self, key: Any) -> int | None:
+        cache: dict[bytes, int] = self.__dict__.setdefault("_partition_cache", {})
+        partition = cache.get(key)
+        if partition is None:
+            if len(cache) > 200_000:
+                cache.clear()
+            partition = cache[key] = bundle_partition(key, self.partitions or 1)
+        return partition
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    """``"h1:9092,h2:9092"`` -> ``"kafka://h1:9092;kafka://h2:9092"``."""
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+
+
+def _credentials(settings: Settings) -> Any:
+    proto = settings.kafka_security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if proto in ("SSL", "SASL_SSL"):
+        import ssl
+
+        ssl_context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile:
+            key_password = settings.kafka_ssl_key_password
+            ssl_context.load_cert_chain(
+                settings.kafka_ssl_certfile,
+                settings.kafka_ssl_keyfile,
+                key_password.get_secret_value() if key_password else None,
+            )
+    if proto == "SSL":
+        return faust.SSLCredentials(ssl_context)
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    mechanism = (settings.kafka_sasl_mechanism or "PLAIN").upper()
+    if mechanism == "PLAIN":
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username, password=password, ssl_context=ssl_context
+        )
+    from faust.auth import SASLCredentials
+
+    return SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password,
+        ssl_context=ssl_context,
+        mechanism=mechanism,
+    )
+
+
+class Pipeline:
+    """Builds the Faust app, its topics, tables and agents from settings and a Processor.
+
+    ``processor`` is the shared core (its rule set is swapped by the rules follower);
+    ``metrics`` the worker's Prometheus metrics.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: Processor,
+        *,
+        metrics: Metrics | None = None,
+        datadir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.metrics = metrics or Metrics()
+        self.decoder = EnvelopeDecoder(settings.require_phone_hash_key(), max_bytes=settings.event_max_bytes)
+        self.spec = processor.spec
+        self.entities: list[str] = list(self.spec.entities)
+        self.partitions = settings.topic_partitions
+        self.app = self._build_app(datadir)
+        self.raw_topic = self.app.topic(*settings.raw_topics, key_serializer="raw", value_serializer="raw")
+        self.dlq_topic = self.app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+        self.hits_topic = self.app.topic(settings.hits_topic, key_serializer="raw", value_serializer="raw")
+        self.blacklist_topic = self.app.topic(
+            settings.blacklist_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.entity_topics: dict[str, Any] = {}
+        self.tables: dict[str, Any] = {}
+        for entity in self.entities:
+            self.entity_topics[entity] = self.app.topic(
+                f"{settings.app_id}-entity-{entity}",
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=self.partitions,
+                internal=True,
+            )
+            self.tables[entity] = self.app.Table(
+                f"entity-{entity}",
+                default=None,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=self.partitions,
+                use_partitioner=True,
+                help=f"features/ state snapshots of {entity} keys",
+            )
+        self.app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
+        for entity in self.entities:
+            self.app.agent(self.entity_topics[entity], name=f"entity-{entity}")(
+                self._make_entity_agent(entity)
+            )
+
+    # --- app ----------------------------------------------------------------
+    def _build_app(self, datadir: Path | None) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=faust_broker_url(s.kafka_bootstrap),
+            broker_credentials=_credentials(s),
+            store=s.table_store,
+            datadir=str(datadir or (Path(s.state_dir) / "faust")),
+            processing_guarantee="at_least_once",
+            topic_partitions=s.topic_partitions,
+            topic_replication_factor=s.topic_replication,
+            table_standby_replicas=s.table_standby_replicas,
+            broker_session_timeout=s.consumer_session_timeout_ms / 1000,
+            broker_rebalance_timeout=s.consumer_rebalance_timeout_ms / 1000,
+            broker_heartbeat_interval=s.consumer_heartbeat_interval_ms / 1000,
+            consumer_auto_offset_reset="earliest",
+            stream_recovery_delay=0.1,
+            web_enabled=False,
+            producer_acks=-1,
+            Table=EntityTable,
+        )
+        return app
+
+    # --- ingest ---------------------------------------------------------------
+    def _dlq(self, message: Any, exc: InvalidEventError) -> None:
+        headers = list(message.headers or [])
+        headers.extend(
+            [
+                ("bypass.reason", exc.reason.encode()),
+                ("bypass.error", exc.message.encode()),
+                ("bypass.source.topic", message.topic.encode()),
+                ("bypass.source.partition", str(message.partition).encode()),
+                ("bypass.source.offset", str(message.offset).encode()),
+                ("bypass.source.timestamp", str(round(message.timestamp * 1000)).encode()),
+            ]
+        )
+        self.dlq_topic.send_soon(key=message.key, value=message.value, headers=headers)
+        self.metrics.dlq.labels(reason=exc.reason).inc()
+        log.warning(
+            "DLQ %s[%s]@%s: %s (%s)",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc.reason,
+            exc.message,
+        )
+
+    def ingest(self, messages: Sequence[Any]) -> dict[tuple[str, int], list[bytes]]:
+        """Decode a batch of raw messages; return bundle payload parts per (entity, partition).
+
+        Invalid messages are sent to the DLQ here.
+        """
+        decode = self.decoder.decode
+        entity_keys = self.spec.entity_keys
+        n = self.partitions
+        per_source: dict[tuple[str, int], list[SourceEvent]] = defaultdict(list)
+        events_in = self.metrics.events_in
+        counts: dict[str, int] = defaultdict(int)
+        for message in messages:
+            counts[message.topic] += 1
+            try:
+                event = decode(message.value)
+            except InvalidEventError as exc:
+                self._dlq(message, exc)
+                continue
+            per_source[(message.topic, message.partition)].append(
+                SourceEvent(
+                    event, message.topic, message.partition, message.offset, round(message.timestamp * 1000)
+                )
+            )
+        for topic, count in counts.items():
+            events_in.labels(topic=topic).inc(count)
+        out: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        for source in merge_sources(per_source.values()):
+            fragment = None
+            for entity, raw_key in entity_keys(source.event):
+                key = str(raw_key)
+                if fragment is None:
+                    fragment = orjson.dumps(source.event)
+                kb = key.encode()
+                part = bundle_partition(kb, n)
+                out[(entity, part)].append(
+                    orjson.dumps(
+                        [
+                            key,
+                            source.topic,
+                            source.partition,
+                            source.offset,
+                            source.timestamp_ms,
+                            orjson.Fragment(fragment),
+                        ]
+                    )
+                )
+        return out
+
+    async def _ingest_agent(self, stream: Any) -> None:
+        s = self.settings
+        async for events in stream.take_events(s.worker_batch_size, s.worker_batch_within_ms / 1000):
+            messages = [event.message for event in events]
+            self.metrics.batch_size.labels(agent="ingest").observe(len(messages))
+            bundles = self.ingest(messages)
+            for (entity, partition), parts in bundles.items():
+                topic = self.entity_topics[entity]
+                for payload in _pack(parts):
+                    topic.send_soon(key=entity.encode(), value=payload, partition=partition)
+            await self._drain()
+
+    # --- entity agents --------------------------------------------------------
+    def _make_entity_agent(self, entity: str) -> Any:
+        async def entity_agent(stream: Any) -> None:
+            s = self.settings
+            async for events in stream.take_events(s.worker_batch_size, s.worker_batch_within_ms / 1000):
+                self.process_bundles(entity, [event.message.value for event in events])
+                await self._drain()
+
+        entity_agent.__name__ = f"entity_{entity}"
+        return entity_agent
+
+    def process_bundles(self, entity: str, bundles: Sequence[bytes]) -> None:
+        """Group the bundled events of a batch by key and run them through the processor."""
+        by_key: dict[str, list[SourceEvent]] = {}
+        for payload in bundles:
+            for key, topic, partition, offset, ts_ms, event in orjson.loads(payload):
+                item = SourceEvent(event, topic, partition, offset, ts_ms)
+                group = by_key.get(key)
+                if group is None:
+                    by_key[key] = [item]
+                else:
+                    group.append(item)
+        if not by_key:
+            return
+        total = sum(len(v) for v in by_key.values())
+        self.metrics.batch_size.labels(agent=f"entity-{entity}").observe(total)
+        table = self.tables[entity]
+        batches = [KeyBatch(key, table.get(key.encode()), items) for key, items in by_key.items()]
+        results = self.processor.process_many(entity, batches)
+        m = self.metrics
+        hits_send = self.hits_topic.send_soon
+        bl_send = self.blacklist_topic.send_soon
+        applied = duplicates = late = 0
+        now = time.time()
+        for result in results:
+            if result.changed:
+                table[result.key.encode()] = self.processor.dumps(result.state)
+            applied += result.applied
+            duplicates += result.duplicates
+            late += len(result.late)
+            if result.hits or result.blacklist:
+                kafka_key = blacklist_key(entity, result.key).encode()
+                for record, source in zip(result.hits, result.hit_sources, strict=True):
+                    hits_send(key=kafka_key, value=orjson.dumps(record))
+                    m.hits.labels(rule_id=record["rule_id"], mode=record["mode"]).inc()
+                    if record.get("error"):
+                        m.rule_errors.labels(rule_id=record["rule_id"]).inc()
+                    if source.timestamp_ms is not None:
+                        m.latency.observe(max(0.0, now - source.timestamp_ms / 1000))
+                for record in result.blacklist:
+                    bl_send(
+                        key=blacklist_key(record["entity"], record["key"]).encode(),
+                        value=orjson.dumps(record),
+                    )
+                    m.blacklist.labels(entity=record["entity"]).inc()
+            for source, reason in result.late:
+                log.info(
+                    "late event %s for %s %s rejected: %s",
+                    source.event.get("event_id"),
+                    entity,
+                    result.key,
+                    reason,
+                )
+        if applied:
+            m.applied.labels(entity=entity).inc(applied)
+        if duplicates:
+            m.duplicates.labels(entity=entity).inc(duplicates)
+        if late:
+            m.late.labels(entity=entity).inc(late)
+
+    async def _drain(self) -> None:
+        """Hand every buffered message to the Kafka client before the batch is acknowledged."""
+        buffer = self.app.producer.buffer
+        while buffer.size:
+            await buffer.flush_atmost(None)  # type: ignore[arg-type]
+            if buffer.size:
+                await asyncio.sleep(0)
+
+
+def _pack(parts: list[bytes]) -> list[bytes]:
+    """Join encoded entries into JSON-array payloads of at most BUNDLE_MAX_BYTES each."""
+    out: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 2
+    for part in parts:
+        if chunk and size + len(part) + 1 > BUNDLE_MAX_BYTES:
+            out.append(b"[" + b",".join(chunk) + b"]")
+            chunk, size = [], 2
+        chunk.append(part)
+        size += len(part) + 1
+    if chunk:
+        out.append(b"[" + b",".join(chunk) + b"]")
+    return out
