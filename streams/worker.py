@@ -1,0 +1,127 @@
+"""Wires one live worker process: settings -> processor, rules follower, metrics, Faust app.
+
+``bypass worker`` calls :func:`run_worker`; tests and benchmarks may build a
+:class:`LiveWorker` and run it in a thread or subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from streams import kafka
+from streams.metrics import Metrics
+from streams.processor import Processor
+from streams.rulestore import RuleSetRecord, RulesFollower, load_for_spec, load_spec
+from streams.settings import Settings
+
+__all__ = ["LiveWorker", "build_engine", "empty_ruleset", "list_provider", "run_worker"]
+
+log = logging.getLogger("bypass.worker")
+
+#: The version string of the rule set a worker runs before any version is published.
+NO_RULES_VERSION = "none"
+
+
+def build_engine(spec: Any, settings: Settings) -> Any:
+    """The features/ engine with the settings' cap, lateness and dedup horizon."""
+    features: Any = importlib.import_module("features")  # imported when a worker is built
+
+    return features.FeatureEngine(
+        spec,
+        cap=settings.state_cap,
+        allowed_lateness_ms=settings.allowed_lateness_ms,
+        dedup_horizon_ms=settings.dedup_horizon_ms,
+    )
+
+
+def empty_ruleset(spec: Any) -> Any:
+    """A rule set with no rules (version ``none``): features are kept, no hits."""
+    import rules
+
+    return rules.build_ruleset({"version": NO_RULES_VERSION, "rules": []}, spec.schema())
+
+
+def list_provider(settings: Settings) -> Any:
+    """The ``in_list`` provider (Redis lists) when sinks/ offers one, else None."""
+    try:
+        from sinks import redis_lists
+    except ImportError:  # pragma: no cover - sinks/ is part of the package
+        return None
+    factory = getattr(redis_lists, "provider_from_settings", None)
+    return factory(settings) if factory else None
+
+
+class LiveWorker:
+    """One worker: the shared Processor (run_id ``live``), a RulesFollower swapping its rule
+    set, Prometheus metrics, and the Faust :class:`streams.app.Pipeline`."""
+
+    def __init__(
+        self, settings: Settings, *, metrics: Metrics | None = None, datadir: Path | None = None
+    ) -> None:
+        from streams.app import Pipeline
+
+        self.settings = settings
+        self.spec = load_spec(settings)
+        self.engine = build_engine(self.spec, settings)
+        self.metrics = metrics or Metrics()
+        self.processor = Processor(
+            self.spec, self.engine, empty_ruleset(self.spec), run_id="live", lists=list_provider(settings)
+        )
+        self.follower = RulesFollower(
+            settings,
+            lambda text, source: load_for_spec(text, self.spec, source=source),
+            self._on_swap,
+            on_reject=self._on_reject,
+        )
+        self.pipeline = Pipeline(settings, self.processor, metrics=self.metrics, datadir=datadir)
+        self.app = self.pipeline.app
+
+    def _on_swap(self, ruleset: Any, record: RuleSetRecord) -> None:
+        self.processor.set_ruleset(ruleset)  # one reference assignment
+        delay_ms = int(time.time() * 1000) - record.published_ms if record.published_ms else -1
+        self.metrics.set_ruleset(str(ruleset.version))
+        self.metrics.ruleset_swaps.inc()
+        if delay_ms >= 0:
+            self.metrics.publish_to_active.set(delay_ms / 1000)
+        log.warning(
+            "rule set version %s active (%d rules) publish_to_active_ms=%d",
+            ruleset.version,
+            len(ruleset.rules),
+            delay_ms,
+        )
+
+    def _on_reject(self, record: RuleSetRecord, exc: Exception) -> None:
+        self.metrics.ruleset_rejected.inc()
+
+    def prepare(self) -> None:
+        """Create the topics bypass owns and load the latest rule set (before consuming)."""
+        s = self.settings
+        kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, s.blacklist_topic, s.dlq_topic])
+        active = self.follower.start()
+        if active is None:
+            log.warning(
+                "no rule set published on %s yet: running with no rules (features only) until "
+                "`bypass rules publish RULES.yaml`",
+                s.rules_topic,
+            )
+        if s.metrics_port:
+            self.metrics.serve(s.metrics_port)
+
+    def run(self) -> None:
+        """Prepare, then run the Faust worker until it is stopped (SIGTERM / SIGINT)."""
+        import faust
+
+        self.prepare()
+        worker = faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        finally:
+            self.follower.stop()
+
+
+def run_worker(settings: Settings) -> None:
+    LiveWorker(settings).run()
