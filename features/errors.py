@@ -6,7 +6,9 @@ package may import it, and it imports nothing but the standard library.
     BypassError                 every error bypass raises on purpose
     ├── ConfigError             a setting or a file given by the user is wrong
     ├── SpecError               the feature spec is invalid (feature, problem)
-    └── LateEventError          an event is older than the allowed lateness
+    ├── LateEventError          an event is older than the allowed lateness
+    ├── EventError              an event lacks what the feature engine needs
+    └── StateError              a state snapshot cannot be restored
 
 Other packages add their own subclasses (``rules.RuleSetError``,
 ``sinks.SinkError`` ...).  Every error carries structured fields and a message
@@ -41,3 +43,11 @@ class SpecError(ConfigError):
 
 class LateEventError(BypassError):
     """An event is older than the entity's newest event by more than the allowed lateness."""
+
+
+class EventError(BypassError):
+    """An event lacks what the feature engine needs (an integer ``ts``, a string ``event_id``)."""
+
+
+class StateError(BypassError):
+    """A state snapshot cannot be restored (corrupt or of an unknown format)."""

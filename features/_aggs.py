@@ -1,0 +1,1198 @@
+"""Private window logic: one class per aggregation, built from a frozen ``Feature``.
+
+Each logic object is stateless itself; it works on a small mutable per-(entity, feature)
+state object whose snapshot (``dump``) is plain JSON-able data, delta-encoded, and which
+``load`` rebuilds exactly (running aggregates are recomputed from the retained entries).
+
+Common vocabulary:
+
+* ``t``: event time of the event being applied; ``tmax``: the entity's newest event time
+  after this event (``t < tmax`` means a late event, computed "as of" ``t``).
+* the window of a query at ``t`` is ``(t - W, t]``; ``W`` None means the whole history.
+* retention: a late event is at most ``L`` (allowed lateness) older than ``tmax``, so its
+  window starts after ``tmax - W - L``: entries at or before that are dropped.
+* in-order events take an O(1) amortized fast path (running aggregates); late events
+  insert in event order and compute their value by scanning the retained entries.
+* event order: by time, ties by application order (a late event goes after equal times).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right, insort
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from features._spec import Feature, make_getter
+
+_SCALE_BITS = 1074  # every finite double is an integer multiple of 2**-1074
+_NEG = -(1 << 62)  # "minus infinity" for integer times
+_EARTH_KM = 6371.0
+_RAD = math.pi / 180.0
+
+Event = Mapping[str, Any]
+
+
+def _num(v: Any) -> Any:
+    """A numeric value (int, or finite float) or None. Booleans are not numbers."""
+    t = type(v)
+    if t is int:
+        return v
+    if t is float:
+        return v if math.isfinite(v) else None
+    return None
+
+
+def _scaled(v: float) -> int:
+    n, d = v.as_integer_ratio()
+    return n << (_SCALE_BITS + 1 - d.bit_length())
+
+
+def _exact_sum(vals: Any) -> Any:
+    """Exact sum: int when every value is an int, else the correctly rounded float."""
+    i = 0
+    f = 0
+    nf = 0
+    for v in vals:
+        if type(v) is int:
+            i += v
+        else:
+            f += _scaled(v)
+            nf += 1
+    return _sum_value(i, f, nf)
+
+
+def _sum_value(i: int, f: int, nf: int) -> Any:
+    if not nf:
+        return i
+    try:
+        return ((i << _SCALE_BITS) + f) / (1 << _SCALE_BITS)
+    except OverflowError:
+        return math.inf if (i << _SCALE_BITS) + f > 0 else -math.inf
+
+
+def _deltas(ts: list[int], start: int, ref: int) -> list[int]:
+    """Delta-encode ``ts[start:]``: the first against ``ref`` (``ref - ts``), then each
+    against the previous entry (``ts[i] - ts[i-1]``): small non-negative ints when sorted."""
+    out: list[int] = []
+    prev = None
+    for x in ts[start:] if start else ts:
+        out.append(ref - x if prev is None else x - prev)
+        prev = x
+    return out
+
+
+def _undeltas(ds: list[int], ref: int) -> list[int]:
+    out: list[int] = []
+    prev = 0
+    for i, d in enumerate(ds):
+        prev = ref - d if i == 0 else prev + d
+        out.append(prev)
+    return out
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km (haversine, R = 6371.0 km)."""
+    p1 = lat1 * _RAD
+    p2 = lat2 * _RAD
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin((lon2 - lon1) * _RAD / 2) ** 2
+    return 2 * _EARTH_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def geo_point(g: Any) -> tuple[float, float] | None:
+    """(lat, lon) from a ``{"lat": .., "lon": ..}`` object with numeric, in-range values."""
+    if type(g) is not dict:
+        return None
+    lat = _num(g.get("lat"))
+    lon = _num(g.get("lon"))
+    if lat is None or lon is None or not (-90.0 <= lat <= 90.0) or not (-180.0 <= lon <= 180.0):
+        return None
+    return (float(lat), float(lon))
+
+
+def distinct_key(v: Any) -> Any:
+    """The value ``distinct`` counts: strings, numbers and booleans; None otherwise."""
+    t = type(v)
+    if t is str or t is int or t is bool:
+        return v
+    if t is float:
+        return v if math.isfinite(v) else None
+    return None
+
+
+class Logic:
+    """Base of the private aggregator logic objects."""
+
+    __slots__ = ("cap", "get", "lateness", "name", "window")
+
+    def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
+        self.name = feature.name
+        self.window: int | None = feature.window_ms
+        self.lateness = lateness_ms
+        self.cap = cap
+        self.get: Callable[[Event], Any] = make_getter(feature.field) if feature.field else (lambda ev: None)
+
+    def new(self) -> Any:
+        raise NotImplementedError
+
+    def apply(self, st: Any, t: int, ev: Event, m: bool, tmax: int) -> Any:
+        raise NotImplementedError
+
+    def dump(self, st: Any, tmax: int) -> Any:
+        raise NotImplementedError
+
+    def load(self, data: Any, tmax: int) -> Any:
+        raise NotImplementedError
+
+    def newest(self, st: Any) -> int:
+        """Time of the newest retained entry (``_NEG`` when empty)."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- count / sum
+
+
+class _AddState:
+    __slots__ = ("f", "g", "h", "i", "nf", "ts", "vs", "w")
+
+    def __init__(self) -> None:
+        self.ts: list[int] = []  # event times, event order; [h:] retained, [w:] in the running window
+        self.vs: list[Any] = []  # values (weights for count)
+        self.h = 0
+        self.w = 0
+        self.g = 0  # bucket width in ms once degraded (0 = exact)
+        self.i = 0  # running int sum
+        self.f = 0  # running sum of floats, scaled by 2**1074 (exact)
+        self.nf = 0  # floats in the running sum
+
+
+class Additive(Logic):
+    """``count`` and ``sum``.
+
+    Exact below the cap. Above it (more than ``cap`` retained entries), entries are merged
+    into time buckets of width ``g = ceil((W + L) / (cap // 2))`` ms (doubled if needed), each
+    keeping its newest time: a bucket counts when its newest event is in the window, so the
+    value is then bounded by the exact values over ``(t - W, t]`` and ``(t - W - g, t]``
+    (for a count: ``exact(t-W, t] <= value <= exact(t-W-g, t]``). Retained entries stay
+    below ``cap // 2 + 2`` per key however hot it is.
+    """
+
+    __slots__ = ("is_count",)
+
+    def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
+        super().__init__(feature, cap, lateness_ms)
+        self.is_count = feature.agg == "count"
+
+    def new(self) -> _AddState:
+        return _AddState()
+
+    def newest(self, st: _AddState) -> int:
+        return st.ts[-1] if len(st.ts) > st.h else _NEG
+
+    def _value(self, st: _AddState) -> Any:
+        if st.nf:
+            return _sum_value(st.i, st.f, st.nf)
+        return st.i
+
+    def apply(self, st: _AddState, t: int, ev: Event, m: bool, tmax: int) -> Any:
+        v: Any = None
+        if m:
+            v = 1 if self.is_count else _num(self.get(ev))
+        ts = st.ts
+        if t < tmax:
+            if v is not None:
+                self._insert_late(st, t, v, tmax)
+            return self._asof(st, t)
+        if v is not None:
+            g = st.g
+            if g and len(ts) > st.h and ts[-1] // g == t // g:
+                old = st.vs[-1]
+                self._sub(st, old)
+                st.vs[-1] = old + v
+                self._add(st, old + v)
+                ts[-1] = t
+            else:
+                ts.append(t)
+                st.vs.append(v)
+                if type(v) is int:
+                    st.i += v
+                else:
+                    st.f += _scaled(v)
+                    st.nf += 1
+                if len(ts) - st.h > self.cap:
+                    self._degrade(st, tmax)
+        w_ms = self.window
+        if w_ms is not None:
+            cut = t - w_ms
+            w = st.w
+            n = len(ts)
+            if w < n and ts[w] <= cut:
+                vs = st.vs
+                while w < n and ts[w] <= cut:
+                    self._sub(st, vs[w])
+                    w += 1
+                st.w = w
+                rc = cut - self.lateness
+                h = st.h
+                if ts[h] <= rc:
+                    while h < w and ts[h] <= rc:
+                        h += 1
+                    st.h = h
+                    if h > 32 and 2 * h > n:
+                        del ts[:h]
+                        del vs[:h]
+                        st.w -= h
+                        st.h = 0
+        else:
+            h = st.h
+            if h < len(ts) and ts[h] <= t - self.lateness:
+                rc = t - self.lateness
+                n = len(ts)
+                while h < n and ts[h] <= rc:
+                    h += 1
+                st.h = st.w = h
+                if h > 32 and 2 * h > n:
+                    del ts[:h]
+                    del st.vs[:h]
+                    st.h = st.w = 0
+        if st.nf:
+            return _sum_value(st.i, st.f, st.nf)
+        return st.i
+
+    @staticmethod
+    def _add(st: _AddState, v: Any) -> None:
+        if type(v) is int:
+            st.i += v
+        else:
+            st.f += _scaled(v)
+            st.nf += 1
+
+    @staticmethod
+    def _sub(st: _AddState, v: Any) -> None:
+        if type(v) is int:
+            st.i -= v
+        else:
+            st.f -= _scaled(v)
+            st.nf -= 1
+            if not st.nf:
+                st.f = 0
+
+    def _insert_late(self, st: _AddState, t: int, v: Any, tmax: int) -> None:
+        p = bisect_right(st.ts, t, st.h)
+        st.ts.insert(p, t)
+        st.vs.insert(p, v)
+        if self.window is None or t > tmax - self.window:
+            self._add(st, v)  # inside the running window (or the running total)
+        else:
+            st.w += 1
+        if len(st.ts) - st.h > self.cap:
+            self._degrade(st, tmax)
+
+    def _asof(self, st: _AddState, t: int) -> Any:
+        ts = st.ts
+        hi = bisect_right(ts, t, st.h)
+        if self.window is None:
+            # running total minus the (retained) entries after t
+            i, f, nf = st.i, st.f, st.nf
+            for v in st.vs[hi:]:
+                if type(v) is int:
+                    i -= v
+                else:
+                    f -= _scaled(v)
+                    nf -= 1
+            return _sum_value(i, f if nf else 0, nf)
+        lo = bisect_right(ts, t - self.window, st.h)
+        return _exact_sum(st.vs[lo:hi])
+
+    def _degrade(self, st: _AddState, tmax: int) -> None:
+        span = (self.window or 0) + self.lateness
+        g = max(st.g, 1, -(-span // max(1, self.cap // 2)))
+        while True:
+            ts: list[int] = []
+            vs: list[Any] = []
+            for x, v in zip(st.ts[st.h :], st.vs[st.h :], strict=True):
+                if ts and ts[-1] // g == x // g:
+                    ts[-1] = max(ts[-1], x)
+                    vs[-1] = vs[-1] + v
+                else:
+                    ts.append(x)
+                    vs.append(v)
+            if len(ts) <= self.cap // 2 + 2:
+                break
+            g *= 2
+        st.g = g
+        st.ts, st.vs, st.h = ts, vs, 0
+        self._rebuild(st, tmax)
+
+    def _rebuild(self, st: _AddState, tmax: int) -> None:
+        if self.window is not None:
+            st.w = bisect_right(st.ts, tmax - self.window, st.h)
+            vals = st.vs[st.w :]
+            st.i = st.f = st.nf = 0
+            for v in vals:
+                self._add(st, v)
+        else:
+            st.w = st.h
+
+    def dump(self, st: _AddState, tmax: int) -> Any:
+        h = st.h
+        out: list[Any] = [_deltas(st.ts, h, tmax)]
+        if not self.is_count or st.g:
+            out.append(st.vs[h:])
+        if st.g:
+            out.append(st.g)
+        if self.window is None:
+            out.append([st.i, str(st.f), st.nf] if st.nf else st.i)
+        return out
+
+    def load(self, data: Any, tmax: int) -> _AddState:
+        st = _AddState()
+        st.ts = _undeltas(data[0], tmax)
+        k = 1
+        if not self.is_count or (len(data) > 1 + (self.window is None)):
+            st.vs = list(data[1])
+            k = 2
+        else:
+            st.vs = [1] * len(st.ts)
+        if len(data) > k + (self.window is None):
+            st.g = int(data[k])
+            k += 1
+        if self.window is None:
+            tot = data[k]
+            if isinstance(tot, list):
+                st.i, st.f, st.nf = int(tot[0]), int(tot[1]), int(tot[2])
+            else:
+                st.i = int(tot)
+        self._rebuild(st, tmax)
+        return st
+
+
+# ---------------------------------------------------------------- min / max
+
+
+class _ExtState:
+    __slots__ = ("base", "dq", "g", "h", "ts", "vs")
+
+    def __init__(self) -> None:
+        self.ts: list[int] = []
+        self.vs: list[Any] = []
+        self.h = 0
+        self.g = 0
+        self.dq: deque[tuple[int, Any]] = deque()  # monotonic deque over the running window
+        self.base: Any = None  # whole-history: extreme of the entries no longer retained
+
+
+class Extreme(Logic):
+    """``min`` and ``max``. Exact below the cap; above it, time buckets as for ``count``:
+    the value is the extreme over a window starting up to ``g`` earlier."""
+
+    __slots__ = ("is_max",)
+
+    def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
+        super().__init__(feature, cap, lateness_ms)
+        self.is_max = feature.agg == "max"
+
+    def new(self) -> _ExtState:
+        return _ExtState()
+
+    def newest(self, st: _ExtState) -> int:
+        return st.ts[-1] if len(st.ts) > st.h else _NEG
+
+    def _better(self, a: Any, b: Any) -> bool:
+        """a at least as good as b (so b can be dropped when a is newer)."""
+        return bool(a >= b) if self.is_max else bool(a <= b)
+
+    def _ext(self, vals: Any) -> Any:
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None
+        return max(vals) if self.is_max else min(vals)
+
+    def apply(self, st: _ExtState, t: int, ev: Event, m: bool, tmax: int) -> Any:
+        v = _num(self.get(ev)) if m else None
+        if t < tmax:
+            if v is not None:
+                p = bisect_right(st.ts, t, st.h)
+                st.ts.insert(p, t)
+                st.vs.insert(p, v)
+                if len(st.ts) - st.h > self.cap:
+                    self._degrade(st, tmax)
+                else:
+                    self._rebuild(st, tmax)
+            hi = bisect_right(st.ts, t, st.h)
+            if self.window is None:
+                return self._ext([st.base, *st.vs[st.h : hi]])
+            lo = bisect_right(st.ts, t - self.window, st.h)
+            return self._ext(st.vs[lo:hi])
+        dq = st.dq
+        if v is not None:
+            g = st.g
+            if g and len(st.ts) > st.h and st.ts[-1] // g == t // g:
+                st.ts[-1] = t
+                if self._better(v, st.vs[-1]):
+                    st.vs[-1] = v
+                self._rebuild(st, tmax)
+            else:
+                st.ts.append(t)
+                st.vs.append(v)
+                if self.is_max:
+                    while dq and dq[-1][1] <= v:
+                        dq.pop()
+                else:
+                    while dq and dq[-1][1] >= v:
+                        dq.pop()
+                dq.append((t, v))
+                if len(st.ts) - st.h > self.cap:
+                    self._degrade(st, tmax)
+        w_ms = self.window
+        ts = st.ts
+        if w_ms is not None:
+            cut = t - w_ms
+            while dq and dq[0][0] <= cut:
+                dq.popleft()
+            rc = cut - self.lateness
+        else:
+            rc = t - self.lateness
+        h = st.h
+        if h < len(ts) and ts[h] <= rc:
+            n = len(ts)
+            while h < n and ts[h] <= rc:
+                if w_ms is None:
+                    st.base = self._ext([st.base, st.vs[h]])
+                h += 1
+            st.h = h
+            if h > 32 and 2 * h > n:
+                del ts[:h]
+                del st.vs[:h]
+                st.h = 0
+        return dq[0][1] if dq else (st.base if w_ms is None else None)
+
+    def _rebuild(self, st: _ExtState, tmax: int) -> None:
+        st.dq.clear()
+        lo = st.h if self.window is None else bisect_right(st.ts, tmax - self.window, st.h)
+        dq = st.dq
+        for x, v in zip(st.ts[lo:], st.vs[lo:], strict=True):
+            while dq and self._better(v, dq[-1][1]):
+                dq.pop()
+            dq.append((x, v))
+        if self.window is None and st.base is not None:
+            if not dq or self._better(st.base, dq[0][1]):
+                dq.appendleft((_NEG, st.base))
+
+    def _degrade(self, st: _ExtState, tmax: int) -> None:
+        span = (self.window or 0) + self.lateness
+        g = max(st.g, 1, -(-span // max(1, self.cap // 2)))
+        while True:
+            ts: list[int] = []
+            vs: list[Any] = []
+            for x, v in zip(st.ts[st.h :], st.vs[st.h :], strict=True):
+                if ts and ts[-1] // g == x // g:
+                    ts[-1] = max(ts[-1], x)
+                    if self._better(v, vs[-1]):
+                        vs[-1] = v
+                else:
+                    ts.append(x)
+                    vs.append(v)
+            if len(ts) <= self.cap // 2 + 2:
+                break
+            g *= 2
+        st.g, st.ts, st.vs, st.h = g, ts, vs, 0
+        self._rebuild(st, tmax)
+
+    def dump(self, st: _ExtState, tmax: int) -> Any:
+        out: list[Any] = [_deltas(st.ts, st.h, tmax), st.vs[st.h :], st.g]
+        if self.window is None:
+            out.append(st.base)
+        return out
+
+    def load(self, data: Any, tmax: int) -> _ExtState:
+        st = _ExtState()
+        st.ts = _undeltas(data[0], tmax)
+        st.vs = list(data[1])
+        st.g = int(data[2])
+        if self.window is None:
+            st.base = data[3]
+        self._rebuild(st, tmax)
+        return st
+
+
+# ---------------------------------------------------------------- last / since
+
+
+class _LastState:
+    __slots__ = ("g", "h", "ts", "vs")
+
+    def __init__(self) -> None:
+        self.ts: list[int] = []  # matching times, event order: those after tmax - L, plus one before
+        self.vs: list[Any] = []  # field values (``last`` only)
+        self.h = 0
+        self.g = 0
+
+
+class Last(Logic):
+    """``last`` (field of the most recent matching event, itself included) and ``since``
+    (``t`` minus the time of the most recent matching event before this one).
+
+    Keeps the matching events of the last ``L`` plus the newest one before. Above the cap
+    (a hot key with more than ``cap`` matching events within ``L``) events in the same
+    time bucket (``g = ceil(L / (cap // 2))``) merge into the newest: only late events can
+    then see a value that is at most ``g`` newer than the exact one.
+    """
+
+    __slots__ = ("is_since",)
+
+    def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
+        super().__init__(feature, cap, lateness_ms)
+        self.is_since = feature.agg == "since"
+
+    def new(self) -> _LastState:
+        return _LastState()
+
+    def newest(self, st: _LastState) -> int:
+        return st.ts[-1] if len(st.ts) > st.h else _NEG
+
+    def apply(self, st: _LastState, t: int, ev: Event, m: bool, tmax: int) -> Any:
+        ts = st.ts
+        h = st.h
+        w_ms = self.window
+        if t < tmax:
+            return self._late(st, t, ev, m)
+        n = len(ts)
+        if self.is_since:
+            prev = ts[-1] if n > h else None
+            if m:
+                g = st.g
+                if g and n > h and ts[-1] // g == t // g:
+                    ts[-1] = t
+                else:
+                    ts.append(t)
+                    n += 1
+            out = None if prev is None or (w_ms is not None and prev <= t - w_ms) else t - prev
+        else:
+            if m:
+                g = st.g
+                if g and n > h and ts[-1] // g == t // g:
+                    ts[-1] = t
+                    st.vs[-1] = self.get(ev)
+                else:
+                    ts.append(t)
+                    st.vs.append(self.get(ev))
+                    n += 1
+            if n > h and (w_ms is None or ts[-1] > t - w_ms):
+                out = st.vs[-1]
+            else:
+                out = None
+        # keep entries after t - L plus the newest one at or before it
+        if n - h > 1 and ts[h + 1] <= t - self.lateness:
+            rc = t - self.lateness
+            while h + 1 < n and ts[h + 1] <= rc:
+                h += 1
+            if w_ms is not None and ts[h] <= rc - w_ms:
+                h += 1
+            st.h = h
+            if h > 32 and 2 * h > n:
+                del ts[:h]
+                if not self.is_since:
+                    del st.vs[:h]
+                st.h = 0
+        if len(ts) - st.h > self.cap:
+            self._degrade(st)
+        return out
+
+    def _late(self, st: _LastState, t: int, ev: Event, m: bool) -> Any:
+        """A late event: insert in event order (after equal times), value as of t."""
+        ts = st.ts
+        h = st.h
+        w_ms = self.window
+        p = bisect_right(ts, t, h)
+        out: Any
+        if self.is_since:
+            prev = ts[p - 1] if p - 1 >= h else None
+            if m:
+                ts.insert(p, t)
+            out = None if prev is None or (w_ms is not None and prev <= t - w_ms) else t - prev
+        elif m:
+            out = self.get(ev)
+            ts.insert(p, t)
+            st.vs.insert(p, out)
+        elif p - 1 >= h and (w_ms is None or ts[p - 1] > t - w_ms):
+            out = st.vs[p - 1]
+        else:
+            out = None
+        if len(ts) - h > self.cap:
+            self._degrade(st)
+        return out
+
+    def _degrade(self, st: _LastState) -> None:
+        g = max(st.g, 1, -(-self.lateness // max(1, self.cap // 2)))
+        while True:
+            ts: list[int] = []
+            vs: list[Any] = []
+            src_vs = st.vs[st.h :] if not self.is_since else [None] * (len(st.ts) - st.h)
+            for x, v in zip(st.ts[st.h :], src_vs, strict=True):
+                if ts and ts[-1] // g == x // g:
+                    ts[-1] = x
+                    vs[-1] = v
+                else:
+                    ts.append(x)
+                    vs.append(v)
+            if len(ts) <= self.cap // 2 + 2:
+                break
+            g *= 2
+        st.g, st.ts, st.h = g, ts, 0
+        st.vs = [] if self.is_since else vs
+
+    def dump(self, st: _LastState, tmax: int) -> Any:
+        out: list[Any] = [_deltas(st.ts, st.h, tmax)]
+        if not self.is_since:
+            out.append(st.vs[st.h :])
+        if st.g:
+            out.append(st.g)
+        return out
+
+    def load(self, data: Any, tmax: int) -> _LastState:
+        st = _LastState()
+        st.ts = _undeltas(data[0], tmax)
+        k = 1
+        if not self.is_since:
+            st.vs = list(data[1])
+            k = 2
+        if len(data) > k:
+            st.g = int(data[k])
+        return st
+
+
+# ---------------------------------------------------------------- distinct
+
+
+class _DistinctState:
+    __slots__ = ("occ", "old", "win")
+
+    def __init__(self) -> None:
+        # value -> its occurrence times (sorted): those after tmax - L, plus the newest before
+        self.occ: dict[Any, list[int]] = {}
+        # values in the running window -> newest occurrence, ordered by it
+        self.win: OrderedDict[Any, int] = OrderedDict()
+        # (newest occurrence, value) of retained values that left the window, oldest first
+        self.old: deque[tuple[int, Any]] = deque()
+
+
+class Distinct(Logic):
+    """``distinct``: how many different non-null values of ``field`` in the window.
+
+    Values are strings, numbers and booleans (objects and arrays are ignored like null);
+    equality is Python's (1 and 1.0 are one value). Exact below the cap. Above it, only the
+    ``cap`` most recently seen values are kept, so for in-order events the value is
+    exactly ``min(exact, cap)``: never more than the truth, and exact whenever the truth
+    is at most ``cap``.
+    """
+
+    __slots__ = ()
+
+    def new(self) -> _DistinctState:
+        return _DistinctState()
+
+    def newest(self, st: _DistinctState) -> int:
+        return max((occ[-1] for occ in st.occ.values()), default=_NEG)
+
+    def apply(self, st: _DistinctState, t: int, ev: Event, m: bool, tmax: int) -> Any:
+        v = distinct_key(self.get(ev)) if m else None
+        occ = st.occ
+        L = self.lateness
+        w_ms = self.window
+        if t < tmax:
+            if v is not None:
+                lst = occ.get(v)
+                if lst is None:
+                    occ[v] = [t]
+                else:
+                    insort(lst, t)
+                self._rebuild(st, tmax)
+                self._enforce_cap(st, v)
+            n = 0
+            for lst in occ.values():
+                j = bisect_right(lst, t) - 1
+                if j >= 0 and (w_ms is None or lst[j] > t - w_ms):
+                    n += 1
+            return n
+        win = st.win
+        if v is not None:
+            lst = occ.get(v)
+            if lst is None:
+                occ[v] = [t]
+                win[v] = t
+                if len(occ) > self.cap:
+                    self._enforce_cap(st, v)
+            else:
+                lst.append(t)
+                if len(lst) > 2 and lst[1] <= t - L:
+                    rc = t - L
+                    k = 0
+                    while k + 1 < len(lst) and lst[k + 1] <= rc:
+                        k += 1
+                    del lst[:k]
+                win[v] = t
+                win.move_to_end(v)
+        if w_ms is None:
+            return len(win)
+        cut = t - w_ms
+        if win:
+            k0 = next(iter(win))
+            if win[k0] <= cut:
+                old = st.old
+                while win:
+                    k0 = next(iter(win))
+                    lt = win[k0]
+                    if lt > cut:
+                        break
+                    del win[k0]
+                    old.append((lt, k0))
+        old = st.old
+        if old and old[0][0] <= cut - L:
+            rc = cut - L
+            while old and old[0][0] <= rc:
+                lt, k0 = old.popleft()
+                lst = occ.get(k0)
+                if lst is not None and lst[-1] <= rc:
+                    del occ[k0]
+        return len(win)
+
+    def _enforce_cap(self, st: _DistinctState, keep: Any) -> None:
+        """Drop the least recently seen values (never ``keep``) until at most ``cap`` remain."""
+        occ = st.occ
+        while len(occ) > self.cap:
+            if st.old:
+                _, k0 = st.old.popleft()
+                if k0 in occ and k0 not in st.win:
+                    del occ[k0]
+                continue
+            k0 = next(iter(st.win))
+            if k0 == keep:
+                break
+            del st.win[k0]
+            del occ[k0]
+
+    def _rebuild(self, st: _DistinctState, tmax: int) -> None:
+        items = sorted(((lst[-1], k) for k, lst in st.occ.items()), key=lambda x: x[0])
+        if self.window is None:
+            st.win = OrderedDict((k, lt) for lt, k in items)
+            st.old = deque()
+            return
+        cut = tmax - self.window
+        rc = cut - self.lateness
+        st.win = OrderedDict((k, lt) for lt, k in items if lt > cut)
+        st.old = deque((lt, k) for lt, k in items if rc < lt <= cut)
+        for lt, k in items:
+            if lt <= rc:
+                del st.occ[k]
+
+    def dump(self, st: _DistinctState, tmax: int) -> Any:
+        return [[k, _deltas(lst, 0, tmax)] for k, lst in st.occ.items()]
+
+    def load(self, data: Any, tmax: int) -> _DistinctState:
+        st = _DistinctState()
+        for k, ds in data:
+            st.occ[k] = _undeltas(ds, tmax)
+        self._rebuild(st, tmax)
+        return st
+
+
+# ---------------------------------------------------------------- geo_spread
+
+
+class _GeoState:
+    __slots__ = ("best", "best_lo", "h", "pts", "ts")
+
+    def __init__(self) -> None:
+        self.ts: list[int] = []  # event order
+        self.pts: list[tuple[float, float]] = []
+        self.h = 0
+        self.best = 0.0  # spread over the running window
+        self.best_lo = _NEG  # older time of the best pair (recompute when it leaves)
+
+
+class GeoSpread(Logic):
+    """``geo_spread``: the largest haversine distance (km) between two points in the window.
+
+    O(points in the window) per matching event. Above the cap the oldest retained points
+    are dropped, so the value is then the spread of the ``cap`` most recent matching
+    points in the window: a lower bound of the exact value (exact when the window holds
+    at most ``cap`` points).
+    """
+
+    __slots__ = ()
+
+    def new(self) -> _GeoState:
+        return _GeoState()
+
+    def newest(self, st: _GeoState) -> int:
+        return st.ts[-1] if len(st.ts) > st.h else _NEG
+
+    @staticmethod
+    def _spread(pts: list[tuple[float, float]], ts: list[int]) -> tuple[float, int]:
+        best = 0.0
+        lo = _NEG
+        n = len(pts)
+        for i in range(n):
+            a0, a1 = pts[i]
+            for j in range(i + 1, n):
+                b0, b1 = pts[j]
+                d = haversine_km(a0, a1, b0, b1)
+                if d > best:
+                    best = d
+                    lo = min(ts[i], ts[j])
+        return best, lo
+
+    def apply(self, st: _GeoState, t: int, ev: Event, m: bool, tmax: int) -> Any:
+        p = geo_point(self.get(ev)) if m else None
+        w_ms = self.window
+        if t < tmax:
+            if p is not None:
+                k = bisect_right(st.ts, t, st.h)
+                st.ts.insert(k, t)
+                st.pts.insert(k, p)
+                self._cap(st)
+                self._rebuild(st, tmax)
+            hi = bisect_right(st.ts, t, st.h)
+            lo = st.h if w_ms is None else bisect_right(st.ts, t - w_ms, st.h)
+            return self._spread(st.pts[lo:hi], st.ts[lo:hi])[0]
+        ts = st.ts
+        cut = _NEG if w_ms is None else t - w_ms
+        if p is not None:
+            lo = st.h if w_ms is None else bisect_right(ts, cut, st.h)
+            a0, a1 = p
+            best = st.best
+            pts = st.pts
+            for i in range(lo, len(ts)):
+                b0, b1 = pts[i]
+                d = haversine_km(a0, a1, b0, b1)
+                if d > best:
+                    best = d
+                    st.best_lo = ts[i]
+            st.best = best
+            ts.append(t)
+            pts.append(p)
+            if self._cap(st):
+                self._rebuild(st, tmax)
+        if st.best_lo != _NEG and st.best_lo <= cut:
+            self._rebuild(st, tmax)
+        if w_ms is not None:
+            h = st.h
+            rc = cut - self.lateness
+            if h < len(ts) and ts[h] <= rc:
+                while h < len(ts) and ts[h] <= rc:
+                    h += 1
+                st.h = h
+                if h > 32 and 2 * h > len(ts):
+                    del ts[:h]
+                    del st.pts[:h]
+                    st.h = 0
+        return st.best
+
+    def _cap(self, st: _GeoState) -> bool:
+        over = len(st.ts) - st.h - self.cap
+        if over > 0:
+            st.h += over
+            return True
+        return False
+
+    def _rebuild(self, st: _GeoState, tmax: int) -> None:
+        lo = st.h if self.window is None else bisect_right(st.ts, tmax - self.window, st.h)
+        st.best, st.best_lo = self._spread(st.pts[lo:], st.ts[lo:])
+
+    def dump(self, st: _GeoState, tmax: int) -> Any:
+        return [_deltas(st.ts, st.h, tmax), [c for p in st.pts[st.h :] for c in p]]
+
+    def load(self, data: Any, tmax: int) -> _GeoState:
+        st = _GeoState()
+        st.ts = _undeltas(data[0], tmax)
+        flat = data[1]
+        st.pts = [(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        self._rebuild(st, tmax)
+        return st
+
+
+# ---------------------------------------------------------------- max_speed
+
+
+def speed_kmh(t1: int, p1: tuple[float, float], t2: int, p2: tuple[float, float]) -> float:
+    """km/h between two points; the time gap is clamped to at least 1 s."""
+    gap = abs(t2 - t1)
+    if gap < 1000:
+        gap = 1000
+    return haversine_km(p1[0], p1[1], p2[0], p2[1]) / (gap / 3_600_000.0)
+
+
+class _SpeedState:
+    __slots__ = ("base", "dq", "h", "ordered", "pts", "ts")
+
+    def __init__(self) -> None:
+        self.ts: list[int] = []  # processing order
+        self.pts: list[tuple[float, float]] = []
+        self.h = 0
+        self.ordered = True  # retained times are non-decreasing (no late point among them)
+        self.dq: deque[tuple[int, float]] = deque()  # (older time of the pair, speed), monotonic
+        self.base = 0.0  # whole history: max over pairs no longer retained
+
+
+class MaxSpeed(Logic):
+    """``max_speed``: the largest km/h between consecutive matching events in processing
+    order (among those in the window), time gap clamped to at least 1 s.
+
+    O(1) amortized per in-order event; while a late point is retained the value is
+    computed by a scan. Above the cap the oldest points are dropped: the value is then a
+    lower bound computed over the ``cap`` most recent points.
+    """
+
+    __slots__ = ()
+
+    def new(self) -> _SpeedState:
+        return _SpeedState()
+
+    def newest(self, st: _SpeedState) -> int:
+        return max(st.ts[st.h :], default=_NEG)
+
+    def _scan(self, st: _SpeedState, t: int) -> float:
+        w_ms = self.window
+        lo = _NEG if w_ms is None else t - w_ms
+        best = st.base if w_ms is None else 0.0
+        prev: tuple[int, tuple[float, float]] | None = None
+        if w_ms is None and st.h > 0:
+            prev = (st.ts[st.h - 1], st.pts[st.h - 1])  # the anchor: last point no longer retained
+        for x, p in zip(st.ts[st.h :], st.pts[st.h :], strict=True):
+            if lo < x <= t:
+                if prev is not None:
+                    s = speed_kmh(prev[0], prev[1], x, p)
+                    if s > best:
+                        best = s
+                prev = (x, p)
+        return best
+
+    def apply(self, st: _SpeedState, t: int, ev: Event, m: bool, tmax: int) -> Any:
+        p = geo_point(self.get(ev)) if m else None
+        ts = st.ts
+        w_ms = self.window
+        if t < tmax:
+            if p is not None:
+                ts.append(t)
+                st.pts.append(p)
+                st.ordered = False
+                self._cap(st)
+            return self._scan(st, t)
+        dq = st.dq
+        if p is not None:
+            n = len(ts)
+            if n > (0 if w_ms is None else st.h) and st.ordered:
+                pt = ts[-1]
+                if w_ms is None or pt > t - w_ms:
+                    s = speed_kmh(pt, st.pts[-1], t, p)
+                    while dq and dq[-1][1] <= s:
+                        dq.pop()
+                    dq.append((pt, s))
+            ts.append(t)
+            st.pts.append(p)
+            self._cap(st)
+        # prune: points that can never be in a window again (a prefix in processing order)
+        rc = (t - self.lateness) if w_ms is None else (t - w_ms - self.lateness)
+        h = st.h
+        if h < len(ts) and ts[h] <= rc:
+            while h < len(ts) and ts[h] <= rc:
+                if w_ms is None and h > 0:
+                    s = speed_kmh(ts[h - 1], st.pts[h - 1], ts[h], st.pts[h])
+                    if s > st.base:
+                        st.base = s
+                h += 1
+            st.h = h
+            if not st.ordered:
+                self._rebuild(st, tmax)
+            if h > 32 and 2 * h > len(ts):
+                keep = h - 1 if w_ms is None else h  # whole history keeps one anchor point
+                del ts[:keep]
+                del st.pts[:keep]
+                st.h = h - keep
+        if not st.ordered:
+            return self._scan(st, t)
+        if w_ms is not None:
+            cut = t - w_ms
+            while dq and dq[0][0] <= cut:
+                dq.popleft()
+            return dq[0][1] if dq else 0.0
+        return max(st.base, dq[0][1]) if dq else st.base
+
+    def _cap(self, st: _SpeedState) -> None:
+        over = len(st.ts) - st.h - self.cap
+        if over > 0:
+            st.h += over
+            self._rebuild(st, max(st.ts[st.h :], default=_NEG))
+
+    def _rebuild(self, st: _SpeedState, tmax: int) -> None:
+        r = st.ts[st.h :]
+        st.ordered = all(r[i] <= r[i + 1] for i in range(len(r) - 1))
+        st.dq.clear()
+        if not st.ordered:
+            return
+        w_ms = self.window
+        lo = st.h if w_ms is not None or st.h == 0 else st.h - 1
+        cut = _NEG if w_ms is None else tmax - w_ms
+        dq = st.dq
+        for i in range(max(lo, 0) + 1, len(st.ts)):
+            pt = st.ts[i - 1]
+            if pt <= cut or (w_ms is not None and i - 1 < st.h):
+                continue
+            s = speed_kmh(pt, st.pts[i - 1], st.ts[i], st.pts[i])
+            while dq and dq[-1][1] <= s:
+                dq.pop()
+            dq.append((pt, s))
+
+    def dump(self, st: _SpeedState, tmax: int) -> Any:
+        start = st.h - 1 if (self.window is None and st.h > 0) else st.h
+        out: list[Any] = [
+            _deltas(st.ts, start, tmax),
+            [c for p in st.pts[start:] for c in p],
+            st.h - start,
+        ]
+        if self.window is None:
+            out.append(st.base)
+        return out
+
+    def load(self, data: Any, tmax: int) -> _SpeedState:
+        st = _SpeedState()
+        st.ts = _undeltas(data[0], tmax)
+        flat = data[1]
+        st.pts = [(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        st.h = int(data[2])
+        if self.window is None:
+            st.base = float(data[3])
+        self._rebuild(st, tmax)
+        return st
+
+
+# ---------------------------------------------------------------- sequence
+
+
+class _SeqState:
+    __slots__ = ("best", "h", "ks", "ts")
+
+    def __init__(self, n: int) -> None:
+        self.ts: list[int] = []  # times of events whose type is a step, event order
+        self.ks: list[int] = []  # their step-type ids
+        self.h = 0
+        self.best: list[int] = [_NEG] * n  # newest start time of a chain matching steps[:i+1]
+
+
+class Sequence(Logic):
+    """``sequence``: 1 when this event matches the last step and distinct earlier events
+    matched the steps before it in event order, the first after ``t - within``; else 0.
+
+    O(steps) per event (a small dynamic program over chain start times). Keeps the step
+    events of the last ``within + L``. Above the cap the oldest step events are dropped;
+    in-order results stay exact (the running program needs no history), only late events
+    may then miss a chain.
+    """
+
+    __slots__ = ("idx", "last_type", "n", "tid", "within")
+
+    def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
+        super().__init__(feature, cap, lateness_ms)
+        assert feature.within_ms is not None  # noqa: S101 - validated by the spec
+        self.within = feature.within_ms
+        self.n = len(feature.steps)
+        types = sorted(set(feature.steps))
+        self.tid: dict[str, int] = {ty: k for k, ty in enumerate(types)}
+        # type id -> step indices with that type, descending (so one event fills one step)
+        self.idx: list[tuple[int, ...]] = [
+            tuple(i for i in range(self.n - 1, -1, -1) if feature.steps[i] == ty) for ty in types
+        ]
+        self.last_type = self.tid[feature.steps[-1]]
+
+    def new(self) -> _SeqState:
+        return _SeqState(self.n)
+
+    def newest(self, st: _SeqState) -> int:
+        return st.ts[-1] if len(st.ts) > st.h else _NEG
+
+    def _step(self, best: list[int], k: int, t: int) -> int:
+        """Advance the program by one event of type id k at t; returns this event's value."""
+        out = 0
+        if k == self.last_type:
+            start = t if self.n == 1 else best[self.n - 2]
+            if start > t - self.within:
+                out = 1
+        for i in self.idx[k]:
+            if i == 0:
+                if t > best[0]:
+                    best[0] = t
+            elif best[i - 1] > best[i]:
+                best[i] = best[i - 1]
+        return out
+
+    def apply(self, st: _SeqState, t: int, ev: Event, m: bool, tmax: int) -> Any:
+        if not m:
+            return 0
+        ty = ev.get("type")
+        k = self.tid.get(ty, -1) if type(ty) is str else -1
+        if k < 0:
+            return 0
+        if t < tmax:
+            p = bisect_right(st.ts, t, st.h)
+            st.ts.insert(p, t)
+            st.ks.insert(p, k)
+            best = [_NEG] * self.n
+            for x, kk in zip(st.ts[st.h : p], st.ks[st.h : p], strict=True):
+                self._step(best, kk, x)
+            out = self._step(best, k, t)
+            self._cap(st)
+            self._rebuild(st)
+            return out
+        out = self._step(st.best, k, t)
+        st.ts.append(t)
+        st.ks.append(k)
+        rc = t - self.within - self.lateness
+        h = st.h
+        ts = st.ts
+        if ts[h] <= rc:
+            while ts[h] <= rc:
+                h += 1
+            st.h = h
+            if h > 32 and 2 * h > len(ts):
+                del ts[:h]
+                del st.ks[:h]
+                st.h = 0
+        self._cap(st)
+        return out
+
+    def _cap(self, st: _SeqState) -> None:
+        over = len(st.ts) - st.h - self.cap
+        if over > 0:
+            st.h += over
+
+    def _rebuild(self, st: _SeqState) -> None:
+        best = [_NEG] * self.n
+        for x, k in zip(st.ts[st.h :], st.ks[st.h :], strict=True):
+            self._step(best, k, x)
+        st.best = best
+
+    def dump(self, st: _SeqState, tmax: int) -> Any:
+        return [_deltas(st.ts, st.h, tmax), st.ks[st.h :]]
+
+    def load(self, data: Any, tmax: int) -> _SeqState:
+        st = _SeqState(self.n)
+        st.ts = _undeltas(data[0], tmax)
+        st.ks = [int(k) for k in data[1]]
+        self._rebuild(st)
+        return st
+
+
+LOGICS: dict[str, type[Logic]] = {
+    "count": Additive,
+    "sum": Additive,
+    "min": Extreme,
+    "max": Extreme,
+    "last": Last,
+    "since": Last,
+    "distinct": Distinct,
+    "geo_spread": GeoSpread,
+    "max_speed": MaxSpeed,
+    "sequence": Sequence,
+}

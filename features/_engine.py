@@ -1,0 +1,280 @@
+"""The feature engine: applies events to per-entity state and returns feature values.
+
+Built once from a frozen ``FeatureSpec`` (compiles every ``where`` matcher once, shares
+matchers between features, builds one private logic object per feature); the state of
+one entity key is an ``EntityState`` holding plain data, snapshotted by ``dumps``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from features._aggs import _NEG, LOGICS, Logic
+from features._spec import Feature, FeatureSpec, make_matcher
+from features.errors import ConfigError, EventError, StateError
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+LATE_REJECTED = "late_rejected"
+
+_FORMAT = 1  # snapshot format version
+
+
+class ApplyResult:
+    """What applying one event to one entity key gave.
+
+    ``features``: every feature of the entity (name -> value, None where undefined); empty
+    for a rejected event. ``status``: "applied" | "duplicate" | "late_rejected";
+    ``reason``: why, for anything but "applied".
+    """
+
+    __slots__ = ("features", "reason", "status")
+
+    def __init__(self, features: dict[str, Any], status: str, reason: str | None = None) -> None:
+        self.features = features
+        self.status = status
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"ApplyResult(status={self.status!r}, reason={self.reason!r}, features={self.features!r})"
+
+
+class EntityState:
+    """The state of one entity key: plain data only (times, counters, lists, dicts).
+
+    ``tmax``: newest applied event time; ``late_rejected``: how many events were rejected
+    as too late; ``dedup``: event id -> (time, feature values of its first application)
+    for the ids within the dedup horizon; ``feats``: one state object per feature.
+    """
+
+    __slots__ = ("dedup", "dedup_order", "entity", "feats", "late_rejected", "tmax")
+
+    def __init__(self, entity: str, feats: list[Any]) -> None:
+        self.entity = entity
+        self.tmax = _NEG
+        self.late_rejected = 0
+        self.dedup: dict[str, tuple[int, tuple[Any, ...]]] = {}
+        self.dedup_order: deque[tuple[int, str]] = deque()
+        self.feats = feats
+
+    @property
+    def empty(self) -> bool:
+        """True when no event was ever applied (or all were forgotten)."""
+        return self.tmax == _NEG
+
+
+class _Plan:
+    """Everything the engine needs for one entity kind, prepared once."""
+
+    __slots__ = ("features", "keys", "layout", "logics", "matchers", "mi", "names", "span", "unbounded")
+
+    def __init__(self, feats: tuple[Feature, ...], cap: int, lateness_ms: int) -> None:
+        self.features = feats
+        self.names = tuple(f.name for f in feats)
+        self.keys = tuple(f.state_key for f in feats)
+        self.layout = hashlib.blake2b(",".join(self.keys).encode(), digest_size=4).hexdigest()
+        self.logics: tuple[Logic, ...] = tuple(LOGICS[f.agg](f, cap, lateness_ms) for f in feats)
+        # share one compiled matcher between features with the same `where`
+        matchers: list[Callable[[Mapping[str, Any]], bool]] = []
+        index: dict[Any, int] = {}
+        mi: list[int] = []
+        for f in feats:
+            if not f.where:
+                mi.append(-1)
+                continue
+            if f.where not in index:
+                m = make_matcher(dict(f.where))
+                assert m is not None  # noqa: S101 - non-empty where
+                index[f.where] = len(matchers)
+                matchers.append(m)
+            mi.append(index[f.where])
+        self.matchers = tuple(matchers)
+        self.mi = tuple(mi)
+        spans = [s for f in feats if (s := f.span_ms()) is not None]
+        self.span = max(spans, default=0)
+        self.unbounded = any(f.span_ms() is None for f in feats)
+
+
+class FeatureEngine:
+    """Applies events to per-entity state; pure and deterministic (event time only).
+
+    ``cap``: entries per (entity key, feature) before a feature degrades (see each
+    aggregation's bound in ``features._aggs``); also bounds the remembered event ids.
+    ``allowed_lateness_ms``: an event older than the key's newest by more is rejected.
+    ``dedup_horizon_ms``: how long (event time) applied event ids are remembered, so a
+    redelivered event is a no-op; must be at least the allowed lateness.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        cap: int = 10_000,
+        allowed_lateness_ms: int = 3_600_000,
+        dedup_horizon_ms: int = 86_400_000,
+    ) -> None:
+        if cap < 8:
+            raise ConfigError(f"state cap must be at least 8, got {cap}", setting="BYPASS_STATE_CAP")
+        if allowed_lateness_ms < 0:
+            raise ConfigError(
+                f"allowed lateness must be >= 0 ms, got {allowed_lateness_ms}",
+                setting="BYPASS_ALLOWED_LATENESS_MS",
+            )
+        if dedup_horizon_ms < allowed_lateness_ms:
+            raise ConfigError(
+                f"dedup horizon ({dedup_horizon_ms} ms) must be at least the allowed lateness "
+                f"({allowed_lateness_ms} ms), or a redelivered late event could be applied twice",
+                setting="BYPASS_DEDUP_HORIZON_MS",
+            )
+        self.spec = spec
+        self.cap = cap
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.dedup_horizon_ms = dedup_horizon_ms
+        self._plans = {e: _Plan(spec.features_of(e), cap, allowed_lateness_ms) for e in spec.entities}
+
+    def _plan(self, entity: str) -> _Plan:
+        plan = self._plans.get(entity)
+        if plan is None:
+            raise ConfigError(
+                f"unknown entity {entity!r} (the feature spec declares: {', '.join(self._plans)})",
+                entity=entity,
+            )
+        return plan
+
+    def feature_names(self, entity: str) -> tuple[str, ...]:
+        """The feature names of an entity kind, in spec order (the keys of ``features``)."""
+        return self._plan(entity).names
+
+    def new_state(self, entity: str) -> EntityState:
+        """A fresh, empty state for one key of ``entity``."""
+        plan = self._plan(entity)
+        return EntityState(entity, [lg.new() for lg in plan.logics])
+
+    def apply(self, entity: str, state: EntityState, event: Mapping[str, Any]) -> ApplyResult:
+        """Apply one event to one key's state (mutated in place) and return the features.
+
+        In-order and late-but-allowed events are "applied" (a late event's features are
+        computed as of its own time over what was applied so far); an event id already
+        applied within the dedup horizon is a "duplicate": the state is unchanged and the
+        features are those of its first application; an event older than the key's newest
+        by more than the allowed lateness is "late_rejected" (counted in the state).
+        """
+        plan = self._plans.get(entity)
+        if plan is None:
+            plan = self._plan(entity)
+        t = event.get("ts")
+        eid = event.get("event_id")
+        if type(t) is not int or type(eid) is not str:
+            raise EventError(
+                f"event {eid!r}: needs an integer 'ts' (epoch ms) and a string 'event_id'",
+                event_id=eid,
+            )
+        seen = state.dedup.get(eid)
+        if seen is not None:
+            return ApplyResult(
+                dict(zip(plan.names, seen[1], strict=False)), DUPLICATE, "event id already applied"
+            )
+        tmax = state.tmax
+        if t < tmax - self.allowed_lateness_ms:
+            state.late_rejected += 1
+            return ApplyResult(
+                {},
+                LATE_REJECTED,
+                f"event time {t} is {tmax - t} ms older than the key's newest event ({tmax}); "
+                f"allowed lateness is {self.allowed_lateness_ms} ms",
+            )
+        if t > tmax:
+            state.tmax = tmax = t
+        ms = [m(event) for m in plan.matchers]
+        ms.append(True)  # index -1: no `where`
+        fs = state.feats
+        mi = plan.mi
+        vals = tuple([lg.apply(fs[i], t, event, ms[mi[i]], tmax) for i, lg in enumerate(plan.logics)])
+        # remember the id and the values of this first application
+        state.dedup[eid] = (t, vals)
+        order = state.dedup_order
+        order.append((t, eid))
+        horizon = tmax - self.dedup_horizon_ms  # ids of events at or after it are kept
+        if order[0][0] < horizon or len(order) > self.cap:
+            dd = state.dedup
+            while order and (order[0][0] < horizon or len(order) > self.cap):
+                dd.pop(order.popleft()[1], None)
+        return ApplyResult(dict(zip(plan.names, vals, strict=True)), APPLIED)
+
+    def evictable(self, state: EntityState, now_ms: int) -> bool:
+        """True when dropping this key's state changes no future result.
+
+        That is: no event of the key is inside its longest window, the dedup horizon or
+        the allowed lateness as of ``now_ms`` (event time). A key of an entity with a
+        whole-history feature (no window) is evictable only when it never saw an event.
+        """
+        if state.tmax == _NEG:
+            return True
+        plan = self._plan(state.entity)
+        if plan.unbounded:
+            return False
+        keep = max(plan.span, self.dedup_horizon_ms, self.allowed_lateness_ms)
+        return now_ms - state.tmax >= keep
+
+    def dumps(self, state: EntityState) -> bytes:
+        """A compact, versioned snapshot (orjson bytes) that ``loads`` restores exactly."""
+        plan = self._plan(state.entity)
+        tmax = state.tmax
+        if tmax == _NEG:
+            return orjson.dumps([_FORMAT, None, state.late_rejected])
+        dedup: list[Any] = []
+        for t, eid in state.dedup_order:
+            dedup.append(eid)
+            dedup.append(tmax - t)
+            dedup.append(list(state.dedup[eid][1]))
+        feats = {
+            key: lg.dump(st, tmax) for key, lg, st in zip(plan.keys, plan.logics, state.feats, strict=True)
+        }
+        return orjson.dumps([_FORMAT, tmax, state.late_rejected, plan.layout, dedup, feats])
+
+    def loads(self, entity: str, data: bytes) -> EntityState:
+        """Restore a snapshot made by ``dumps``.
+
+        A feature whose parameters changed since the snapshot (a different state key)
+        starts empty instead of misreading old state; remembered event ids are kept,
+        but if the feature list changed their remembered values are replaced by None.
+        """
+        plan = self._plan(entity)
+        try:
+            raw = orjson.loads(data)
+            if not isinstance(raw, list) or raw[0] != _FORMAT:
+                raise StateError(
+                    f"state snapshot of {entity!r}: unknown format {raw[0] if raw else raw!r}",
+                    entity=entity,
+                )
+            st = self.new_state(entity)
+            st.late_rejected = int(raw[2])
+            if raw[1] is None:
+                return st
+            tmax = st.tmax = int(raw[1])
+            same_layout = raw[3] == plan.layout
+            flat = raw[4]
+            nulls = (None,) * len(plan.names)
+            for i in range(0, len(flat), 3):
+                eid, d, vals = flat[i], flat[i + 1], flat[i + 2]
+                t = tmax - int(d)
+                st.dedup[eid] = (t, tuple(vals) if same_layout else nulls)
+                st.dedup_order.append((t, eid))
+            feats = raw[5]
+            for i, (key, lg) in enumerate(zip(plan.keys, plan.logics, strict=True)):
+                blob = feats.get(key)
+                if blob is not None:
+                    st.feats[i] = lg.load(blob, tmax)
+            return st
+        except StateError:
+            raise
+        except (orjson.JSONDecodeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            raise StateError(
+                f"state snapshot of {entity!r} is corrupt ({type(exc).__name__}: {exc})",
+                entity=entity,
+            ) from exc
