@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from rules._model import Rule, RuleSet
+from rules._model import RuleSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +74,11 @@ def diff(old: RuleSet, new: RuleSet) -> RuleSetDiff:
         before = old_rules.get(r.id)
         if before is None or before == r:
             continue
+        old_fields, new_fields = asdict(before), asdict(r)
         delta = tuple(
-            (f.name, getattr(before, f.name), getattr(r, f.name))
-            for f in fields(Rule)
-            if getattr(before, f.name) != getattr(r, f.name)
+            (name, old_fields[name], value) for name, value in new_fields.items() if old_fields[name] != value
         )
         changed.append(RuleChange(r.id, delta))
-    decisions = tuple(
-        (name, getattr(old, name), getattr(new, name))
-        for name in ("reject", "review")
-        if getattr(old, name) != getattr(new, name)
-    )
+    thresholds = (("reject", old.reject, new.reject), ("review", old.review, new.review))
+    decisions = tuple(t for t in thresholds if t[1] != t[2])
     return RuleSetDiff(old.version, new.version, added, removed, tuple(changed), decisions)

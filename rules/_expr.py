@@ -617,6 +617,30 @@ _NUMERIC_FUNCS: Final[Mapping[str, tuple[int, int, Callable[..., Any]]]] = {
 }
 
 
+def _bracket_depth(text: str) -> tuple[int, int]:
+    """Deepest nesting of ( [ { outside string literals, and where it is first reached."""
+    depth = deepest = where = 0
+    quote = ""
+    escaped = False
+    for i, ch in enumerate(text):
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+            if depth > deepest:
+                deepest, where = depth, i
+        elif ch in ")]}":
+            depth -= 1
+    return deepest, where
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -669,6 +693,14 @@ class _Compiler:
                 MAX_EXPR_CHARS,
                 f"the expression is too long ({len(text)} characters, at most {MAX_EXPR_CHARS})",
                 "split it into several rules",
+            )
+            return None
+        depth, where = _bracket_depth(text)
+        if depth > MAX_DEPTH:
+            self.problem(
+                where,
+                f"the expression is nested too deeply (more than {MAX_DEPTH} levels of brackets)",
+                "flatten it or split it into several rules",
             )
             return None
         try:

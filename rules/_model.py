@@ -30,6 +30,8 @@ Schema = Mapping[str, Mapping[str, str]]
 MODES: Final = ("active", "shadow")
 ACTIONS: Final = ("none", "review", "blacklist")
 DECISIONS: Final = ("reject", "review")
+#: Thresholds used when ``decisions`` (or one of its keys) is left out.
+DEFAULT_DECISIONS: Final[Mapping[str, int]] = {"reject": 100, "review": 50}
 RULE_KEYS: Final = (
     "action",
     "description",
@@ -500,6 +502,8 @@ class _Validator:
 
     def decisions(self, d: Any) -> tuple[int | float | None, int | float | None]:
         path: Path = ("decisions",)
+        if d is None:
+            d = {}
         if not isinstance(d, Mapping):
             self.add(None, path, "decisions must be a mapping", "write `decisions: {reject: 80, review: 50}`")
             return None, None
@@ -513,7 +517,7 @@ class _Validator:
                 )
         values: dict[str, int | float | None] = {}
         for k in DECISIONS:
-            v = d.get(k)
+            v = d.get(k, DEFAULT_DECISIONS[k])
             if not _is_number(v):
                 self.add(
                     None, (*path, k) if k in d else path, f"decisions.{k} must be a number", f"e.g. {k}: 50"
