@@ -70,7 +70,8 @@ def up(
             how = "started"
         click.echo(f"{name:<11} {how:<16} {address}", err=True)
     env = the_stack.env()
-    if "phone_hash_key" in settings.model_fields_set:
+    own_key = settings.phone_hash_key.get_secret_value() if settings.phone_hash_key else ""
+    if own_key and own_key != env["BYPASS_PHONE_HASH_KEY"]:
         env.pop("BYPASS_PHONE_HASH_KEY")  # the user's own key wins
     for part in result.external:
         env.pop(ENV_NAMES[part], None)  # already in the environment

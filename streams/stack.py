@@ -40,8 +40,13 @@ faust-streaming 0.15 / aiokafka 0.14 (other areas depend on these facts):
 - ``offsets_for_times`` is NOT supported: it answers offset 0 (the start) for every
   timestamp. Record timestamps (CreateTime) are stored and returned correctly, so a
   reader that needs "offsets by time" must scan from the start and skip older records
-  (or binary-search by seeking). Watermarks (``get_watermark_offsets``), ``assign``
-  at an offset and ``seek`` work.
+  (or binary-search by seeking). ``assign`` at an offset and ``seek`` work.
+- The high watermark from ListOffsets (``get_watermark_offsets``, ``offsets_for_times``
+  with OFFSET_END) is TOO LOW after a multi-record batch: it is the base offset of the
+  last batch + 1 (12 records produced in one batch -> high watermark 1; the records
+  are all there, offsets 0..11). Do not stop reading at that "end": to read a topic
+  to its end use ``enable.partition.eof=True`` and stop at the PARTITION_EOF event
+  (fetch responses carry the right end), or until polls come back empty.
 - Consumer-group join waits about half the session timeout with confluent-kafka
   (default 45 s session -> about 23 s!; ``session.timeout.ms=6000`` -> 3 s;
   ``1000`` -> about 1.1 s) and about the rebalance timeout with aiokafka/Faust. Use
@@ -104,7 +109,9 @@ _CLI_FLAG = {
     "redis": "--redis-port",
 }
 _HOST = "127.0.0.1"
-_STOP_TIMEOUT_S = 15.0
+# seconds between SIGTERM and SIGKILL. Tansu drains open client connections for about
+# 5 s on SIGTERM; its storage is memory, so there is nothing to lose by not waiting.
+_STOP_GRACE_S = {"kafka": 1.0, "clickhouse": 20.0, "redis": 20.0}
 
 
 class StackError(BypassError):
@@ -808,7 +815,7 @@ class Stack:
         pid = part.pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        deadline = time.monotonic() + _STOP_GRACE_S[part.name]
         while _alive(pid) and time.monotonic() < deadline:
             proc = self._procs.get(pid)
             if proc is not None:
