@@ -91,7 +91,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -590,13 +590,18 @@ class _ClickHouseOutput:
     dedup-token mechanism; tokens namespaced by run id and rule-set version)."""
 
     def __init__(
-        self, client: Any, database: str, run_id: str, ruleset_version: str, flush_rows: int
+        self,
+        client: Any,
+        database: str,
+        run_id: str,
+        ruleset_version: str,
+        flush_rows: int,
+        topics: Iterable[str],
     ) -> None:
         from sinks.clickhouse import ClickHouseSink
 
         self._prefix = f"replay|{run_id}|{ruleset_version}|"
-        self._topics: dict[str, str] = {}
-        self._sink = ClickHouseSink(client, database, self._topics)
+        self._sink = ClickHouseSink(client, database, {self._prefix + t: "hits" for t in topics})
         self._flush_rows = flush_rows
         self.target = f"ClickHouse {database}.risk_hits"
 
@@ -605,7 +610,6 @@ class _ClickHouseOutput:
 
         for hit in hits:
             topic = self._prefix + str(hit["source_topic"])
-            self._topics.setdefault(topic, "hits")
             record = SourceRecord(
                 topic, int(hit["source_partition"]), int(hit["source_offset"]), None, orjson.dumps(hit)
             )
@@ -662,11 +666,13 @@ class Replay:
         *,
         stdout: IO[bytes] | None = None,
         console: Any = None,
+        on_chunk: Callable[[ReplayStats], None] | None = None,
     ) -> None:
         self.settings = settings
         self.options = options
         self._stdout = stdout
         self._console = console
+        self._on_chunk = on_chunk  # called after each processed chunk (tests, embedding)
         self._stop = False
         self.warnings: list[str] = []
 
@@ -1043,6 +1049,8 @@ class Replay:
                 for rec in chunk:
                     tp = (rec.sort_key[1], rec.partition)
                     positions[tp] = rec.offset + 1
+                if self._on_chunk is not None:
+                    self._on_chunk(stats)
 
             def evict() -> None:
                 if not max_applied_ts:
@@ -1116,10 +1124,10 @@ class Replay:
                                 self._check_retention(tp, select_from, event["ts"])
                         merge.push(tp, rec)
                     pending.extend(merge.pop_ready())
-                    while len(pending) >= chunk_size:
+                    while len(pending) >= chunk_size and not self._stop:
                         process(pending[:chunk_size])
                         del pending[:chunk_size]
-                    if merge.done and pending:
+                    if merge.done and pending and not self._stop:
                         process(pending)
                         pending.clear()
                     # flow control: pause partitions far ahead of the merge
@@ -1142,7 +1150,7 @@ class Replay:
                         evict()
                         save(False)
                         last_ckpt = now
-            interrupted = self._stop and not merge.done
+            interrupted = self._stop and (not merge.done or bool(pending))
             if dlq_producer is not None:
                 dlq_producer.flush(30)
             if interrupted:
@@ -1206,6 +1214,7 @@ class Replay:
                 run_id,
                 str(params["ruleset_version"]),
                 int(getattr(self.settings, "sink_batch_size", 50_000)),
+                params["topics"],
             )
         return _NoOutput()
 
