@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     clickhouse_user: str = Field("default", description="ClickHouse user")
     clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse password (secret)")
     clickhouse_database: str = Field("bypass", description="ClickHouse database")
+    clickhouse_ttl_days: int = Field(0, ge=0, description="days to keep hits in ClickHouse (0 = forever)")
+
+    # --- Sinks (bypass sink clickhouse | redis) ---------------------------
+    sink_batch_size: int = Field(50_000, ge=1, description="records per ClickHouse insert at most")
+    sink_batch_ms: int = Field(1_000, ge=1, description="flush a partial batch after this many ms")
+    sink_retry_max_ms: int = Field(30_000, ge=100, description="longest back-off between sink retries")
+    sink_session_timeout_ms: int = Field(
+        10_000, ge=500, description="consumer-group session timeout of the sinks (1 s on Tansu in tests)"
+    )
+    redis_key_prefix: str = Field("bypass:", description="prefix of every Redis key bypass writes")
 
     # --- Redis -----------------------------------------------------------
     redis_url: str = Field(

@@ -1,0 +1,398 @@
+"""ClickHouse sink: ``bypass.hits`` -> ``risk_hits``, ``bypass.blacklist`` -> ``risk_blacklist``.
+
+Pure parts (row conversion, dedup tokens) are plain functions, tested without a
+server. :class:`ClickHouseSink` follows the add()/flush() interface of
+:mod:`sinks.base`: a batch is inserted table by table, each insert with an
+``insert_deduplication_token`` derived from the topic/partition/offset ranges
+it holds, so an in-process retry of the same batch is dropped by ClickHouse;
+across restarts (a batch re-read with other boundaries) the
+ReplacingMergeTree keyed by ``hit_id`` collapses the copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+
+from sinks.base import RecordError, SinkBackpressureError, SourceRecord
+
+log = logging.getLogger(__name__)
+
+HIT_COLUMNS: tuple[str, ...] = (
+    "hit_id",
+    "event_id",
+    "event_type",
+    "event_time",
+    "entity",
+    "key",
+    "rule_id",
+    "label",
+    "score",
+    "mode",
+    "counted",
+    "suppressed",
+    "rollout_excluded",
+    "features",
+    "features_text",
+    "decision",
+    "ruleset_version",
+    "run_id",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+)
+
+BLACKLIST_COLUMNS: tuple[str, ...] = (
+    "entity",
+    "key",
+    "label",
+    "rule_ids",
+    "event_id",
+    "event_time",
+    "expires_at",
+    "ruleset_version",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+)
+
+# 1970..2286 in ms (10-digit seconds: what DateTime64(3) text parsing accepts); anything
+# else is a unit mistake (seconds or microseconds)
+_MIN_MS = 0
+_MAX_MS = 9_999_999_999_999
+
+
+def decode_object(value: bytes | None) -> dict[str, Any]:
+    if value is None:
+        raise RecordError("record has no value (tombstone)", reason="empty value")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"value is not JSON: {exc}", reason=f"invalid json: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RecordError("value is not a JSON object", reason=f"not an object: {type(obj).__name__}")
+    return obj
+
+
+def _str(obj: Mapping[str, Any], name: str, *, required: bool = True, nonempty: bool = False) -> str:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise RecordError(f"field {name!r} is missing", reason=f"missing field: {name}", field=name)
+        return ""
+    if not isinstance(value, str):
+        raise RecordError(
+            f"field {name!r} must be a string, got {type(value).__name__}",
+            reason=f"wrong type: {name} must be a string",
+            field=name,
+        )
+    if nonempty and not value:
+        raise RecordError(f"field {name!r} is empty", reason=f"empty field: {name}", field=name)
+    return value
+
+
+def _int(obj: Mapping[str, Any], name: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    value = obj.get(name)
+    if value is None:
+        raise RecordError(f"field {name!r} is missing", reason=f"missing field: {name}", field=name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(
+            f"field {name!r} must be an integer, got {type(value).__name__}",
+            reason=f"wrong type: {name} must be an integer",
+            field=name,
+        )
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise RecordError(
+            f"field {name!r} = {value} is out of range", reason=f"out of range: {name}", field=name
+        )
+    return value
+
+
+def _ms(obj: Mapping[str, Any], name: str) -> int:
+    return _int(obj, name, lo=_MIN_MS, hi=_MAX_MS)
+
+
+def _bool(obj: Mapping[str, Any], name: str) -> bool:
+    value = obj.get(name)
+    if not isinstance(value, bool):
+        if value is None:
+            raise RecordError(f"field {name!r} is missing", reason=f"missing field: {name}", field=name)
+        raise RecordError(
+            f"field {name!r} must be true or false", reason=f"wrong type: {name} must be a bool", field=name
+        )
+    return value
+
+
+def _float(obj: Mapping[str, Any], name: str) -> float:
+    value = obj.get(name)
+    if value is None:
+        raise RecordError(f"field {name!r} is missing", reason=f"missing field: {name}", field=name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordError(
+            f"field {name!r} must be a number", reason=f"wrong type: {name} must be a number", field=name
+        )
+    result = float(value)
+    if not math.isfinite(result):
+        raise RecordError(f"field {name!r} is not finite", reason=f"not finite: {name}", field=name)
+    return result
+
+
+def split_features(features: Any) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The rule's feature values -> (numeric map, text map).
+
+    Numbers and booleans (as 0/1) and nulls go to the numeric map; strings go
+    to the text map as they are; anything else (lists, objects) as JSON text.
+    """
+    if features is None:
+        return {}, {}
+    if not isinstance(features, dict):
+        raise RecordError(
+            "field 'features' must be an object", reason="wrong type: features must be an object"
+        )
+    numbers: dict[str, float | None] = {}
+    texts: dict[str, str] = {}
+    for name, value in features.items():
+        if value is None:
+            numbers[name] = None
+        elif isinstance(value, bool):
+            numbers[name] = 1.0 if value else 0.0
+        elif isinstance(value, int | float):
+            f = float(value)
+            numbers[name] = f if math.isfinite(f) else None
+        elif isinstance(value, str):
+            texts[name] = value
+        else:
+            texts[name] = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return numbers, texts
+
+
+def ms_text(ms: int) -> str:
+    """Epoch ms -> the text ClickHouse parses exactly into DateTime64(3): ``"1763856000.123"``."""
+    return f"{ms // 1000:010d}.{ms % 1000:03d}"
+
+
+def hit_row(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A decoded ``bypass.hits`` record -> a ``risk_hits`` row (column -> value, JSONEachRow-ready).
+
+    Raises RecordError naming the field when the record does not fit the schema. The
+    source coordinates are the record's own fields (the raw event's topic/partition/offset).
+    """
+    numbers, texts = split_features(obj.get("features"))
+    decision = obj.get("decision")
+    if decision is not None and not isinstance(decision, str):
+        raise RecordError("field 'decision' must be a string", reason="wrong type: decision must be a string")
+    label = obj.get("label")
+    if label is not None and not isinstance(label, str):
+        raise RecordError("field 'label' must be a string", reason="wrong type: label must be a string")
+    return {
+        "hit_id": _str(obj, "hit_id", nonempty=True),
+        "event_id": _str(obj, "event_id", nonempty=True),
+        "event_type": _str(obj, "event_type"),
+        "event_time": ms_text(_ms(obj, "event_ts")),
+        "entity": _str(obj, "entity", nonempty=True),
+        "key": _str(obj, "key"),
+        "rule_id": _str(obj, "rule_id", nonempty=True),
+        "label": label or "",
+        "score": _float(obj, "score"),
+        "mode": _str(obj, "mode", nonempty=True),
+        "counted": _bool(obj, "counted"),
+        "suppressed": _bool(obj, "suppressed"),
+        "rollout_excluded": _bool(obj, "rollout_excluded"),
+        "features": numbers,
+        "features_text": texts,
+        "decision": decision or "",
+        "ruleset_version": _str(obj, "ruleset_version", nonempty=True),
+        "run_id": _str(obj, "run_id", nonempty=True),
+        "source_topic": _str(obj, "source_topic"),
+        "source_partition": _int(obj, "source_partition", lo=-(2**31), hi=2**31 - 1),
+        "source_offset": _int(obj, "source_offset", lo=-(2**63), hi=2**63 - 1),
+    }
+
+
+def blacklist_row(obj: Mapping[str, Any], record: SourceRecord) -> dict[str, Any]:
+    """A decoded ``bypass.blacklist`` record -> a ``risk_blacklist`` row.
+
+    Its source coordinates are those of the blacklist record itself.
+    """
+    rule_ids = obj.get("rule_ids")
+    if not isinstance(rule_ids, list) or not all(isinstance(r, str) for r in rule_ids):
+        raise RecordError(
+            "field 'rule_ids' must be a list of strings",
+            reason="wrong type: rule_ids must be a list of strings",
+        )
+    return {
+        "entity": _str(obj, "entity", nonempty=True),
+        "key": _str(obj, "key"),
+        "label": _str(obj, "label", nonempty=True),
+        "rule_ids": sorted(set(rule_ids)),
+        "event_id": _str(obj, "event_id", nonempty=True),
+        "event_time": ms_text(_ms(obj, "event_ts")),
+        "expires_at": ms_text(_ms(obj, "expires_at")),
+        "ruleset_version": _str(obj, "ruleset_version", nonempty=True),
+        "source_topic": record.topic,
+        "source_partition": record.partition,
+        "source_offset": record.offset,
+    }
+
+
+@dataclass
+class OffsetRanges:
+    """First and last offset seen per (topic, partition)."""
+
+    ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, topic: str, partition: int, offset: int) -> None:
+        k = (topic, partition)
+        cur = self.ranges.get(k)
+        self.ranges[k] = (offset, offset) if cur is None else (min(cur[0], offset), max(cur[1], offset))
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def describe(self) -> str:
+        return ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(self.ranges.items()))
+
+
+def dedup_token(table: str, ranges: OffsetRanges) -> str:
+    """``insert_deduplication_token`` of an insert: the target table plus the sorted
+    topic/partition/offset ranges it holds. The same batch retried gives the same
+    token; any other batch another one."""
+    text = f"{table}|{ranges.describe()}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+    return f"bypass-{table}-{digest}"
+
+
+@dataclass
+class _TableBatch:
+    table: str
+    columns: tuple[str, ...]
+    rows: list[bytes] = field(default_factory=list)  # JSONEachRow lines
+    ranges: OffsetRanges = field(default_factory=OffsetRanges)
+
+
+def parse_clickhouse_url(url: str) -> dict[str, Any]:
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    secure = parsed.scheme == "https"
+    out: dict[str, Any] = {
+        "host": parsed.hostname or "127.0.0.1",
+        "port": parsed.port or (8443 if secure else 8123),
+        "secure": secure,
+    }
+    if parsed.username:
+        out["username"] = parsed.username
+    if parsed.password:
+        out["password"] = parsed.password
+    return out
+
+
+def connect(
+    url: str,
+    *,
+    username: str = "default",
+    password: str = "",
+    database: str | None = None,
+    connect_timeout: float = 5,
+    send_receive_timeout: float = 60,
+) -> Any:
+    """A clickhouse-connect client for ``url`` (``http://host:8123``)."""
+    import clickhouse_connect
+
+    kwargs = {"username": username, "password": password, **parse_clickhouse_url(url)}
+    if database:
+        kwargs["database"] = database
+    return clickhouse_connect.get_client(
+        connect_timeout=connect_timeout,
+        send_receive_timeout=send_receive_timeout,
+        autogenerate_session_id=False,
+        **kwargs,
+    )
+
+
+class ClickHouseSink:
+    """Buffers hit and blacklist records; ``flush()`` inserts them, token-deduplicated.
+
+    ``topics`` maps a topic name to ``"hits"`` or ``"blacklist"``.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        database: str,
+        topics: Mapping[str, str],
+        *,
+        retry_after: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._database = database
+        self._topics = dict(topics)
+        self._retry_after = retry_after
+        self._batches: dict[str, _TableBatch] = {}
+        self.inserted_rows = 0
+        self.inserts = 0
+
+    def _batch(self, kind: str) -> _TableBatch:
+        b = self._batches.get(kind)
+        if b is None:
+            if kind == "hits":
+                b = _TableBatch(f"{self._database}.risk_hits", HIT_COLUMNS)
+            else:
+                b = _TableBatch(f"{self._database}.risk_blacklist", BLACKLIST_COLUMNS)
+            self._batches[kind] = b
+        return b
+
+    def add(self, record: SourceRecord) -> None:
+        kind = self._topics.get(record.topic)
+        if kind is None:
+            raise RecordError(f"no table for topic {record.topic!r}", reason=f"unknown topic: {record.topic}")
+        obj = decode_object(record.value)
+        row = hit_row(obj) if kind == "hits" else blacklist_row(obj, record)
+        batch = self._batch(kind)
+        batch.rows.append(orjson.dumps(row))
+        batch.ranges.add(record.topic, record.partition, record.offset)
+
+    def pending(self) -> int:
+        return sum(len(b.rows) for b in self._batches.values())
+
+    def clear(self) -> None:
+        self._batches.clear()
+
+    def flush(self) -> int:
+        """Insert every buffered table batch; raise SinkBackpressureError (keeping what
+        was not written) when ClickHouse fails. Returns the number of rows written."""
+        written = 0
+        for kind in list(self._batches):
+            batch = self._batches[kind]
+            if batch.rows:
+                token = dedup_token(batch.table, batch.ranges)
+                try:
+                    self._client.raw_insert(
+                        batch.table,
+                        list(batch.columns),
+                        insert_block=b"\n".join(batch.rows),
+                        fmt="JSONEachRow",
+                        settings={
+                            "insert_deduplication_token": token,
+                            "async_insert": 0,
+                            "input_format_skip_unknown_fields": 0,
+                        },
+                    )
+                except Exception as exc:
+                    raise SinkBackpressureError(
+                        f"ClickHouse insert into {batch.table} failed ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); the batch is kept and retried",
+                        retry_after=self._retry_after,
+                        table=batch.table,
+                        rows=len(batch.rows),
+                    ) from exc
+                written += len(batch.rows)
+                self.inserts += 1
+            del self._batches[kind]
+        self.inserted_rows += written
+        return written

@@ -1,0 +1,87 @@
+"""Named lists for ``in_list()`` rules, kept in Redis sets.
+
+    <prefix>list:<name>   set of values (strings)
+
+``bypass lists add|remove|show NAME VALUE...`` edit them. The live agents read
+them through :class:`PrefetchingListProvider`: before evaluating a batch, the
+agent asks the rule set which (list, value) pairs the batch may probe
+(``RuleSet.list_probes``), fetches them all in one pipelined round trip, and the
+rules' ``contains(name, value)`` calls are then answered from memory. A probe
+that was not prefetched is looked up on its own (and counted in ``misses``), so
+a forgotten probe costs a round trip, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def list_key(prefix: str, name: str) -> str:
+    return f"{prefix}list:{name}"
+
+
+def _member(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def add(client: Any, prefix: str, name: str, values: Iterable[Any]) -> int:
+    members = [_member(v) for v in values]
+    return int(client.sadd(list_key(prefix, name), *members)) if members else 0
+
+
+def remove(client: Any, prefix: str, name: str, values: Iterable[Any]) -> int:
+    members = [_member(v) for v in values]
+    return int(client.srem(list_key(prefix, name), *members)) if members else 0
+
+
+def show(client: Any, prefix: str, name: str) -> list[str]:
+    members = client.smembers(list_key(prefix, name))
+    return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+
+def names(client: Any, prefix: str) -> list[str]:
+    start = len(list_key(prefix, ""))
+    found = {
+        (k.decode() if isinstance(k, bytes) else str(k))[start:]
+        for k in client.scan_iter(match=list_key(prefix, "*"), count=1000)
+    }
+    return sorted(found)
+
+
+class PrefetchingListProvider:
+    """A ``rules.ListProvider`` answering ``contains(name, value)`` from one prefetched round trip."""
+
+    def __init__(self, client: Any, prefix: str = "bypass:") -> None:
+        self._client = client
+        self._prefix = prefix
+        self._known: dict[tuple[str, str], bool] = {}
+        self.round_trips = 0
+        self.misses = 0
+
+    def prefetch(self, probes: Iterable[tuple[str, Any]]) -> None:
+        """Replace the cache with the answers for ``probes``, fetched in one pipeline."""
+        wanted = sorted({(name, _member(value)) for name, value in probes})
+        self._known = {}
+        if not wanted:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for name, member in wanted:
+            pipe.sismember(list_key(self._prefix, name), member)
+        answers = pipe.execute()
+        self.round_trips += 1
+        self._known = {probe: bool(answer) for probe, answer in zip(wanted, answers, strict=True)}
+
+    def contains(self, name: str, value: Any) -> bool:
+        probe = (name, _member(value))
+        known = self._known.get(probe)
+        if known is None:
+            self.misses += 1
+            self.round_trips += 1
+            known = bool(self._client.sismember(list_key(self._prefix, name), probe[1]))
+            self._known[probe] = known
+        return known

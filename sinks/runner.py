@@ -1,0 +1,321 @@
+"""Feed a sink from Kafka: consume, ``add()``, ``flush()``, then commit.
+
+The loop (one thread, one confluent-kafka consumer with manual commits)::
+
+    consume up to the batch size ──▶ sink.add(record)
+                                      └─ RecordError ──▶ DLQ (original bytes + reason headers)
+    batch full or old enough ──▶ DLQ delivered? ──▶ sink.flush() ──▶ commit offsets
+                                                     └─ SinkBackpressureError: pause the
+                                                        partitions, back off, retry the same
+                                                        batch (lag grows, nothing dropped)
+
+Offsets are committed only after the sink accepted the batch; a crash between the
+two re-delivers the batch, which the idempotent sink absorbs. A rebalance while a
+batch is pending drops the batch from memory (eager rebalance: every partition is
+revoked, and each new owner resumes from the committed offsets).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from sinks.base import RecordError, Sink, SinkBackpressureError, SourceRecord
+
+log = logging.getLogger(__name__)
+
+# DLQ headers written by the sinks
+H_REASON = "bypass.reason"
+H_TOPIC = "bypass.source_topic"
+H_PARTITION = "bypass.source_partition"
+H_OFFSET = "bypass.source_offset"
+H_SINK = "bypass.sink"
+
+
+@dataclass
+class RunnerStats:
+    consumed: int = 0
+    written: int = 0
+    dead_lettered: int = 0
+    flushes: int = 0
+    failed_flushes: int = 0
+    commits: int = 0
+    lag: int | None = None
+
+
+class DeadLetterError(Exception):
+    pass
+
+
+class SinkRunner:
+    """Runs ``sink`` from ``consumer`` (already configured with its group and manual commits)."""
+
+    def __init__(
+        self,
+        consumer: Any,
+        sink: Sink,
+        topics: list[str],
+        *,
+        name: str,
+        dlq_producer: Any,
+        dlq_topic: str,
+        batch_size: int,
+        batch_ms: int,
+        retry_max_ms: int = 30_000,
+        retry_base_ms: int = 200,
+        progress_every_s: float = 10.0,
+        crash_after_flushes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.consumer = consumer
+        self.sink = sink
+        self.topics = topics
+        self.name = name
+        self.dlq_producer = dlq_producer
+        self.dlq_topic = dlq_topic
+        self.batch_size = batch_size
+        self.batch_ms = batch_ms
+        self.retry_max_ms = retry_max_ms
+        self.retry_base_ms = retry_base_ms
+        self.progress_every_s = progress_every_s
+        self.crash_after_flushes = crash_after_flushes
+        self.clock = clock
+        self.stats = RunnerStats()
+        self._next_offsets: dict[tuple[str, int], int] = {}
+        self._batch_started: float | None = None
+        self._dlq_errors: list[str] = []
+        self._revoked = False
+        self._assigned_at: float | None = None
+        self._last_progress = clock()
+        self._last_written = 0
+
+    # --- rebalance ----------------------------------------------------------
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._assigned_at = self.clock()
+        log.info("%s: assigned %s", self.name, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        if self.sink.pending() or self._next_offsets:
+            try:
+                self._flush_once()
+                self._commit()
+            except Exception as exc:
+                log.warning("%s: revoke with an unflushed batch (%s); it will be re-read", self.name, exc)
+            self.sink.clear()
+            self._next_offsets.clear()
+            self._batch_started = None
+        self._revoked = True
+
+    # --- dead letters -------------------------------------------------------
+    def _on_dlq_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._dlq_errors.append(str(err))
+
+    def dead_letter(self, record: SourceRecord, reason: str, headers: list[tuple[str, bytes]] | None) -> None:
+        hdrs = list(headers or [])
+        hdrs += [
+            (H_REASON, reason.encode()),
+            (H_TOPIC, record.topic.encode()),
+            (H_PARTITION, str(record.partition).encode()),
+            (H_OFFSET, str(record.offset).encode()),
+            (H_SINK, self.name.encode()),
+        ]
+        while True:
+            try:
+                self.dlq_producer.produce(
+                    self.dlq_topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=hdrs,
+                    on_delivery=self._on_dlq_delivery,
+                )
+                break
+            except BufferError:
+                self.dlq_producer.poll(0.1)
+        self.stats.dead_lettered += 1
+        log.warning(
+            "%s: %s[%d]@%d -> %s: %s",
+            self.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            self.dlq_topic,
+            reason,
+        )
+
+    # --- flushing -----------------------------------------------------------
+    def _flush_once(self) -> int:
+        if self.stats.dead_lettered:
+            remaining = self.dlq_producer.flush(10)
+            if remaining or self._dlq_errors:
+                errors, self._dlq_errors = self._dlq_errors, []
+                raise SinkBackpressureError(
+                    f"dead letters not delivered to {self.dlq_topic}: {errors or 'timeout'}", retry_after=1.0
+                )
+        written = self.sink.flush()
+        self.stats.flushes += 1
+        self.stats.written += written
+        if self.crash_after_flushes is not None and self.stats.flushes >= self.crash_after_flushes:
+            log.error(
+                "%s: test hook: exiting after flush %d, before the commit", self.name, self.stats.flushes
+            )
+            os._exit(17)
+        return written
+
+    def _commit(self) -> None:
+        if not self._next_offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._next_offsets.items())]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.stats.commits += 1
+        except KafkaException as exc:
+            # the rows are in the sink already; a re-read batch is absorbed by idempotency
+            log.warning("%s: commit failed (%s); the batch may be re-read", self.name, exc)
+        self._next_offsets.clear()
+
+    def flush_and_commit(self, stop: threading.Event | None = None) -> bool:
+        """Flush the pending batch, retrying with back-off while the sink refuses; then commit.
+
+        Returns False when stopped (or revoked) before the batch was written."""
+        attempt = 0
+        paused: list[Any] = []
+        try:
+            while True:
+                try:
+                    self._flush_once()
+                    break
+                except SinkBackpressureError as exc:
+                    self.stats.failed_flushes += 1
+                    attempt += 1
+                    if not paused:
+                        paused = list(self.consumer.assignment())
+                        if paused:
+                            self.consumer.pause(paused)
+                    delay_ms = min(self.retry_max_ms, self.retry_base_ms * 2 ** min(attempt, 20))
+                    delay_ms = max(delay_ms * (0.5 + random.random() / 2), exc.retry_after * 1000 / 4)  # noqa: S311
+                    log.warning(
+                        "%s: flush of %d records failed (attempt %d), retrying in %.1fs: %s",
+                        self.name,
+                        self.sink.pending(),
+                        attempt,
+                        delay_ms / 1000,
+                        exc.message,
+                    )
+                    deadline = self.clock() + delay_ms / 1000
+                    self._revoked = False
+                    while self.clock() < deadline:
+                        if stop is not None and stop.is_set():
+                            return False
+                        self.consumer.poll(0.1)  # keeps the group membership; paused -> no records
+                        if self._revoked:
+                            return False
+        finally:
+            if paused and not self._revoked:
+                try:
+                    self.consumer.resume(paused)
+                except KafkaException:
+                    pass
+        self._commit()
+        self._batch_started = None
+        return True
+
+    # --- main loop ----------------------------------------------------------
+    def _progress(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self._last_progress < self.progress_every_s:
+            return
+        lag = 0
+        try:  # cached watermarks (from the last fetch responses): no broker round trip
+            assignment = self.consumer.assignment()
+            positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(assignment)}
+            for tp in assignment:
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high is None or high < 0:
+                    continue
+                pos = positions.get((tp.topic, tp.partition), -1)
+                lag += max(0, high - (pos if pos is not None and pos >= 0 else max(low, 0)))
+        except KafkaException:
+            pass
+        self.stats.lag = lag
+        rate = (self.stats.written - self._last_written) / max(1e-9, now - self._last_progress)
+        log.info(
+            "%s: written %d (%.0f/s), dead letters %d, flushes %d (failed %d), lag %d",
+            self.name,
+            self.stats.written,
+            rate,
+            self.stats.dead_lettered,
+            self.stats.flushes,
+            self.stats.failed_flushes,
+            lag,
+        )
+        self._last_progress = now
+        self._last_written = self.stats.written
+
+    def run(self, stop: threading.Event | None = None, *, idle_exit_s: float | None = None) -> RunnerStats:
+        """Run until ``stop`` is set (or, with ``idle_exit_s``, until nothing came for that long)."""
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        last_record = self.clock()
+        try:
+            while stop is None or not stop.is_set():
+                want = max(1, min(10_000, self.batch_size - self.sink.pending()))
+                msgs = self.consumer.consume(num_messages=want, timeout=0.1)
+                for msg in msgs:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        if err.fatal():
+                            raise KafkaException(err)
+                        log.warning("%s: consumer error: %s", self.name, err)
+                        continue
+                    self._handle(msg)
+                if msgs:
+                    last_record = self.clock()
+                elif self._assigned_at is None:
+                    last_record = self.clock()  # the idle clock starts once partitions are assigned
+                if self._next_offsets:
+                    age_ms = (self.clock() - (self._batch_started or self.clock())) * 1000
+                    if self.sink.pending() >= self.batch_size or age_ms >= self.batch_ms:
+                        self.flush_and_commit(stop)
+                self._progress()
+                if (
+                    idle_exit_s is not None
+                    and self.clock() - last_record > idle_exit_s
+                    and not self._next_offsets
+                ):
+                    break
+            if self._next_offsets:
+                self.flush_and_commit(stop)
+        finally:
+            self._progress(force=True)
+            self.dlq_producer.flush(10)
+            self.consumer.close()
+        return self.stats
+
+    def _handle(self, msg: Any) -> None:
+        ts_type, ts = msg.timestamp()
+        record = SourceRecord(
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value(),
+            timestamp_ms=ts if ts_type else None,
+        )
+        self.stats.consumed += 1
+        if self._batch_started is None:
+            self._batch_started = self.clock()
+        try:
+            self.sink.add(record)
+        except RecordError as exc:
+            self.dead_letter(record, exc.reason, msg.headers())
+        self._next_offsets[(record.topic, record.partition)] = record.offset + 1

@@ -1,0 +1,130 @@
+"""``bypass hits top | entity``: what analysts ask ClickHouse most, printed as tables."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from streams.settings import Settings
+
+
+def _client(settings: Settings) -> Any:
+    from sinks.clickhouse_schema import check_identifier
+    from streams._cli_clickhouse import clickhouse_client
+
+    return clickhouse_client(settings, database=check_identifier(settings.clickhouse_database))
+
+
+def _fmt_features(numbers: dict[str, Any], texts: dict[str, Any]) -> str:
+    parts = [f"{k}={'null' if v is None else f'{v:g}'}" for k, v in sorted(numbers.items())]
+    parts += [f"{k}={v}" for k, v in sorted(texts.items())]
+    return " ".join(parts)
+
+
+@click.group()
+def hits() -> None:
+    """Query the hit tables in ClickHouse."""
+
+
+@hits.command()
+@click.option("--since", default="1d", show_default=True, help="duration (1d, 6h, 30m) or ISO time")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--run-id", default="", help="only this run (live, or a replay's run id); default all")
+def top(since: str, limit: int, run_id: str) -> None:
+    """Rules with the most hits since --since (exact distinct hits, hourly rollup)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sinks.analytics import parse_since, top_rules
+    from streams._cli_clickhouse import ClickHouseUnavailableError
+
+    settings = Settings()
+    since_ms = parse_since(since, now_ms=time.time_ns() // 1_000_000)
+    try:
+        rows = top_rules(_client(settings), since_ms=since_ms, limit=limit, run_id=run_id)
+    except ClickHouseUnavailableError:
+        raise
+    except Exception as exc:
+        raise ClickHouseUnavailableError(
+            f"query failed: {exc}. Did you run `bypass clickhouse migrate`?"
+        ) from exc
+    table = Table(title=f"top rules since {since} (hour-aligned)")
+    for col, justify in [
+        ("rule", "left"),
+        ("mode", "left"),
+        ("hits", "right"),
+        ("counted", "right"),
+        ("entities", "right"),
+        ("first hour", "left"),
+        ("last hour", "left"),
+    ]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(
+            r["rule_id"],
+            r["mode"],
+            str(r["hits"]),
+            str(r["counted"]),
+            str(r["entities"]),
+            f"{r['first_hour']:%Y-%m-%d %H:00}",
+            f"{r['last_hour']:%Y-%m-%d %H:00}",
+        )
+    Console(width=160).print(table)
+    if not rows:
+        click.echo("no hits in that window")
+
+
+@hits.command()
+@click.argument("entity")
+@click.argument("key")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--run-id", default="", help="only this run (live, or a replay's run id); default all")
+def entity(entity: str, key: str, limit: int, run_id: str) -> None:
+    """Hit history of one entity (newest first), e.g. `bypass hits entity user u1`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sinks.analytics import entity_history
+    from streams._cli_clickhouse import ClickHouseUnavailableError
+
+    settings = Settings()
+    try:
+        rows = entity_history(_client(settings), entity, key, limit=limit, run_id=run_id)
+    except ClickHouseUnavailableError:
+        raise
+    except Exception as exc:
+        raise ClickHouseUnavailableError(
+            f"query failed: {exc}. Did you run `bypass clickhouse migrate`?"
+        ) from exc
+    table = Table(title=f"hits of {entity} {key}")
+    for col in (
+        "event time",
+        "rule",
+        "label",
+        "mode",
+        "score",
+        "decision",
+        "version",
+        "run",
+        "event",
+        "features",
+    ):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            f"{r['event_time']:%Y-%m-%d %H:%M:%S.%f}"[:-3],
+            r["rule_id"],
+            r["label"],
+            r["mode"],
+            f"{r['score']:g}",
+            r["decision"],
+            r["ruleset_version"],
+            r["run_id"],
+            r["event_id"],
+            _fmt_features(r["features"], r["features_text"]),
+        )
+    Console(width=200).print(table)
+    if not rows:
+        click.echo(f"no hits for {entity} {key}")
