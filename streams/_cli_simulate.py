@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from features.errors import ConfigError
 from streams.simulate import (
     DEFAULT_START_MS,
     Mix,
@@ -63,27 +62,20 @@ def _to_jsonl(events: Iterator[dict[str, Any]], out: IO[bytes]) -> None:
 
 
 def _to_kafka(events: Iterator[dict[str, Any]], topic: str | None) -> str:
-    try:
-        from streams.producer import EventProducer
-    except ImportError as exc:
-        raise ConfigError(
-            f"--out kafka needs streams.producer.EventProducer ({exc}); use --out jsonl "
-            "and `bypass produce --file` instead",
-            option="--out",
-        ) from None
+    from streams import kafka
+    from streams.producer import EventProducer
     from streams.settings import get_settings
 
     settings = get_settings()
     target = topic or settings.raw_topics[0]
+    kafka.ensure_topics(settings, [target])
     producer = EventProducer(settings, topic=target)
     try:
         for event in events:
             producer.send(event)
     finally:
-        producer.flush()
-        close = getattr(producer, "close", None)
-        if close is not None:
-            close()
+        report = producer.flush(timeout_s=60.0)
+    report.raise_for_errors()
     return target
 
 

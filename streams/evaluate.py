@@ -51,6 +51,7 @@ class ScenarioScore:
     truth: int  # entities of the scenario
     flagged: int  # distinct entities flagged with one of its labels
     true_positives: int
+    detected: tuple[Entity, ...]  # of this scenario and flagged: the true positives (sorted)
     false_positives: tuple[Entity, ...]  # flagged but not of this scenario (sorted)
     missed: tuple[Entity, ...]  # of this scenario, not flagged (sorted)
 
@@ -112,6 +113,7 @@ def _score(scenario: str, truth: set[Entity], flagged: set[Entity]) -> ScenarioS
         truth=len(truth),
         flagged=len(flagged),
         true_positives=len(hits),
+        detected=tuple(sorted(hits)),
         false_positives=tuple(sorted(flagged - truth)),
         missed=tuple(sorted(truth - flagged)),
     )

@@ -40,6 +40,7 @@ def test_precision_and_recall_per_scenario() -> None:
     assert resale.recall == pytest.approx(3 / 4)
     assert resale.false_positives == (("user", "u50"), ("user", "u9"))
     assert resale.missed == (("user", "u4"),)
+    assert resale.detected == (("user", "u1"), ("user", "u2"), ("user", "u3"))
     assert (by["device_farm"].precision, by["device_farm"].recall) == (1.0, 1.0)
     assert (by["credential_stuffing"].precision, by["credential_stuffing"].recall) == (1.0, 1.0)
     travel = by["impossible_travel"]
