@@ -129,7 +129,7 @@ def test_faust_agent_joins_the_group_and_consumes(settings: Settings, names, tmp
         log.close()
 
 
-def test_clickhouse_create_insert_select(stack, names) -> None:  # type: ignore[no-untyped-def]
+def test_clickhouse_create_insert_select_and_materialized_view(stack, names) -> None:  # type: ignore[no-untyped-def]
     client = clickhouse_connect.get_client(
         dsn=stack.clickhouse_url, username=stack.clickhouse_user, password=stack.clickhouse_password
     )
@@ -139,8 +139,15 @@ def test_clickhouse_create_insert_select(stack, names) -> None:  # type: ignore[
         f"CREATE TABLE {db}.hits (hit_id String, score Float64, version UInt64) "
         "ENGINE = ReplacingMergeTree(version) ORDER BY hit_id"
     )
+    client.command(
+        f"CREATE TABLE {db}.hit_counts (hit_id String, n UInt64) ENGINE = SummingMergeTree ORDER BY hit_id"
+    )
+    select = f"SELECT hit_id, count() AS n FROM {db}.hits GROUP BY hit_id"  # noqa: S608
+    client.command(f"CREATE MATERIALIZED VIEW {db}.hit_counts_mv TO {db}.hit_counts AS {select}")
     rows = [["h1", 10.0, 1], ["h2", 20.0, 1], ["h1", 15.0, 2]]
     client.insert(f"{db}.hits", rows, column_names=["hit_id", "score", "version"])
+    counts = client.query(f"SELECT hit_id, sum(n) FROM {db}.hit_counts GROUP BY hit_id ORDER BY hit_id")  # noqa: S608
+    assert counts.result_rows == [("h1", 2), ("h2", 1)]
     result = client.query(f"SELECT hit_id, score FROM {db}.hits FINAL ORDER BY hit_id").result_rows  # noqa: S608
     assert result == [("h1", 15.0), ("h2", 20.0)]
     assert client.command("SELECT 1") == 1
