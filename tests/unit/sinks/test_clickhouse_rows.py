@@ -1,0 +1,131 @@
+"""Pure parts of the ClickHouse sink: record -> row, features split, dedup tokens."""
+
+from __future__ import annotations
+
+import copy
+
+import orjson
+import pytest
+
+from sinks._sample import sample_hit
+from sinks.base import RecordError, SourceRecord
+from sinks.clickhouse import (
+    BLACKLIST_COLUMNS,
+    HIT_COLUMNS,
+    OffsetRanges,
+    blacklist_row,
+    decode_object,
+    dedup_token,
+    hit_row,
+    ms_text,
+    split_features,
+)
+
+
+def test_hit_row_maps_every_column_in_order() -> None:
+    hit = sample_hit(7)
+    row = hit_row(hit)
+    assert tuple(row) == HIT_COLUMNS
+    assert row["hit_id"] == hit["hit_id"]
+    assert row["event_time"] == ms_text(hit["event_ts"])
+    assert row["features"] == {"logins_1h": 7.0, "distinct_devices_1d": 2.0, "x": None}
+    assert row["features_text"] == {"city": "Beijing"}
+    assert row["counted"] is True and row["source_offset"] == 7
+
+
+def test_ms_text_is_exact_and_fixed_width() -> None:
+    assert ms_text(1_763_856_000_123) == "1763856000.123"
+    assert ms_text(5) == "0000000000.005"
+    assert ms_text(86_400_000) == "0000086400.000"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("hit_id", None, "missing field: hit_id"),
+        ("hit_id", 5, "wrong type: hit_id must be a string"),
+        ("hit_id", "", "empty field: hit_id"),
+        ("event_ts", "2025-01-01", "wrong type: event_ts must be an integer"),
+        ("event_ts", 1_763_856_000, None),  # seconds are in range (1970) - accepted
+        ("event_ts", 1_763_856_000_000_000, "out of range: event_ts"),  # microseconds
+        ("score", "high", "wrong type: score must be a number"),
+        ("counted", 1, "wrong type: counted must be a bool"),
+        ("features", [1, 2], "wrong type: features must be an object"),
+        ("decision", {"a": 1}, "wrong type: decision must be a string"),
+        ("source_partition", 2**40, "out of range: source_partition"),
+        ("run_id", None, "missing field: run_id"),
+    ],
+)
+def test_hit_row_rejects_what_does_not_fit(field: str, value: object, reason: str | None) -> None:
+    hit = copy.deepcopy(sample_hit(1))
+    if value is None:
+        del hit[field]
+    else:
+        hit[field] = value
+    if reason is None:
+        hit_row(hit)
+        return
+    with pytest.raises(RecordError) as err:
+        hit_row(hit)
+    assert err.value.reason == reason
+
+
+def test_split_features_keeps_nulls_bools_and_text() -> None:
+    numbers, texts = split_features(
+        {"n": 3, "f": 1.5, "b": True, "z": None, "s": "x", "l": [2, 1], "inf": 1e400}
+    )
+    assert numbers == {"n": 3.0, "f": 1.5, "b": 1.0, "z": None, "inf": None}
+    assert texts == {"s": "x", "l": "[2,1]"}
+    assert split_features(None) == ({}, {})
+
+
+def test_decode_object_errors_name_the_problem() -> None:
+    for value, reason in [(None, "empty value"), (b"{", "invalid json"), (b"[1]", "not an object: list")]:
+        with pytest.raises(RecordError) as err:
+            decode_object(value)
+        assert err.value.reason.startswith(reason)
+
+
+def test_blacklist_row_uses_its_own_coordinates_and_sorts_rule_ids() -> None:
+    rec = SourceRecord("bl", 2, 41, b"user:u1", None)
+    obj = {
+        "entity": "user",
+        "key": "u1",
+        "label": "fraud",
+        "rule_ids": ["r2", "r1", "r2"],
+        "event_id": "e1",
+        "event_ts": 1_000,
+        "expires_at": 2_000,
+        "ruleset_version": "v1",
+    }
+    row = blacklist_row(obj, rec)
+    assert tuple(row) == BLACKLIST_COLUMNS
+    assert row["rule_ids"] == ["r1", "r2"]
+    assert (row["source_topic"], row["source_partition"], row["source_offset"]) == ("bl", 2, 41)
+    obj["rule_ids"] = "r1"
+    with pytest.raises(RecordError):
+        blacklist_row(obj, rec)
+
+
+def test_dedup_token_depends_on_table_and_exact_ranges_only() -> None:
+    a = OffsetRanges()
+    for off in (10, 12, 11):
+        a.add("hits", 0, off)
+    a.add("hits", 3, 5)
+    b = OffsetRanges()  # same ranges, other insertion order
+    b.add("hits", 3, 5)
+    b.add("hits", 0, 12)
+    b.add("hits", 0, 10)
+    assert a.describe() == "hits:0:10-12,hits:3:5-5"
+    assert dedup_token("db.risk_hits", a) == dedup_token("db.risk_hits", b)
+    assert dedup_token("db.risk_hits", a) != dedup_token("db.risk_blacklist", a)
+    c = OffsetRanges()
+    c.add("hits", 0, 10)
+    c.add("hits", 0, 13)
+    c.add("hits", 3, 5)
+    assert dedup_token("db.risk_hits", a) != dedup_token("db.risk_hits", c)
+
+
+def test_sample_hit_round_trips_through_json() -> None:
+    hit = sample_hit(3)
+    assert hit_row(decode_object(orjson.dumps(hit))) == hit_row(hit)
