@@ -27,9 +27,11 @@ Fixtures:
 ``settings`` (per test)
     ``stack.settings(**names.overrides(), state_dir=<tmp_path>/state)``.
 
-Tansu facts to remember (details in ``streams.stack``): consumer-group joins wait for
-about half the session timeout (confluent-kafka) or the rebalance timeout (Faust):
-use 1-3 s in tests; ``offsets_for_times`` always answers offset 0; no transactions.
+Tansu facts to remember (details in ``streams.stack``): a consumer-group join waits about
+half the SESSION timeout (confluent-kafka and Faust alike; the rebalance timeout does not
+matter): use 1-3 s session timeouts in tests; ``offsets_for_times`` always answers
+offset 0; the ListOffsets high watermark is too low after multi-record batches (read to
+PARTITION_EOF instead); no transactions.
 """
 
 from __future__ import annotations
