@@ -35,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chdb serving, config {os.getcwd()}/config.xml, data {data_dir}", flush=True)
     try:
         _chdb.query(_SERVE, "TabSeparated", path=data_dir)  # type: ignore[attr-defined]
-    except Exception as exc:  # the listeners could not start (port taken, bad data dir ...)
+    except Exception as exc:
         print(f"chdb server failed: {exc}", file=sys.stderr, flush=True)
         return 1
-    return 0
+    # The call only returns early when it failed (chdb prints the error, e.g. a port
+    # already in use, to stderr itself and returns an empty result).
+    print("chdb server stopped: the serving query ended (see the error above)", file=sys.stderr, flush=True)
+    return 1
 
 
 if __name__ == "__main__":

@@ -261,3 +261,20 @@ def test_down_does_not_kill_a_process_that_reused_the_pid(state_dir: Path) -> No
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_port_taken_after_the_check_is_reported_from_the_part_log(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # another program grabs the port between our check and the part's bind
+    monkeypatch.setattr("streams.stack._port_free", lambda port: True)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(StackError) as caught:
+            Stack(state_dir, ports={"clickhouse": port}).up()
+    assert caught.value.fields["part"] == "clickhouse"
+    assert caught.value.message.startswith("clickhouse exited while starting")
+    assert "Address already in use" in caught.value.message
+    assert _procs_under(state_dir) == []
