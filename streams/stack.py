@@ -33,8 +33,9 @@ faust-streaming 0.15 / aiokafka 0.14 (other areas depend on these facts):
   it with 4 partitions (bypass creates its topics explicitly with
   ``streams.kafka.ensure_topics``; do not rely on auto-creation).
 - ``CreateTopics`` accepts configs such as ``cleanup.policy=compact`` and
-  ``DescribeConfigs`` returns them, but memory storage never compacts: a compacted
-  topic keeps every record, so readers must keep the LAST value per key themselves.
+  ``DescribeConfigs`` returns them. Do not expect compaction to have happened (not
+  with Tansu's memory storage, and Apache Kafka compacts closed segments lazily):
+  readers of a compacted topic must keep the LAST value per key themselves.
   A second create of the same topic fails with TOPIC_ALREADY_EXISTS (``ensure_topics``
   treats that as success).
 - ``offsets_for_times`` is NOT supported: it answers offset 0 (the start) for every
