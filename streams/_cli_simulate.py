@@ -201,7 +201,12 @@ def _summary(sim: Simulator, types: Counter[str], where: str, truth_path: Path, 
     )
     for name, n in sorted(types.items(), key=lambda kv: -kv[1]):
         table.add_row(f"  {name}", f"{n:,}")
+    evasive = Counter(t["scenario"] for t in sim.truth if t["variant"] == "evasive")
     for scenario, n in sorted(sim.counts.items()):
-        table.add_row(f"scenario {scenario}", str(n))
+        table.add_row(
+            f"scenario {scenario}", f"{n} ({evasive[scenario]} evasive)" if evasive[scenario] else str(n)
+        )
+    for kind, n in sorted(Counter(x["kind"] for x in sim.lookalikes).items()):
+        table.add_row(f"lookalike {kind}", f"{n} (benign, not in truth)")
     table.add_row("truth", str(truth_path))
     _console.print(table)

@@ -48,6 +48,17 @@ Traffic
         An otherwise normal user who logs in from home and, 15-55 minutes later, from a
         city at least 2,000 km away, then orders from there (account take-over).
 
+Evasive actors (``Mix.evasive``, 20% by default; ``"variant": "evasive"`` in the truth)
+    A resale account that views one property before the churn; a low-and-slow stuffing
+    campaign (25-40 accounts spread evenly over 8-12 hours). They are bad all the same:
+    rules tuned to the plain pattern miss them, and recall says so.
+
+Lookalikes (``Mix.lookalikes``, 4 per 1,000 users; ``Simulator.lookalikes``, not in the truth)
+    Benign users built to look bad, alternately: a user who logs in through a VPN exit
+    abroad 20-50 minutes after a login at home (fast and far, but no take-over), and a
+    big family of 5-7 users sharing one device and home IP. Rules that flag them lose
+    precision, as they would in production.
+
 Failed logins are events of type ``login_failed`` (never ``login``), so login features
 (cities, spread, speed) only see successful logins.
 """
@@ -160,12 +171,16 @@ class Mix:
     """Bad actors per user of the population (``users``), each at least one.
 
     ``farms`` and ``stuffing`` are counts per user too: 0.0025 is one farm per 400 users.
+    ``evasive`` is a probability per resale actor and per stuffing campaign; ``lookalikes``
+    a count per user (rounded, may be 0). Neither changes how many bad entities there are.
     """
 
     resale: float = 0.01
     travel: float = 0.01
     farms: float = 0.0025
     stuffing: float = 0.002
+    evasive: float = 0.2  # share of resale actors and stuffing campaigns that stay under the usual rules
+    lookalikes: float = 0.004  # benign users who look bad (VPN exits abroad, big family devices), per user
 
     def counts(self, users: int) -> dict[str, int]:
         def n(fraction: float) -> int:
@@ -344,7 +359,6 @@ class Simulator:
         config.check()
         self.config = config
         self.counts = config.mix.counts(config.users)
-        self._ids = 0
         rng = self._rng("population")
         self._pool_ips = [self._ip(rng, 100) for _ in range(max(8, config.users // 40))]
         farm_sizes = [rng.randint(10, 30) for _ in range(self.counts["device_farm"])]
@@ -363,11 +377,13 @@ class Simulator:
         self._resale_ids = [next(uids) for _ in range(self.counts["account_resale"])]
         self._farm_ids = [[next(uids) for _ in range(size)] for size in farm_sizes]
         self._truth: list[dict[str, str]] = []
+        self._lookalikes: list[dict[str, str]] = []
         self._plan: list[_Planned] = []
         self._script_resale(self._rng("resale"))
         self._script_farms(self._rng("farm"))
         self._script_stuffing(self._rng("stuffing"))
         self._script_travel(self._rng("travel"))
+        self._script_lookalikes(self._rng("lookalike"))
         self._plan.sort()
         if len(self._plan) > config.total_events:
             raise ConfigError(
@@ -463,6 +479,11 @@ class Simulator:
             t = 0
             geo = self._geo(rng, home, lat, lon)
             steps.append((t, _ev("login", own, geo, phone=phone, attrs={"method": "sms"})))
+            evasive = rng.random() < self.config.mix.evasive
+            if evasive:  # one property view, so "never viewed a property" does not hold
+                geo = self._geo(rng, home, lat, lon)
+                view = _ev("property_view", own, geo, attrs={"property_id": _property(rng)})
+                steps.append((rng.randint(2, 30) * MINUTE_MS, view))
             t += int(rng.uniform(0.02, 0.05) * h)
             geo = self._geo(rng, home, lat, lon)
             steps.append((t, _ev("login", own, geo, phone=phone, attrs={"method": "password"})))
@@ -484,7 +505,7 @@ class Simulator:
             anchor = self._anchor(rng, t)
             for offset, event in steps:
                 self._add(anchor + offset, event)
-            self._truth.append({"entity": "user", "key": uid, "scenario": "account_resale"})
+            self._bad("user", uid, "account_resale", evasive)
 
     def _script_farms(self, rng: random.Random) -> None:
         h = self._horizon()
@@ -509,14 +530,19 @@ class Simulator:
                     t += rng.randint(1, 20) * MINUTE_MS
                     geo = self._geo(rng, city, lat, lon)
                     self._add(t, _ev("property_view", own, geo, attrs={"property_id": _property(rng)}))
-            self._truth.append({"entity": "device", "key": device, "scenario": "device_farm"})
+            self._bad("device", device, "device_farm", False)
 
     def _script_stuffing(self, rng: random.Random) -> None:
         users = self.config.users
         for _ in range(self.counts["credential_stuffing"]):
             ip = self._ip(rng, 185)
-            attempts = rng.randint(40, 150)
-            length = rng.randint(5, 40) * MINUTE_MS
+            evasive = rng.random() < self.config.mix.evasive
+            if evasive:  # low and slow: 25-40 accounts over 8-12 hours, a few per hour
+                attempts = rng.randint(25, 40)
+                length = rng.randint(8, 12) * HOUR_MS
+            else:
+                attempts = rng.randint(40, 150)
+                length = rng.randint(5, 40) * MINUTE_MS
             anchor = self._anchor(rng, length)
             targets: set[str] = set()
             while len(targets) < attempts:
@@ -524,12 +550,16 @@ class Simulator:
                     targets.add(rng.choice(self.normal).uid)
                 else:
                     targets.add(f"u{rng.randint(users, 10 * users + 1000):06d}")
-            times = sorted(rng.randint(0, length) for _ in range(attempts))
+            if evasive:  # evenly spread, so no hour holds a burst
+                spacing = length / attempts
+                times = [int((i + rng.uniform(0.1, 0.9)) * spacing) for i in range(attempts)]
+            else:
+                times = sorted(rng.randint(0, length) for _ in range(attempts))
             for t, uid in zip(times, sorted(targets), strict=True):
                 reason = "bad_password" if int(uid[1:]) < users else "no_such_user"
                 event = {"type": "login_failed", "user_id": uid, "ip": ip, "attrs": {"reason": reason}}
                 self._add(anchor + t, event)
-            self._truth.append({"entity": "ip", "key": ip, "scenario": "credential_stuffing"})
+            self._bad("ip", ip, "credential_stuffing", evasive)
 
     def _script_travel(self, rng: random.Random) -> None:
         taken: set[str] = set()
@@ -548,14 +578,62 @@ class Simulator:
             t += rng.randint(2, 15) * MINUTE_MS
             order = {"amount": round(rng.uniform(2_000, 20_000), 2), "currency": "CNY"}
             self._add(t, _ev("order", there, self._geo(rng, far), attrs=order))
-            self._truth.append({"entity": "user", "key": user.uid, "scenario": "impossible_travel"})
+            self._bad("user", user.uid, "impossible_travel", False)
+
+    def _bad(self, entity: str, key: str, scenario: str, evasive: bool) -> None:
+        variant = "evasive" if evasive else "plain"
+        self._truth.append({"entity": entity, "key": key, "scenario": scenario, "variant": variant})
+
+    def _script_lookalikes(self, rng: random.Random) -> None:
+        """Benign users who look bad, alternately: a VPN exit abroad, a big family on one device."""
+        busy = {t["key"] for t in self._truth if t["entity"] == "user"}
+        shared = Counter(u.device for u in self.normal)
+        for i in range(round(self.config.users * self.config.mix.lookalikes)):
+            if i % 2 == 0:
+                candidates = [u for u in self.normal if not u.new and u.uid not in busy]
+                if not candidates:
+                    continue
+                user = rng.choice(candidates)
+                busy.add(user.uid)
+                exit_city = rng.choice([c for c in range(len(CITIES)) if c not in _DOMESTIC])
+                anchor = self._anchor(rng, 2 * HOUR_MS)
+                home = {"user_id": user.uid, "device_id": user.device, "ip": user.ip}
+                geo = self._geo(rng, user.home, user.lat, user.lon)
+                self._add(anchor, _ev("login", home, geo, attrs={"method": "password"}))
+                vpn = {**home, "ip": self._ip(rng, 45)}
+                t = anchor + rng.randint(20, 50) * MINUTE_MS
+                self._add(t, _ev("login", vpn, self._geo(rng, exit_city), attrs={"method": "password"}))
+                self._lookalikes.append({"entity": "user", "key": user.uid, "kind": "vpn_exit_abroad"})
+            else:
+                singles = [u for u in self.normal if shared[u.device] == 1 and u.uid not in busy]
+                size = rng.randint(5, 7)
+                if len(singles) < size:
+                    continue
+                members = rng.sample(singles, size)
+                head = members[0]
+                for member in members[1:]:
+                    member.device, member.ip, member.home = head.device, head.ip, head.home
+                    member.lat = round(head.lat + rng.uniform(-0.002, 0.002), 5)
+                    member.lon = round(head.lon + rng.uniform(-0.002, 0.002), 5)
+                shared[head.device] = size
+                busy.update(m.uid for m in members)
+                self._lookalikes.append({"entity": "device", "key": head.device, "kind": "big_family_device"})
 
     # -- output -------------------------------------------------------------
 
     @property
     def truth(self) -> list[dict[str, str]]:
-        """One entry per bad entity: ``{"entity", "key", "scenario"}``, sorted."""
+        """One entry per bad entity: ``{"entity", "key", "scenario", "variant"}``, sorted.
+
+        ``variant`` is ``evasive`` for actors built to stay under the usual thresholds,
+        else ``plain``.
+        """
         return sorted(self._truth, key=lambda t: (t["scenario"], t["entity"], t["key"]))
+
+    @property
+    def lookalikes(self) -> list[dict[str, str]]:
+        """Benign entities built to look bad: ``{"entity", "key", "kind"}``, sorted (not in truth)."""
+        return sorted(self._lookalikes, key=lambda t: (t["kind"], t["entity"], t["key"]))
 
     @property
     def scripted(self) -> int:

@@ -9,6 +9,7 @@ started to look like abuse, fails here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections import defaultdict
 from functools import cache
@@ -36,13 +37,24 @@ from streams.simulate import (
 )
 
 DAY_MS = 24 * HOUR_MS
-SMALL = SimConfig(users=400, rate=100, duration_s=60, seed=7)
+# every scenario, both variants and both lookalike kinds appear at this size and seed
+SMALL = SimConfig(
+    users=400,
+    rate=100,
+    duration_s=60,
+    seed=7,
+    mix=Mix(resale=0.02, stuffing=0.01, evasive=0.5, lookalikes=0.01),
+)
 
 
 @cache
 def run(config: SimConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     sim = Simulator(config)
     return list(sim.events()), sim.truth
+
+
+def evasive_keys(truth: list[dict[str, str]], scenario: str) -> set[str]:
+    return {t["key"] for t in truth if t["scenario"] == scenario and t["variant"] == "evasive"}
 
 
 def truth_keys(truth: list[dict[str, str]], scenario: str) -> set[str]:
@@ -62,14 +74,14 @@ def test_same_seed_same_events_and_truth() -> None:
 
 
 def test_other_seed_other_events() -> None:
-    other = SimConfig(users=400, rate=100, duration_s=60, seed=8)
+    other = dataclasses.replace(SMALL, seed=8)
     assert run(other)[0] != run(SMALL)[0]
     assert run(other)[1] != run(SMALL)[1]
 
 
 def test_start_only_shifts_event_times() -> None:
     shift = 5 * DAY_MS + 123
-    moved = SimConfig(users=400, rate=100, duration_s=60, seed=7, start_ms=SMALL.start_ms + shift)
+    moved = dataclasses.replace(SMALL, start_ms=SMALL.start_ms + shift)
     base, shifted = run(SMALL)[0], run(moved)[0]
     assert [e["ts"] + shift for e in base] == [e["ts"] for e in shifted]
     assert [{**e, "ts": 0} for e in base] == [{**e, "ts": 0} for e in shifted]
@@ -246,27 +258,43 @@ def _max_distinct_in_window(events: list[dict[str, Any]], window_ms: int, field:
     return best
 
 
+def lookalike_keys(config: SimConfig, kind: str) -> set[str]:
+    return {x["key"] for x in Simulator(config).lookalikes if x["kind"] == kind}
+
+
 def test_device_farms_are_exactly_the_devices_with_many_users() -> None:
     events, truth = run(SMALL)
     farms = truth_keys(truth, "device_farm")
-    assert farms
+    families = lookalike_keys(SMALL, "big_family_device")
+    assert farms and families and not farms & families
+    family_max = 0
     for device, evs in _by(events, "device_id").items():
         users_7d = _max_distinct_in_window(evs, 7 * DAY_MS)
         if device in farms:
             assert users_7d >= 10
+        elif device in families:
+            assert users_7d <= 7
+            family_max = max(family_max, users_7d)
         else:
-            assert users_7d <= 3, device  # households share a device, farms only
+            assert users_7d <= 3, device  # households share a device
+    assert family_max >= 5  # a lookalike: as many users as a small farm
 
 
 def test_credential_stuffing_ips_are_exactly_the_ips_with_mass_failed_logins() -> None:
     events, truth = run(SMALL)
     bad_ips = truth_keys(truth, "credential_stuffing")
-    assert bad_ips
+    evasive = {
+        t["key"] for t in truth if t["scenario"] == "credential_stuffing" and t["variant"] == "evasive"
+    }
+    assert bad_ips - evasive and evasive
     failed = [e for e in events if e["type"] == "login_failed"]
     assert not any(e["type"] == "login" for e in events if e.get("ip") in bad_ips)
     for ip, evs in _by(failed, "ip").items():
         users_1h = _max_distinct_in_window(evs, HOUR_MS)
-        if ip in bad_ips:
+        if ip in evasive:
+            assert len({e["user_id"] for e in evs}) >= 25
+            assert users_1h <= 9  # low and slow: never a burst
+        elif ip in bad_ips:
             assert users_1h >= 40
             assert all("device_id" not in e and "geo" not in e for e in evs)
         else:
@@ -286,7 +314,8 @@ def _max_login_speed(logins: list[dict[str, Any]], min_km: float = 0.0) -> float
 def test_impossible_travel_users_are_exactly_the_fast_movers() -> None:
     events, truth = run(SMALL)
     travellers = truth_keys(truth, "impossible_travel")
-    assert travellers
+    vpn = lookalike_keys(SMALL, "vpn_exit_abroad")
+    assert travellers and vpn and not travellers & vpn
     logins = _by([e for e in events if e["type"] == "login"], "user_id")
     for user, evs in logins.items():
         # GPS jitter between two logins seconds apart can look fast over a few hundred metres,
@@ -294,6 +323,8 @@ def test_impossible_travel_users_are_exactly_the_fast_movers() -> None:
         speed = _max_login_speed(evs, min_km=500)
         if user in travellers:
             assert speed > 2000, (user, speed)
+        elif user in vpn:
+            assert speed > 1000, (user, speed)  # benign, but looks the same
         else:
             assert speed < 1000, (user, speed)  # planes, not teleports
 
@@ -303,9 +334,12 @@ def test_account_resale_users_churn_phones_sign_and_never_view() -> None:
     resale = truth_keys(truth, "account_resale")
     assert resale
     per_user = _by(events, "user_id")
+    evasive = evasive_keys(truth, "account_resale")
+    assert resale - evasive and evasive
     for user in resale:
         evs = per_user[user]
-        assert not any(e["type"] == "property_view" for e in evs)
+        views = sum(e["type"] == "property_view" for e in evs)
+        assert views == (1 if user in evasive else 0)
         sign = next(e for e in evs if e["type"] == "contract_sign")
         changes = [e["ts"] for e in evs if e["type"] == "phone_change"]
         assert len([t for t in changes if sign["ts"] - 30 * DAY_MS < t <= sign["ts"]]) >= 5
@@ -323,3 +357,15 @@ def test_account_resale_users_churn_phones_sign_and_never_view() -> None:
         views = sum(e["type"] == "property_view" for e in evs)
         changes = sum(e["type"] == "phone_change" for e in evs)
         assert not (changes > 3 and views < 1), user
+
+
+def test_lookalikes_are_benign_and_optional() -> None:
+    sim = Simulator(SMALL)
+    kinds = [x["kind"] for x in sim.lookalikes]
+    assert sorted(kinds) == ["big_family_device", "big_family_device", "vpn_exit_abroad", "vpn_exit_abroad"]
+    bad = {(t["entity"], t["key"]) for t in sim.truth}
+    assert not bad & {(x["entity"], x["key"]) for x in sim.lookalikes}
+    assert {t["variant"] for t in sim.truth} == {"plain", "evasive"}
+    plain = Simulator(dataclasses.replace(SMALL, mix=Mix(lookalikes=0, evasive=0)))
+    assert plain.lookalikes == []
+    assert {t["variant"] for t in plain.truth} == {"plain"}
