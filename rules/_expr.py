@@ -188,6 +188,10 @@ class CompiledExpr:
     features: tuple[str, ...]
     event_paths: tuple[tuple[str, ...], ...]
     list_probes: tuple[tuple[str, Fn], ...]
+    #: ``(feature, op, number)`` with op among < <= > >=: a condition the expression
+    #: cannot be true without (it is the first term of a top-level ``and``, or the whole
+    #: expression). Rule sets index rules by it to skip most of them without a call.
+    guard: tuple[str, str, int | float] | None = None
 
 
 @dataclass(slots=True)
@@ -199,6 +203,8 @@ class _T:
     nullable: bool
     const: bool = False
     value: Any = None
+    simple: tuple[str, Callable[[Any, Any], Any], Any] | None = None  # feature <op> constant
+    guard: tuple[str, str, int | float] | None = None  # see CompiledExpr.guard
 
 
 _NO_FN: Fn = lambda f, e, lp: None  # noqa: E731 - placeholder for rejected nodes
@@ -261,6 +267,7 @@ _CMP: Final[Mapping[type, Callable[[Any, Any], Any]]] = {
 }
 
 _ORDERING: Final = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+_GUARD_OPS: Final[Mapping[type, str]] = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 
 
 def _suggest(word: str, candidates: list[str]) -> str:
@@ -462,6 +469,21 @@ def _and(parts: list[Fn], strict_bool: bool) -> Fn:
         return None if unknown else True
 
     return and_kleene
+
+
+def _fused_and(terms: list[tuple[str, Callable[[Any, Any], Any], Any]]) -> Fn:
+    """``f1 > c1 and f2 < c2 and ...`` over features and constants: one closure, one loop."""
+    items = tuple(terms)
+
+    def fused(f: Mapping[str, Any], e: Mapping[str, Any], lp: ListProvider | None) -> bool:
+        get = f.get
+        for name, opf, c in items:
+            v = get(name)
+            if v is None or not opf(v, c):
+                return False
+        return True
+
+    return fused
 
 
 def _or(parts: list[Fn], strict_bool: bool) -> Fn:
@@ -736,6 +758,7 @@ class _Compiler:
             features=tuple(sorted(self.read_features)),
             event_paths=tuple(sorted(self.read_paths)),
             list_probes=tuple(self.probes),
+            guard=body.guard,
         )
 
     def _syntax_offset(self, exc: SyntaxError) -> int:
@@ -961,8 +984,12 @@ class _Compiler:
             c = parts[1].value
             if isinstance(n.left, ast.Name) and not left.const:
                 fn = _feature_cmp_const(n.left.id, type(n.ops[0]), c)
-            else:
-                fn = _cmp_const(left.fn, ops[0], c)
+                guard = None
+                op_symbol = _GUARD_OPS.get(type(n.ops[0]))
+                if op_symbol is not None and type(c) in _NUMT:
+                    guard = (n.left.id, op_symbol, c)
+                return _T(fn, BOOL, False, simple=(n.left.id, ops[0], c), guard=guard)
+            fn = _cmp_const(left.fn, ops[0], c)
         else:
             fn = _cmp_chain([p.fn for p in parts], ops)
         return self._maybe_fold(_T(fn, BOOL, False), all(p.const for p in parts))
@@ -984,7 +1011,19 @@ class _Compiler:
         strict = all(p.type == BOOL and not p.nullable for p in parts)
         nullable = any(p.nullable for p in parts)
         fns = [p.fn for p in parts]
-        fn = _and(fns, strict) if isinstance(n.op, ast.And) else _or(fns, strict)
+        if isinstance(n.op, ast.And):
+            # Fuse a leading run of `feature <op> constant` terms into one closure.
+            run = 0
+            while run < len(parts) and parts[run].simple is not None:
+                run += 1
+            if run >= 2:
+                fused = _fused_and([p.simple for p in parts[:run] if p.simple is not None])
+                fns = [fused, *fns[run:]]
+            fn = fns[0] if len(fns) == 1 else _and(fns, strict)
+            if not all(p.const for p in parts):
+                return _T(fn, BOOL, nullable, guard=parts[0].guard)
+        else:
+            fn = _or(fns, strict)
         return self._maybe_fold(_T(fn, BOOL, nullable), all(p.const for p in parts))
 
     def unaryop(self, n: ast.UnaryOp) -> _T:

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import math
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
@@ -219,6 +220,94 @@ class _Compiled:
     fn: Fn
     reads: tuple[str, ...]
     probes: tuple[tuple[str, Fn], ...]
+    guard: tuple[str, str, int | float] | None = None
+
+
+#: Index rules by their guards only where a selection has at least this many rules.
+INDEX_MIN_RULES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class _FeatureGuards:
+    """The rules guarded by ``feature <op> number``, thresholds sorted, for one feature.
+
+    For a numeric value ``v`` the rules whose guard holds are found by bisection:
+    ``> c``: c < v; ``>= c``: c <= v; ``< c``: c > v; ``<= c``: c >= v.
+    """
+
+    name: str
+    gt: tuple[tuple[int | float, ...], tuple[int, ...]]
+    ge: tuple[tuple[int | float, ...], tuple[int, ...]]
+    lt: tuple[tuple[int | float, ...], tuple[int, ...]]
+    le: tuple[tuple[int | float, ...], tuple[int, ...]]
+    every: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to evaluate one (entity, event type) selection."""
+
+    pairs: tuple[tuple[Fn, _Compiled], ...]
+    unguarded: tuple[int, ...]
+    guards: tuple[_FeatureGuards, ...]
+
+
+def _make_plan(selected: tuple[_Compiled, ...]) -> _Plan:
+    pairs = tuple((c.fn, c) for c in selected)
+    if len(selected) < INDEX_MIN_RULES:
+        return _Plan(pairs, tuple(range(len(pairs))), ())
+    unguarded: list[int] = []
+    by_feature: dict[str, dict[str, list[tuple[int | float, int]]]] = {}
+    for i, c in enumerate(selected):
+        if c.guard is None:
+            unguarded.append(i)
+            continue
+        name, op, const = c.guard
+        by_feature.setdefault(name, {"<": [], "<=": [], ">": [], ">=": []})[op].append((const, i))
+
+    def table(entries: list[tuple[int | float, int]]) -> tuple[tuple[int | float, ...], tuple[int, ...]]:
+        entries.sort()
+        return tuple(c for c, _ in entries), tuple(i for _, i in entries)
+
+    guards = tuple(
+        _FeatureGuards(
+            name,
+            table(ops[">"]),
+            table(ops[">="]),
+            table(ops["<"]),
+            table(ops["<="]),
+            tuple(sorted(i for entries in ops.values() for _, i in entries)),
+        )
+        for name, ops in by_feature.items()
+    )
+    return _Plan(pairs, tuple(unguarded), guards)
+
+
+def _candidates(plan: _Plan, features: Mapping[str, Any]) -> list[int]:
+    """Positions of the rules whose guard holds (or that have none), in file order."""
+    idx = list(plan.unguarded)
+    get = features.get
+    for g in plan.guards:
+        v = get(g.name)
+        if v is None:
+            continue  # a comparison with null is false: every guard on it fails
+        if type(v) is not int and type(v) is not float:
+            idx.extend(g.every)  # let each rule decide (and report a type error)
+            continue
+        cs, pos = g.gt
+        if cs:
+            idx.extend(pos[: bisect_left(cs, v)])
+        cs, pos = g.ge
+        if cs:
+            idx.extend(pos[: bisect_right(cs, v)])
+        cs, pos = g.lt
+        if cs:
+            idx.extend(pos[bisect_right(cs, v) :])
+        cs, pos = g.le
+        if cs:
+            idx.extend(pos[bisect_left(cs, v) :])
+    idx.sort()
+    return idx
 
 
 class _HasSchema(Protocol):
@@ -226,6 +315,7 @@ class _HasSchema(Protocol):
 
 
 _EMPTY: tuple[_Compiled, ...] = ()
+_NO_PLAN = _Plan((), (), ())
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,6 +331,8 @@ class RuleSet:
     _compiled: tuple[_Compiled, ...] = field(default=(), repr=False)
     _index: dict[tuple[str, Any], tuple[_Compiled, ...]] = field(default_factory=dict, repr=False)
     _default: dict[str, tuple[_Compiled, ...]] = field(default_factory=dict, repr=False)
+    # (entity, event type) or entity -> evaluation plan: the hot path
+    _plans: dict[Any, _Plan] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         by_entity: dict[str, list[_Compiled]] = {}
@@ -255,6 +347,8 @@ class RuleSet:
                 self._index[(entity, etype)] = tuple(
                     c for c in compiled if c.rule.events is None or etype in c.rule.events
                 )
+        for k, selected in [*self._index.items(), *self._default.items()]:
+            self._plans[k] = _make_plan(selected)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RuleSet):
@@ -305,11 +399,16 @@ class RuleSet:
         Deterministic; a rule failing at run time counts as not hit and is
         reported with its error; the other rules still run.
         """
-        selected = self._select(entity, event.get("type"))
+        plan = self._plans.get((entity, event.get("type")))
+        if plan is None:
+            plan = self._plans.get(entity, _NO_PLAN)
+        pairs = plan.pairs
+        if plan.guards:
+            pairs = tuple([pairs[i] for i in _candidates(plan, features)])
         fired: list[tuple[_Compiled, str | None]] | None = None
-        for c in selected:
+        for fn, c in pairs:
             try:
-                if not c.fn(features, event, lists):
+                if not fn(features, event, lists):
                     continue
                 err = None
             except Exception as exc:  # a rule never stops the others
@@ -700,7 +799,7 @@ class _Validator:
             events=events,
             description=description,
         )
-        return rule, _Compiled(rule, compiled.fn, compiled.features, compiled.list_probes)
+        return rule, _Compiled(rule, compiled.fn, compiled.features, compiled.list_probes, compiled.guard)
 
 
 def _is_number(v: Any) -> bool:

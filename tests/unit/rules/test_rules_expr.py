@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rules import (
     MAX_INT,
@@ -342,3 +344,31 @@ def test_without_schema_names_are_any_typed_features() -> None:
     c = compile_expression("whatever > 1 and other == 'x'", None)
     assert c.features == ("other", "whatever")
     assert c.fn({"whatever": 2, "other": "x"}, {}, None) is True
+
+
+# --- fused and-chains agree with the plain definition ------------------------------
+
+_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b}
+_OPS.update({">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    terms=st.lists(
+        st.tuples(st.sampled_from(["n", "m", "x"]), st.sampled_from(sorted(_OPS)), st.integers(-3, 3)),
+        min_size=1,
+        max_size=5,
+    ),
+    tail=st.booleans(),
+    values=st.fixed_dictionaries({}, optional={k: st.one_of(st.none(), st.integers(-4, 4)) for k in "nmx"}),
+)
+def test_and_chains_of_comparisons_follow_the_null_rule(
+    terms: list[tuple[str, str, int]], tail: bool, values: dict[str, Any]
+) -> None:
+    text = " and ".join(f"{name} {op} {c}" for name, op, c in terms)
+    if tail:
+        text += " and n + 1 > 0"  # a non-simple term after the fused run
+    want = all(values.get(name) is not None and _OPS[op](values[name], c) for name, op, c in terms)
+    if tail:
+        want = want and values.get("n") is not None and values["n"] + 1 > 0
+    assert ev(text, values) is want

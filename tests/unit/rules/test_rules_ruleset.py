@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import features
 import rules
@@ -391,3 +393,50 @@ def test_diff_added_removed_changed() -> None:
     assert "+ new" in text and "- gone" in text and "~ edit" in text
     assert not rules.diff(old, old)
     assert rules.diff(old, old).lines()[-1] == "no rule changes"
+
+
+# --- the guard index never changes an outcome -----------------------------------------
+
+_GUARD_FEATURES = ["phone_changes_30d", "property_views_total", "order_amount_1h", "login_cities_7d"]
+_guard_rules = st.lists(
+    st.tuples(
+        st.sampled_from(_GUARD_FEATURES),
+        st.sampled_from(["<", "<=", ">", ">=", "==", "!="]),
+        st.one_of(st.integers(-2, 6), st.sampled_from([0.5, 2.5])),
+        st.sampled_from(
+            ["", " and login_cities_7d != 3", " or property_views_total > 4", " and order_amount_1h / 0 > 1"]
+        ),
+    ),
+    min_size=1,
+    max_size=30,
+)
+_guard_values = st.one_of(
+    st.none(), st.integers(-3, 7), st.floats(-3, 7), st.sampled_from([float("nan"), True, "x", 2.5])
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    specs=_guard_rules,
+    feats=st.fixed_dictionaries({}, optional=dict.fromkeys(_GUARD_FEATURES, _guard_values)),
+)
+def test_guard_index_gives_the_same_evaluation_as_running_every_rule(
+    specs: list[tuple[str, str, float, str]], feats: dict[str, Any]
+) -> None:
+    import rules._model as model
+
+    text = HEADER + "".join(
+        rule(f"r{i:02d}", f"'{name} {op} {c}{tail}'", score=10 + i)
+        for i, (name, op, c, tail) in enumerate(specs)
+    )
+    indexed = load_ruleset(text, SCHEMA)
+    saved = model.INDEX_MIN_RULES
+    model.INDEX_MIN_RULES = 10**9
+    try:
+        plain = load_ruleset(text, SCHEMA)
+    finally:
+        model.INDEX_MIN_RULES = saved
+    assert not any(p.guards for p in plain._plans.values())
+    if len(specs) >= saved:
+        assert any(p.guards for p in indexed._plans.values())
+    assert indexed.evaluate(event(), "user", "u1", feats) == plain.evaluate(event(), "user", "u1", feats)
