@@ -119,7 +119,7 @@ def make_ruleset(
         entity = "user" if rnd.random() < 0.7 or len(entities) == 1 else rnd.choice(entities)
         names = sorted(schema[entity])
 
-        def cmp() -> str:
+        def cmp(names: list[str] = names, entity: str = entity) -> str:
             name = rnd.choice(names)
             shape = rnd.random()
             if name == "ms_since_phone_change":  # "recently": below a low percentile
