@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from sinks.base import RecordError, Sink, SinkBackpressureError, SourceRecord
 
@@ -73,6 +73,7 @@ class SinkRunner:
         retry_base_ms: int = 200,
         progress_every_s: float = 10.0,
         crash_after_flushes: int | None = None,
+        from_beginning: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.consumer = consumer
@@ -87,6 +88,8 @@ class SinkRunner:
         self.retry_base_ms = retry_base_ms
         self.progress_every_s = progress_every_s
         self.crash_after_flushes = crash_after_flushes
+        self.from_beginning = from_beginning
+        self._rewound: set[tuple[str, int]] = set()
         self.clock = clock
         self.stats = RunnerStats()
         self._next_offsets: dict[tuple[str, int], int] = {}
@@ -100,6 +103,13 @@ class SinkRunner:
     # --- rebalance ----------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned_at = self.clock()
+        if self.from_beginning:  # re-apply everything once per partition (e.g. Redis lost its data)
+            fresh = [p for p in partitions if (p.topic, p.partition) not in self._rewound]
+            if fresh:
+                for p in fresh:
+                    p.offset = OFFSET_BEGINNING
+                    self._rewound.add((p.topic, p.partition))
+                consumer.assign(partitions)
         log.info("%s: assigned %s", self.name, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:

@@ -30,7 +30,7 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _runner(settings: Settings, sink: Any, topics: list[str], name: str, **kwargs: Any) -> Any:
+def build_runner(settings: Settings, sink: Any, topics: list[str], name: str, **kwargs: Any) -> Any:
     from sinks.runner import SinkRunner
     from streams import kafka
 
@@ -82,7 +82,7 @@ def sink_clickhouse(idle_exit: float | None, crash_after_flushes: int | None) ->
         settings.clickhouse_database,
         {settings.hits_topic: "hits", settings.blacklist_topic: "blacklist"},
     )
-    runner = _runner(
+    runner = build_runner(
         settings,
         ch_sink,
         [settings.hits_topic, settings.blacklist_topic],
@@ -94,7 +94,12 @@ def sink_clickhouse(idle_exit: float | None, crash_after_flushes: int | None) ->
 
 @sink.command("redis")
 @click.option("--idle-exit", type=float, default=None, help="exit after this many seconds without records")
-def sink_redis(idle_exit: float | None) -> None:
+@click.option(
+    "--from-beginning",
+    is_flag=True,
+    help="re-apply the whole blacklist topic (after Redis lost its data); expired entries are skipped",
+)
+def sink_redis(idle_exit: float | None, from_beginning: bool) -> None:
     """Mirror bypass.blacklist into Redis, each entry expiring at its expires_at."""
     from sinks.redis_mirror import RedisBlacklistSink, redis_client
 
@@ -102,5 +107,7 @@ def sink_redis(idle_exit: float | None) -> None:
     _setup_logging(settings)
     client = redis_client(settings.redis_url)
     redis_sink = RedisBlacklistSink(client, prefix=settings.redis_key_prefix)
-    runner = _runner(settings, redis_sink, [settings.blacklist_topic], "redis")
+    runner = build_runner(
+        settings, redis_sink, [settings.blacklist_topic], "redis", from_beginning=from_beginning
+    )
     runner.run(_stop_on_signals(), idle_exit_s=idle_exit)

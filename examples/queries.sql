@@ -1,0 +1,103 @@
+-- Analyst queries over the bypass hit tables (see sinks/clickhouse_schema.py for the schema).
+--
+-- Run them in the bypass database (`USE bypass`, or clickhouse-client --database bypass)
+-- and pass the {name:Type} parameters, e.g.
+--   clickhouse-client --database bypass --param_entity=user --param_key=u1 --queries-file ...
+-- Every count is exact by hit_id: the rollup keeps uniqExact states of hit ids, and
+-- queries on risk_hits read FINAL (or LIMIT 1 BY hit_id), so retried or re-delivered
+-- hits are never counted twice. Each query starts with a "-- name:" line
+-- (tests/integration/test_queries_sql.py runs every one of them).
+
+-- name: top_rules_today
+-- Rules with the most distinct hits since midnight UTC, from the hourly rollup.
+SELECT
+    rule_id,
+    mode,
+    uniqExactMerge(hits)         AS hits,
+    uniqExactMerge(counted_hits) AS counted,
+    uniqExactMerge(entities)     AS entities
+FROM risk_hits_hourly
+WHERE hour >= toStartOfDay(now('UTC'))
+GROUP BY rule_id, mode
+ORDER BY hits DESC, rule_id, mode
+LIMIT 20;
+
+-- name: entity_history
+-- One entity's hits, newest first, with the feature values each rule read.
+-- WHERE entity/key uses the by_entity projection; LIMIT 1 BY hit_id removes copies.
+SELECT
+    event_time, rule_id, label, mode, score, decision, ruleset_version, run_id,
+    event_id, features, features_text
+FROM risk_hits
+WHERE entity = {entity:String} AND key = {key:String}
+ORDER BY event_time DESC, hit_id
+LIMIT 1 BY hit_id
+LIMIT 100;
+
+-- name: shadow_vs_active
+-- Per rule and mode over the last {days:UInt32} days (live run only): distinct hits,
+-- hits per day, and the share of all flagged events the rule flagged. A shadow rule
+-- whose share is close to an active rule's is a candidate for promotion.
+SELECT
+    rule_id,
+    mode,
+    count()                                                     AS hits,
+    round(count() / {days:UInt32}, 2)                           AS hits_per_day,
+    uniqExact(event_id)                                         AS events,
+    round(uniqExact(event_id) / any(total.flagged_events), 4)   AS share_of_flagged
+FROM risk_hits FINAL
+CROSS JOIN
+(
+    SELECT uniqExact(event_id) AS flagged_events
+    FROM risk_hits FINAL
+    WHERE event_time >= now64(3, 'UTC') - toIntervalDay({days:UInt32}) AND run_id = 'live'
+) AS total
+WHERE event_time >= now64(3, 'UTC') - toIntervalDay({days:UInt32}) AND run_id = 'live'
+GROUP BY rule_id, mode
+ORDER BY rule_id, mode;
+
+-- name: ruleset_version_comparison
+-- Two rule-set versions over the same events (e.g. live on v1 and a replay of v2):
+-- per rule, events flagged by both, only by the old one, only by the new one.
+SELECT
+    rule_id,
+    countIf(in_old AND in_new)     AS both,
+    countIf(in_old AND NOT in_new) AS only_old,
+    countIf(in_new AND NOT in_old) AS only_new
+FROM
+(
+    SELECT
+        rule_id,
+        event_id,
+        entity,
+        key,
+        max(ruleset_version = {old_version:String}) AS in_old,
+        max(ruleset_version = {new_version:String}) AS in_new
+    FROM risk_hits FINAL
+    WHERE ruleset_version IN ({old_version:String}, {new_version:String})
+    GROUP BY rule_id, event_id, entity, key
+)
+GROUP BY rule_id
+ORDER BY rule_id;
+
+-- name: hourly_trend_of_rule
+-- One rule over time: distinct hits per hour and mode for the last {hours:UInt32} hours.
+SELECT hour, mode, uniqExactMerge(hits) AS hits
+FROM risk_hits_hourly
+WHERE rule_id = {rule_id:String} AND hour >= toStartOfHour(now('UTC')) - toIntervalHour({hours:UInt32})
+GROUP BY hour, mode
+ORDER BY hour, mode;
+
+-- name: blocked_now
+-- Who is blacklisted right now and why (latest entry per entity, key and label).
+SELECT
+    entity,
+    key,
+    label,
+    arraySort(arrayDistinct(arrayFlatten(groupArray(rule_ids)))) AS rule_ids,
+    max(expires_at)                                              AS expires_at,
+    argMax(ruleset_version, expires_at)                          AS ruleset_version
+FROM risk_blacklist FINAL
+WHERE expires_at > now64(3, 'UTC')
+GROUP BY entity, key, label
+ORDER BY entity, key, label;

@@ -1,0 +1,190 @@
+# ruff: noqa: S608  (database names come from the test fixtures)
+"""The ClickHouse writer on the real stack: exactly once by hit_id through faults."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import pytest
+from sinks_support import bypass, produce, read_all, sink_settings, spawn, start_in_thread, wait_for
+
+from sinks._sample import sample_blacklist, sample_hit
+from sinks.clickhouse import ClickHouseSink, connect
+from sinks.clickhouse_schema import migrate
+from sinks.runner import H_OFFSET, H_REASON, H_SINK, H_TOPIC
+from streams._cli_sink import build_runner
+from streams.settings import Settings
+
+
+def _client(settings: Settings) -> Any:
+    return connect(
+        settings.clickhouse_url,
+        username=settings.clickhouse_user,
+        password=settings.clickhouse_password.get_secret_value(),
+    )
+
+
+def _final_ids(client: Any, db: str) -> list[str]:
+    return [
+        r[0] for r in client.query(f"SELECT hit_id FROM {db}.risk_hits FINAL ORDER BY hit_id").result_rows
+    ]
+
+
+def _count(client: Any, sql: str) -> int:
+    return int(client.query(sql).result_rows[0][0])
+
+
+def _runner(settings: Settings) -> Any:
+    client = _client(settings)
+    sink = ClickHouseSink(
+        client,
+        settings.clickhouse_database,
+        {settings.hits_topic: "hits", settings.blacklist_topic: "blacklist"},
+    )
+    return build_runner(settings, sink, [settings.hits_topic, settings.blacklist_topic], "clickhouse")
+
+
+@pytest.fixture
+def ch_settings(settings: Settings) -> Settings:
+    s = sink_settings(settings)
+    migrate(_client(s), s.clickhouse_database)
+    return s
+
+
+def test_migrate_cli_is_idempotent_and_versioned(ch_settings: Settings) -> None:
+    first = bypass(ch_settings, "clickhouse", "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "schema version 3; applied none (up to date)" in first.stdout  # the fixture migrated already
+    ttl = bypass(ch_settings.model_copy(update={"clickhouse_ttl_days": 30}), "clickhouse", "migrate")
+    assert "TTL set to 30 days on risk_hits" in ttl.stdout, ttl.stdout + ttl.stderr
+    client = _client(ch_settings)
+    db = ch_settings.clickhouse_database
+    versions = client.query(f"SELECT version FROM {db}.schema_migrations FINAL ORDER BY version").result_rows
+    assert [v[0] for v in versions] == [1, 2, 3]
+    ddl = client.query(f"SHOW CREATE TABLE {db}.risk_hits").result_rows[0][0]
+    assert "toIntervalDay(30)" in ddl
+    again = bypass(ch_settings.model_copy(update={"clickhouse_ttl_days": 30}), "clickhouse", "migrate")
+    assert "TTL set" not in again.stdout
+
+
+def test_redelivered_hits_are_stored_exactly_once_by_hit_id(ch_settings: Settings) -> None:
+    hits = [sample_hit(i) for i in range(300)]
+    produce(ch_settings, ch_settings.hits_topic, hits + hits[:120])  # 120 hits emitted twice
+    produce(
+        ch_settings,
+        ch_settings.blacklist_topic,
+        [sample_blacklist(i, expires_at=4_000_000_000_000) for i in range(5)] * 2,
+    )
+    client = _client(ch_settings)
+    db = ch_settings.clickhouse_database
+    running = start_in_thread(_runner(ch_settings))
+    try:
+        wait_for(lambda: running.runner.stats.written, 430)  # every copy was inserted
+        wait_for(lambda: _count(client, f"SELECT count() FROM {db}.risk_hits FINAL"), 300)
+    finally:
+        running.close()
+    assert _final_ids(client, db) == sorted(h["hit_id"] for h in hits)
+    rollup = _count(client, f"SELECT uniqExactMerge(hits) FROM {db}.risk_hits_hourly")
+    assert rollup == 300  # the MV saw 420 rows; uniqExact of hit ids stays exact
+    assert _count(client, f"SELECT count() FROM {db}.risk_blacklist FINAL") == 5
+    row = client.query(
+        f"SELECT features, features_text, toUnixTimestamp64Milli(event_time) FROM {db}.risk_hits FINAL "
+        "WHERE hit_id = {h:String}",
+        parameters={"h": hits[7]["hit_id"]},
+    ).result_rows[0]
+    assert row == (
+        {"logins_1h": 7.0, "distinct_devices_1d": 2.0, "x": None},
+        {"city": "Beijing"},
+        hits[7]["event_ts"],
+    )
+
+
+def test_same_batch_retried_with_its_token_is_dropped_by_clickhouse(ch_settings: Settings) -> None:
+    import orjson
+
+    from sinks.base import SourceRecord
+
+    client = _client(ch_settings)
+    db = ch_settings.clickhouse_database
+    for _ in range(2):  # the same offsets twice -> the same token -> one insert
+        sink = ClickHouseSink(client, db, {"h": "hits"})
+        for i in range(50):
+            sink.add(SourceRecord("h", 0, i, None, orjson.dumps(sample_hit(i))))
+        sink.flush()
+    assert _count(client, f"SELECT count() FROM {db}.risk_hits") == 50
+
+
+def test_clickhouse_stopped_mid_stream_then_catches_up(stack: Any, ch_settings: Settings) -> None:
+    if not stack.restartable("clickhouse"):
+        pytest.skip("ClickHouse is external in this session")  # only the local stack can be stopped
+    client = _client(ch_settings)
+    db = ch_settings.clickhouse_database
+    first = [sample_hit(i) for i in range(200)]
+    second = [sample_hit(i) for i in range(200, 700)]
+    running = start_in_thread(_runner(ch_settings))
+    try:
+        produce(ch_settings, ch_settings.hits_topic, first)
+        wait_for(lambda: _count(client, f"SELECT count() FROM {db}.risk_hits FINAL"), 200)
+        stack.stop_part("clickhouse")
+        produce(ch_settings, ch_settings.hits_topic, second)
+        wait_for(lambda: running.runner.stats.failed_flushes > 0, True, timeout=30)
+        time.sleep(2)  # keep it down for a few retries: lag grows, the batch stays in memory
+        assert running.runner.sink.pending() > 0
+        stack.start_part("clickhouse")
+        client = _client(ch_settings)
+        wait_for(lambda: _count(client, f"SELECT count() FROM {db}.risk_hits FINAL"), 700, timeout=90)
+    finally:
+        running.close()
+    assert _final_ids(client, db) == sorted(h["hit_id"] for h in first + second)
+
+
+def test_writer_killed_between_insert_and_commit_loses_and_duplicates_nothing(ch_settings: Settings) -> None:
+    client = _client(ch_settings)
+    db = ch_settings.clickhouse_database
+    hits = [sample_hit(i) for i in range(2_000)]
+    produce(ch_settings, ch_settings.hits_topic, hits)
+    s = ch_settings.model_copy(update={"sink_batch_size": 500})
+    crashing = spawn(s, "sink", "clickhouse", "--crash-after-flushes", "2")
+    out, _ = crashing.communicate(timeout=120)
+    assert crashing.returncode == 17, out  # exited after its 2nd insert, before committing it
+    inserted = _count(client, f"SELECT count() FROM {db}.risk_hits")
+    assert 0 < inserted < 2_000
+    writer = spawn(s, "sink", "clickhouse")
+    try:
+        wait_for(lambda: _count(client, f"SELECT count() FROM {db}.risk_hits FINAL"), 2_000, timeout=90)
+    finally:
+        writer.send_signal(signal.SIGTERM)
+        writer.communicate(timeout=30)
+    assert writer.returncode == 0
+    assert _final_ids(client, db) == sorted(h["hit_id"] for h in hits)
+    assert _count(client, f"SELECT uniqExactMerge(hits) FROM {db}.risk_hits_hourly") == 2_000
+
+
+def test_malformed_hit_goes_to_dlq_with_its_reason(ch_settings: Settings) -> None:
+    client = _client(ch_settings)
+    db = ch_settings.clickhouse_database
+    bad_missing = {k: v for k, v in sample_hit(1).items() if k != "rule_id"}
+    bad_type = {**sample_hit(2), "event_ts": "yesterday"}
+    produce(
+        ch_settings,
+        ch_settings.hits_topic,
+        [sample_hit(0), bad_missing, b"not json", bad_type, sample_hit(3)],
+    )
+    running = start_in_thread(_runner(ch_settings))
+    try:
+        wait_for(lambda: _count(client, f"SELECT count() FROM {db}.risk_hits FINAL"), 2)
+        wait_for(lambda: running.runner.stats.dead_lettered, 3)
+    finally:
+        running.close()
+    dead = read_all(ch_settings, ch_settings.dlq_topic)
+    reasons = sorted(dict(m.headers())[H_REASON].decode() for m in dead)
+    assert reasons[0] == "invalid json: unexpected character: line 1 column 1 (char 0)"
+    assert reasons[1:] == ["missing field: rule_id", "wrong type: event_ts must be an integer"]
+    for m in dead:
+        headers = dict(m.headers())
+        assert headers[H_TOPIC].decode() == ch_settings.hits_topic
+        assert headers[H_SINK] == b"sink-clickhouse"
+        assert int(headers[H_OFFSET]) >= 0
+    assert b"not json" in [m.value() for m in dead]
