@@ -12,6 +12,10 @@ Fixtures:
     3. else the local stack (``streams.stack``: Tansu, chdb served on loopback,
        redis-server) under a private tmp state dir, stopped at session end.
 
+    ``BYPASS_TEST_STACK=local`` forces 3 (for example after ``eval "$(bypass stack up)"``
+    in the same shell: the tests then get their own stack, whose parts they may stop);
+    ``BYPASS_TEST_STACK=docker`` requires 2.
+
     Attributes: ``kafka_bootstrap``, ``clickhouse_url``, ``clickhouse_user``,
     ``clickhouse_password``, ``redis_url``, ``phone_hash_key``, ``kinds`` (part ->
     "external" | "docker" | "local"), ``state_dir``; methods ``settings(**overrides)``
@@ -130,12 +134,20 @@ class StackHandle:
         if not self.restartable(name):
             raise RuntimeError(
                 f"{name} is {self.kinds.get(name)!r} in this session: only local parts can be "
-                "stopped and started by tests (unset the BYPASS_* address to use the local stack)"
+                "stopped and started by tests (set BYPASS_TEST_STACK=local to use a local stack)"
             )
 
 
+def _stack_choice() -> str:
+    """BYPASS_TEST_STACK: auto (default) | local (ignore BYPASS_* addresses and Docker) | docker."""
+    choice = os.environ.get("BYPASS_TEST_STACK", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "local", "docker"):
+        raise pytest.UsageError(f"BYPASS_TEST_STACK={choice!r}: use auto, local or docker")
+    return choice
+
+
 def _docker_answers() -> bool:
-    if os.environ.get("BYPASS_TEST_DOCKER", "1") == "0":
+    if _stack_choice() == "local":
         return False
     try:
         import docker
@@ -174,7 +186,10 @@ def _containers(parts: list[str]) -> Iterator[dict[str, tuple[str, dict[str, str
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     """The real parts for this session (external, else Docker, else the local stack)."""
     state_dir = tmp_path_factory.mktemp("bypass-state")
-    external = {part: os.environ[env] for part, env in ENV_NAMES.items() if os.environ.get(env)}
+    choice = _stack_choice()
+    external = {
+        part: os.environ[env] for part, env in ENV_NAMES.items() if os.environ.get(env) and choice == "auto"
+    }
     missing = [part for part in PARTS if part not in external]
     kinds = dict.fromkeys(external, "external")
     addresses = dict(external)
@@ -183,6 +198,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     local: Stack | None = None
     phone_key = os.environ.get("BYPASS_PHONE_HASH_KEY") or secrets.token_urlsafe(32)
     with contextlib.ExitStack() as cleanup:
+        if missing and choice == "docker" and not _docker_answers():
+            raise pytest.UsageError("BYPASS_TEST_STACK=docker but no Docker engine answers")
         if missing and _docker_answers():
             started = cleanup.enter_context(_containers(missing))
             for part, (address, extra) in started.items():
