@@ -278,3 +278,23 @@ def test_port_taken_after_the_check_is_reported_from_the_part_log(
     assert caught.value.message.startswith("clickhouse exited while starting")
     assert "Address already in use" in caught.value.message
     assert _procs_under(state_dir) == []
+
+
+def test_a_crashed_part_shows_as_gone_and_up_brings_it_back_on_its_port(state_dir: Path) -> None:
+    first = _bypass(state_dir, "stack", "up")
+    assert first.returncode == 0, first.stderr
+    redis_pid = int((state_dir / "run" / "redis.pid").read_text())
+    os.kill(redis_pid, signal.SIGKILL)
+
+    status = _bypass(state_dir, "stack", "status")
+    assert status.returncode == 1
+    states = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:] if line[:1] != " "}
+    assert states == {"kafka": "healthy", "clickhouse": "healthy", "redis": "gone"}
+
+    again = _bypass(state_dir, "stack", "up")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("already running") == 2
+    assert "redis       started" in again.stderr
+    assert _exports(again.stdout) == _exports(first.stdout)  # same addresses
+    assert int((state_dir / "run" / "redis.pid").read_text()) != redis_pid
+    assert redis.Redis.from_url(_exports(again.stdout)["BYPASS_REDIS_URL"]).ping()
