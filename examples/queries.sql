@@ -95,8 +95,8 @@ SELECT
     key,
     label,
     arraySort(arrayDistinct(arrayFlatten(groupArray(rule_ids)))) AS rule_ids,
-    max(expires_at)                                              AS expires_at,
-    argMax(ruleset_version, expires_at)                          AS ruleset_version
+    max(expires_at)                                              AS blocked_until,
+    argMax(ruleset_version, expires_at)                          AS latest_version
 FROM risk_blacklist FINAL
 WHERE expires_at > now64(3, 'UTC')
 GROUP BY entity, key, label

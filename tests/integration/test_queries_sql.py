@@ -1,0 +1,177 @@
+"""Every query of examples/queries.sql (and `bypass hits`) on the real schema, with known rows."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sinks_support import bypass
+
+from sinks._sample import sample_blacklist, sample_hit
+from sinks.base import SourceRecord
+from sinks.clickhouse import ClickHouseSink, connect
+from sinks.clickhouse_schema import migrate
+from streams.settings import Settings
+
+QUERIES = Path(__file__).resolve().parents[2] / "examples" / "queries.sql"
+
+
+def load_queries(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for chunk in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = chunk.partition("\n")
+        sql = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
+        out[name.strip()] = sql.strip().rstrip(";")
+    return out
+
+
+def _hit(
+    event: int, rule: str, version: str, run_id: str, key: str, now_ms: int, mode: str
+) -> dict[str, Any]:
+    h = sample_hit(event, ruleset_version=version, run_id=run_id, mode=mode)
+    h.update(
+        rule_id=rule,
+        key=key,
+        event_ts=now_ms - (10 - event) * 60_000,
+        counted=mode == "active",
+        hit_id=hashlib.sha256(f"e{event}|{rule}|{version}".encode()).hexdigest()[:32],
+    )
+    return h
+
+
+KEYS = {1: "u1", 2: "u1", 3: "u2", 4: "u3", 5: "u1"}
+
+
+@pytest.fixture
+def loaded(settings: Settings) -> tuple[Settings, Any]:
+    client = connect(
+        settings.clickhouse_url,
+        username=settings.clickhouse_user,
+        password=settings.clickhouse_password.get_secret_value(),
+    )
+    migrate(client, settings.clickhouse_database)
+    now = time.time_ns() // 1_000_000
+    hits = [_hit(e, "rA", "v1", "live", KEYS[e], now, "active") for e in (1, 2, 3, 4)]
+    hits += [_hit(e, "rB", "v1", "live", KEYS[e], now, "shadow") for e in (1, 2)]
+    hits += [_hit(e, "rA", "v2", "replay-1", KEYS[e], now, "active") for e in (1, 2, 5)]
+    hits += [_hit(1, "rB", "v2", "replay-1", "u1", now, "shadow")]
+    hits += [hits[0]]  # a redelivered copy
+    blacklist = [
+        sample_blacklist(1, expires_at=now + 3_600_000, rule_ids=["r1"]),
+        {**sample_blacklist(1, expires_at=now + 1_800_000, rule_ids=["r2"]), "event_id": "e7"},
+        sample_blacklist(2, expires_at=now - 1_000),
+    ]
+    sink = ClickHouseSink(client, settings.clickhouse_database, {"h": "hits", "b": "blacklist"})
+    for i, h in enumerate(hits):
+        sink.add(SourceRecord("h", 0, i, None, orjson.dumps(h)))
+        if i == 5:
+            sink.flush()  # two inserts, so the copy lands in another part
+    for i, b in enumerate(blacklist):
+        sink.add(SourceRecord("b", 0, i, None, orjson.dumps(b)))
+    sink.flush()
+    db_client = connect(
+        settings.clickhouse_url,
+        username=settings.clickhouse_user,
+        password=settings.clickhouse_password.get_secret_value(),
+        database=settings.clickhouse_database,
+    )
+    return settings, db_client
+
+
+def _run(client: Any, name: str, **params: Any) -> list[dict[str, Any]]:
+    result = client.query(load_queries(QUERIES.read_text())[name], parameters=params)
+    return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+
+def test_queries_file_names_every_query() -> None:
+    assert set(load_queries(QUERIES.read_text())) == {
+        "top_rules_today",
+        "entity_history",
+        "shadow_vs_active",
+        "ruleset_version_comparison",
+        "hourly_trend_of_rule",
+        "blocked_now",
+    }
+
+
+def test_top_rules_today(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    rows = _run(client, "top_rules_today")
+    assert [(r["rule_id"], r["mode"], r["hits"], r["counted"], r["entities"]) for r in rows] == [
+        ("rA", "active", 7, 7, 3),
+        ("rB", "shadow", 3, 0, 1),
+    ]
+
+
+def test_entity_history(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    rows = _run(client, "entity_history", entity="user", key="u1")
+    assert len(rows) == 8  # 9 rows stored for u1 (one redelivered copy), 8 distinct hits
+    assert (rows[0]["rule_id"], rows[0]["event_id"], rows[0]["ruleset_version"]) == ("rA", "e5", "v2")
+    assert sorted((r["rule_id"], r["event_id"], r["ruleset_version"]) for r in rows) == [
+        ("rA", "e1", "v1"),
+        ("rA", "e1", "v2"),
+        ("rA", "e2", "v1"),
+        ("rA", "e2", "v2"),
+        ("rA", "e5", "v2"),
+        ("rB", "e1", "v1"),
+        ("rB", "e1", "v2"),
+        ("rB", "e2", "v1"),
+    ]
+    times = [r["event_time"] for r in rows]
+    assert times == sorted(times, reverse=True)
+    assert rows[0]["features_text"] == {"city": "Beijing"}
+
+
+def test_shadow_vs_active(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    rows = _run(client, "shadow_vs_active", days=1)
+    got = [
+        (r["rule_id"], r["mode"], r["hits"], r["hits_per_day"], r["events"], r["share_of_flagged"])
+        for r in rows
+    ]
+    assert got == [("rA", "active", 4, 4.0, 4, 1.0), ("rB", "shadow", 2, 2.0, 2, 0.5)]
+
+
+def test_ruleset_version_comparison(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    rows = _run(client, "ruleset_version_comparison", old_version="v1", new_version="v2")
+    assert [(r["rule_id"], r["both"], r["only_old"], r["only_new"]) for r in rows] == [
+        ("rA", 2, 2, 1),
+        ("rB", 1, 1, 0),
+    ]
+
+
+def test_hourly_trend_of_rule(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    rows = _run(client, "hourly_trend_of_rule", rule_id="rA", hours=2)
+    assert {r["mode"] for r in rows} == {"active"}
+    assert sum(r["hits"] for r in rows) == 7  # the events may straddle an hour boundary
+
+
+def test_blocked_now(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    rows = _run(client, "blocked_now")
+    assert [(r["entity"], r["key"], r["label"], r["rule_ids"]) for r in rows] == [
+        ("user", "u1", "fraud", ["r1", "r2"])
+    ]
+
+
+def test_hits_cli_prints_the_tables(loaded: tuple[Settings, Any]) -> None:
+    settings, _ = loaded
+    top = bypass(settings, "hits", "top", "--since", "1d")
+    assert top.returncode == 0, top.stderr
+    lines = [line for line in top.stdout.splitlines() if "│" in line]
+    assert re.search(r"│ rA\s+│ active\s+│\s+7 │\s+7 │\s+3 │", lines[0]), top.stdout
+    assert re.search(r"│ rB\s+│ shadow\s+│\s+3 │\s+0 │\s+1 │", lines[1]), top.stdout
+    history = bypass(settings, "hits", "entity", "user", "u1")
+    assert history.returncode == 0, history.stderr
+    rows = [line for line in history.stdout.splitlines() if "│ r" in line]
+    assert len(rows) == 8 and "e5" in rows[0]
+    nobody = bypass(settings, "hits", "entity", "user", "nobody")
+    assert "no hits for user nobody" in nobody.stdout
