@@ -56,7 +56,7 @@ LATENESS_MS = 6 * 3_600_000
 # every (event, entity) ends in one of these worker counters
 _SETTLED = ("bypass_events_applied_total", "bypass_events_duplicate_total", "bypass_events_late_total")
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 class DemoError(BypassError):
@@ -489,18 +489,42 @@ class Demo:
                 "-" if row["recall"] is None else f"{row['recall']:.2f}",
             )
         console.print(quality)
+        self.explain(sim, result)
+        try:
+            self.analyst_queries(ch, db, result)
+        except Exception as exc:  # a query failing must not hide the rest of the report
+            console.print(f"[red]analyst query failed:[/] {exc}", highlight=False)
+
+    def explain(self, sim: Any, result: Any) -> None:
+        """Name every error: false positives (lookalikes or not) and misses (evasive or not)."""
+        look = {(x["entity"], x["key"]): x["kind"] for x in sim.lookalikes}
+        variant = {(t["entity"], t["key"]): t["variant"] for t in sim.truth}
+        scenario_of = {(t["entity"], t["key"]): t["scenario"] for t in sim.truth}
+        lines = []
+        for score in result.scores:
+            for entity in score.false_positives:
+                why = look.get(entity) or (
+                    f"a {scenario_of[entity]} entity" if entity in scenario_of else "normal"
+                )
+                lines.append(f"  {score.scenario}: false positive {entity[0]} {entity[1]} ({why})")
+            for entity in score.missed:
+                lines.append(
+                    f"  {score.scenario}: missed {entity[0]} {entity[1]} ({variant.get(entity, '?')})"
+                )
+        if lines:
+            console.print("errors, one by one:\n" + "\n".join(lines), highlight=False)
         if result.unmapped_labels:
             console.print(
                 "labels that detect no simulated scenario (entities): "
-                + ", ".join(f"{k} ({v})" for k, v in result.unmapped_labels.items())
+                + ", ".join(f"{k} ({v})" for k, v in result.unmapped_labels.items()),
+                highlight=False,
             )
-        self.analyst_queries(ch, db, result)
 
     def analyst_queries(self, ch: Any, db: str, result: Any) -> None:
         q1 = _sql(
             db,
             "SELECT toDate(hour) AS day, rule_id,\n"
-            "       uniqExactIfMerge(counted_hits) AS counted, uniqExactMerge(entities) AS entities\n"
+            "       uniqExactMerge(counted_hits) AS counted, uniqExactMerge(entities) AS entities\n"
             "FROM $db.risk_hits_hourly\n"
             "GROUP BY day, rule_id HAVING counted > 0\n"
             "ORDER BY day, counted DESC, rule_id",
@@ -611,6 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130
+    except Exception as exc:  # no stack trace for the newcomer; the logs say more
+        console.print(
+            f"[red]error:[/] {type(exc).__name__}: {exc} (logs in {demo.run_dir / 'logs'})", highlight=False
+        )
+        return 1
     finally:
         if keep:
             demo.keep()
