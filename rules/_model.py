@@ -101,7 +101,7 @@ def parse_duration(text: str) -> int:
     """``"30d"`` -> milliseconds. Integer + ``s|m|h|d``, as in the feature spec."""
     m = _DURATION.match(text.strip()) if isinstance(text, str) else None
     if m is None:
-        raise ValueError(f"bad duration {text!r}")
+        raise ValueError(f"bad duration {_brief(text)}")
     return int(m.group(1)) * _UNIT_MS[m.group(2)]
 
 
@@ -672,7 +672,7 @@ class _Validator:
             self.add(
                 rule_id,
                 (*base, "entity"),
-                f"unknown entity {entity!r}; the feature spec has {', '.join(known)}",
+                f"unknown entity {_brief(entity)}; the feature spec has {', '.join(known)}",
                 _suggest(entity, known),
             )
         else:
@@ -692,16 +692,16 @@ class _Validator:
             self.add(
                 rule_id,
                 (*base, "action"),
-                f"unknown action {action!r}",
-                _suggest(str(action), ACTIONS) or "use none, review or blacklist",
+                f"unknown action {_brief(action)}",
+                _suggest(_brief(action, quote=False), ACTIONS) or "use none, review or blacklist",
             )
         mode = raw.get("mode", "active")
         if mode not in MODES:
             self.add(
                 rule_id,
                 (*base, "mode"),
-                f"unknown mode {mode!r}",
-                _suggest(str(mode), MODES) or "use active or shadow",
+                f"unknown mode {_brief(mode)}",
+                _suggest(_brief(mode, quote=False), MODES) or "use active or shadow",
             )
 
         ttl_ms: int | None = None
@@ -714,7 +714,7 @@ class _Validator:
                 self.add(
                     rule_id,
                     (*base, "ttl"),
-                    f"bad ttl {raw['ttl']!r}",
+                    f"bad ttl {_brief(raw['ttl'])}",
                     "use a positive integer + s, m, h or d, e.g. 30d",
                 )
                 ttl_ms = None
@@ -728,7 +728,9 @@ class _Validator:
         rollout = raw.get("rollout", 100)
         if not isinstance(rollout, int) or isinstance(rollout, bool) or not 0 <= rollout <= 100:
             self.add(
-                rule_id, (*base, "rollout"), f"rollout must be an integer percentage 0-100, got {rollout!r}"
+                rule_id,
+                (*base, "rollout"),
+                f"rollout must be an integer percentage 0-100, got {_brief(rollout)}",
             )
             rollout = 100
         group = raw.get("group")
@@ -800,6 +802,14 @@ class _Validator:
             description=description,
         )
         return rule, _Compiled(rule, compiled.fn, compiled.features, compiled.list_probes, compiled.guard)
+
+
+def _brief(v: Any, *, quote: bool = True) -> str:
+    """A short, safe rendering of a user value for messages (never a huge repr)."""
+    if isinstance(v, str | int | float | bool) or v is None:
+        text = repr(v) if quote else str(v)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return f"a {type(v).__name__}"
 
 
 def _is_number(v: Any) -> bool:

@@ -86,7 +86,14 @@ def parse_yaml(text: str) -> tuple[Any, dict[Path, Pos], list[tuple[Path, Pos, s
     positions: dict[Path, Pos] = {}
     duplicates: list[tuple[Path, Pos, str]] = []
 
+    visited: set[int] = set()
+
     def walk(n: Any, path: Path) -> None:
+        # Aliases make the node graph a DAG: visit each node once, so a
+        # "billion laughs" document costs its size, not its expansion.
+        if id(n) in visited:
+            return
+        visited.add(id(n))
         mark = n.start_mark
         if isinstance(n, yaml.ScalarNode):
             positions[path] = Pos(mark.line + 1, mark.column + 1, text, mark.index, n.end_mark.index, n.style)

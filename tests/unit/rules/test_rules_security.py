@@ -443,3 +443,29 @@ def test_the_tracer_sees_calls_outside_the_compiled_closures() -> None:
     _, _, touched = _traced(lambda: sorted(vars(rules)))
     assert any(t.startswith("c:vars") for t in touched)
     assert any(t.startswith("py:") for t in touched)
+
+
+def test_yaml_alias_bomb_is_not_expanded() -> None:
+    lines = ['version: "v1"', 'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 30):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    lines.append("rules: []")
+    with pytest.raises(RuleSetError) as info:
+        rules.load_ruleset("\n".join(lines) + "\n", SCHEMA)  # 9**30 leaves if expanded
+    assert any("unknown key 'a29'" in p.message for p in info.value.problems)
+
+
+def test_alias_bomb_in_a_rule_value_is_reported_briefly() -> None:
+    lines = ['version: "v1"', "x0: &x0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, 30):
+        lines.append(f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9) + "]")
+    lines += [
+        "rules:",
+        "  - {id: a, entity: user, when: n > 1, score: 1,",
+        "     action: *x29, mode: *x29, ttl: *x29, rollout: *x29}",
+        "  - {id: b, entity: *x29, when: n > 1, score: 1}",
+    ]
+    with pytest.raises(RuleSetError) as info:
+        rules.load_ruleset("\n".join(lines) + "\n", SCHEMA)
+    assert len(info.value.message) < 5000
+    assert any("unknown action a list" in p.message for p in info.value.problems)
