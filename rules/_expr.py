@@ -952,7 +952,7 @@ class _Compiler:
             if values is None:
                 return _T(_NO_FN, ANY, True)
             fn = _membership(left.fn, values, isinstance(n.ops[0], ast.NotIn))
-            return self._maybe_fold(_T(fn, BOOL, False), left.const)
+            return self._maybe_fold(n, _T(fn, BOOL, False), left.const)
         parts = [left]
         ops: list[Callable[[Any, Any], Any]] = []
         bad = left.fn is _NO_FN
@@ -992,7 +992,7 @@ class _Compiler:
             fn = _cmp_const(left.fn, ops[0], c)
         else:
             fn = _cmp_chain([p.fn for p in parts], ops)
-        return self._maybe_fold(_T(fn, BOOL, False), all(p.const for p in parts))
+        return self._maybe_fold(n, _T(fn, BOOL, False), all(p.const for p in parts))
 
     def node_list_elems(self, n: ast.AST) -> None:
         if isinstance(n, ast.List):
@@ -1024,7 +1024,7 @@ class _Compiler:
                 return _T(fn, BOOL, nullable, guard=parts[0].guard)
         else:
             fn = _or(fns, strict)
-        return self._maybe_fold(_T(fn, BOOL, nullable), all(p.const for p in parts))
+        return self._maybe_fold(n, _T(fn, BOOL, nullable), all(p.const for p in parts))
 
     def unaryop(self, n: ast.UnaryOp) -> _T:
         inner = self.node(n.operand)
@@ -1032,13 +1032,13 @@ class _Compiler:
             if inner.fn is _NO_FN:
                 return inner
             if inner.nullable or inner.type != BOOL:
-                return self._maybe_fold(_T(_not(inner.fn), BOOL, inner.nullable), inner.const)
+                return self._maybe_fold(n, _T(_not(inner.fn), BOOL, inner.nullable), inner.const)
             f0 = inner.fn
 
             def not_strict(f: Mapping[str, Any], e: Mapping[str, Any], lp: ListProvider | None) -> bool:
                 return not f0(f, e, lp)
 
-            return self._maybe_fold(_T(not_strict, BOOL, False), inner.const)
+            return self._maybe_fold(n, _T(not_strict, BOOL, False), inner.const)
         if isinstance(n.op, ast.USub | ast.UAdd):
             symbol = "-" if isinstance(n.op, ast.USub) else "+"
             if inner.fn is _NO_FN:
@@ -1046,7 +1046,7 @@ class _Compiler:
             if not self._numeric(n.operand, inner, f"unary `{symbol}`"):
                 return _T(_NO_FN, ANY, True)
             opf: Callable[[Any], Any] = operator.neg if symbol == "-" else operator.pos
-            return self._maybe_fold(_T(_unary(inner.fn, opf, symbol), NUM, inner.nullable), inner.const)
+            return self._maybe_fold(n, _T(_unary(inner.fn, opf, symbol), NUM, inner.nullable), inner.const)
         symbol = _OP_SYMBOLS.get(type(n.op), type(n.op).__name__)
         return self.problem(n, f"the operator `{symbol}` is not allowed", "use + - * / % on numbers")
 
@@ -1077,7 +1077,7 @@ class _Compiler:
             fn = _arith_const(left.fn, right.value, opf, symbol)
         else:
             fn = _arith(left.fn, right.fn, opf, symbol)
-        return self._maybe_fold(_T(fn, NUM, left.nullable or right.nullable), left.const and right.const)
+        return self._maybe_fold(n, _T(fn, NUM, left.nullable or right.nullable), left.const and right.const)
 
     def call(self, n: ast.Call) -> _T:
         if not isinstance(n.func, ast.Name):
@@ -1109,7 +1109,9 @@ class _Compiler:
                 return self.problem(n, f"coalesce() mixes types: {', '.join(sorted(types))}")
             rtype = next(iter(types - {ANY}), ANY) if types - {ANY} else (ANY if types else NULL)
             fn = _coalesce([a.fn for a in args])
-            return self._maybe_fold(_T(fn, rtype, all(a.nullable for a in args)), all(a.const for a in args))
+            return self._maybe_fold(
+                n, _T(fn, rtype, all(a.nullable for a in args)), all(a.const for a in args)
+            )
         lo, hi, impl = _NUMERIC_FUNCS[fname]
         if not lo <= len(n.args) <= hi:
             want = f"{lo}" if lo == hi else f"{lo} to {hi}"
@@ -1123,7 +1125,7 @@ class _Compiler:
         if not ok:
             return _T(_NO_FN, ANY, True)
         fn = _numeric_call(fname, [a.fn for a in args], impl)
-        return self._maybe_fold(_T(fn, NUM, any(a.nullable for a in args)), all(a.const for a in args))
+        return self._maybe_fold(n, _T(fn, NUM, any(a.nullable for a in args)), all(a.const for a in args))
 
     def _in_list_call(self, n: ast.Call) -> _T:
         if len(n.args) != 2:
@@ -1145,17 +1147,17 @@ class _Compiler:
         self.probes.append((first.value, value.fn))
         return _T(_in_list(first.value, value.fn), BOOL, False)
 
-    def _maybe_fold(self, t: _T, all_const: bool) -> _T:
+    def _maybe_fold(self, n: ast.AST, t: _T, all_const: bool) -> _T:
         """Evaluate a constant sub-expression once at load (``hours(1)`` -> 3600000)."""
         if not all_const:
             return t
         try:
             value = t.fn({}, {}, None)
         except RUNTIME_ERRORS as exc:
-            self.problems.append(ExprProblem(0, f"a constant part always fails: {exc}"))
+            self.problem(n, f"a constant part always fails: {exc}")
             return _T(_NO_FN, ANY, True)
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
-            self.problems.append(ExprProblem(0, f"a constant part is too large (at most {MAX_INT})"))
+            self.problem(n, f"a constant part is too large (at most {MAX_INT})")
             return _T(_NO_FN, ANY, True)
         return _T(
             _const(value), _type_of_value(value) if value is not None else NULL, value is None, True, value
