@@ -28,6 +28,7 @@ from features._spec import Feature, make_getter
 
 _SCALE_BITS = 1074  # every finite double is an integer multiple of 2**-1074
 _NEG = -(1 << 62)  # "minus infinity" for integer times
+_POS = 1 << 62  # "plus infinity"
 _EARTH_KM = 6371.0
 _RAD = math.pi / 180.0
 
@@ -121,6 +122,19 @@ def distinct_key(v: Any) -> Any:
     return None
 
 
+class State:
+    """Base of the per-(key, feature) states. ``val`` is the value as of the key's newest
+    event and stays valid for in-order events that do not match the feature while their
+    time is before ``until`` (the engine then skips the call); ``until`` is reset to
+    ``_NEG`` to force a recomputation."""
+
+    __slots__ = ("until", "val")
+
+    def __init__(self) -> None:
+        self.val: Any = None
+        self.until = _NEG
+
+
 class Logic:
     """Base of the private aggregator logic objects."""
 
@@ -153,10 +167,11 @@ class Logic:
 # ---------------------------------------------------------------- count / sum
 
 
-class _AddState:
+class _AddState(State):
     __slots__ = ("f", "g", "h", "i", "nf", "ts", "vs", "w")
 
     def __init__(self) -> None:
+        super().__init__()
         self.ts: list[int] = []  # event times, event order; [h:] retained, [w:] in the running window
         self.vs: list[Any] = []  # values (weights for count)
         self.h = 0
@@ -256,9 +271,13 @@ class Additive(Logic):
                     del ts[:h]
                     del st.vs[:h]
                     st.h = st.w = 0
-        if st.nf:
-            return _sum_value(st.i, st.f, st.nf)
-        return st.i
+        if w_ms is not None and st.w < len(ts):
+            st.until = ts[st.w] + w_ms
+        else:
+            st.until = _POS
+        out = _sum_value(st.i, st.f, st.nf) if st.nf else st.i
+        st.val = out
+        return out
 
     @staticmethod
     def _add(st: _AddState, v: Any) -> None:
@@ -371,10 +390,11 @@ class Additive(Logic):
 # ---------------------------------------------------------------- min / max
 
 
-class _ExtState:
+class _ExtState(State):
     __slots__ = ("base", "dq", "g", "h", "ts", "vs")
 
     def __init__(self) -> None:
+        super().__init__()
         self.ts: list[int] = []
         self.vs: list[Any] = []
         self.h = 0
@@ -466,7 +486,17 @@ class Extreme(Logic):
                 del ts[:h]
                 del st.vs[:h]
                 st.h = 0
-        return dq[0][1] if dq else (st.base if w_ms is None else None)
+        if w_ms is None:
+            st.until = _POS
+            out = dq[0][1] if dq else st.base
+        elif dq:
+            st.until = dq[0][0] + w_ms
+            out = dq[0][1]
+        else:
+            st.until = _POS
+            out = None
+        st.val = out
+        return out
 
     def _rebuild(self, st: _ExtState, tmax: int) -> None:
         st.dq.clear()
@@ -520,10 +550,11 @@ class Extreme(Logic):
 # ---------------------------------------------------------------- last / since
 
 
-class _LastState:
+class _LastState(State):
     __slots__ = ("g", "h", "ts", "vs")
 
     def __init__(self) -> None:
+        super().__init__()
         self.ts: list[int] = []  # matching times, event order: those after tmax - L, plus one before
         self.vs: list[Any] = []  # field values (``last`` only)
         self.h = 0
@@ -598,6 +629,13 @@ class Last(Logic):
                 st.h = 0
         if len(ts) - st.h > self.cap:
             self._degrade(st)
+        if self.is_since:
+            st.until = _NEG  # "ms since" changes with every event
+        elif w_ms is not None and len(ts) > st.h and ts[-1] > t - w_ms:
+            st.until = ts[-1] + w_ms
+        else:
+            st.until = _POS
+        st.val = out
         return out
 
     def _late(self, st: _LastState, t: int, ev: Event, m: bool) -> Any:
@@ -666,10 +704,11 @@ class Last(Logic):
 # ---------------------------------------------------------------- distinct
 
 
-class _DistinctState:
+class _DistinctState(State):
     __slots__ = ("occ", "old", "win")
 
     def __init__(self) -> None:
+        super().__init__()
         # value -> its occurrence times (sorted): those after tmax - L, plus the newest before
         self.occ: dict[Any, list[int]] = {}
         # values in the running window -> newest occurrence, ordered by it
@@ -735,7 +774,9 @@ class Distinct(Logic):
                 win[v] = t
                 win.move_to_end(v)
         if w_ms is None:
-            return len(win)
+            st.until = _POS
+            st.val = len(win)
+            return st.val
         cut = t - w_ms
         if win:
             k0 = next(iter(win))
@@ -756,7 +797,9 @@ class Distinct(Logic):
                 lst = occ.get(k0)
                 if lst is not None and lst[-1] <= rc:
                     del occ[k0]
-        return len(win)
+        st.until = win[next(iter(win))] + w_ms if win else _POS
+        st.val = len(win)
+        return st.val
 
     def _enforce_cap(self, st: _DistinctState, keep: Any) -> None:
         """Drop the least recently seen values (never ``keep``) until at most ``cap`` remain."""
@@ -801,10 +844,11 @@ class Distinct(Logic):
 # ---------------------------------------------------------------- geo_spread
 
 
-class _GeoState:
+class _GeoState(State):
     __slots__ = ("best", "best_lo", "h", "pts", "ts")
 
     def __init__(self) -> None:
+        super().__init__()
         self.ts: list[int] = []  # event order
         self.pts: list[tuple[float, float]] = []
         self.h = 0
@@ -888,6 +932,8 @@ class GeoSpread(Logic):
                     del ts[:h]
                     del st.pts[:h]
                     st.h = 0
+        st.until = _POS if (w_ms is None or st.best_lo == _NEG) else st.best_lo + w_ms
+        st.val = st.best
         return st.best
 
     def _cap(self, st: _GeoState) -> bool:
@@ -924,10 +970,11 @@ def speed_kmh(t1: int, p1: tuple[float, float], t2: int, p2: tuple[float, float]
     return haversine_km(p1[0], p1[1], p2[0], p2[1]) / (gap / 3_600_000.0)
 
 
-class _SpeedState:
+class _SpeedState(State):
     __slots__ = ("base", "dq", "h", "ordered", "pts", "ts")
 
     def __init__(self) -> None:
+        super().__init__()
         self.ts: list[int] = []  # processing order
         self.pts: list[tuple[float, float]] = []
         self.h = 0
@@ -1012,13 +1059,22 @@ class MaxSpeed(Logic):
                 del st.pts[:keep]
                 st.h = h - keep
         if not st.ordered:
+            st.until = _NEG
             return self._scan(st, t)
         if w_ms is not None:
             cut = t - w_ms
             while dq and dq[0][0] <= cut:
                 dq.popleft()
-            return dq[0][1] if dq else 0.0
-        return max(st.base, dq[0][1]) if dq else st.base
+            if dq:
+                st.until = dq[0][0] + w_ms
+                st.val = dq[0][1]
+            else:
+                st.until = _POS
+                st.val = 0.0
+            return st.val
+        st.until = _POS
+        st.val = max(st.base, dq[0][1]) if dq else st.base
+        return st.val
 
     def _cap(self, st: _SpeedState) -> None:
         over = len(st.ts) - st.h - self.cap
@@ -1071,10 +1127,13 @@ class MaxSpeed(Logic):
 # ---------------------------------------------------------------- sequence
 
 
-class _SeqState:
+class _SeqState(State):
     __slots__ = ("best", "h", "ks", "ts")
 
     def __init__(self, n: int) -> None:
+        super().__init__()
+        self.val = 0
+        self.until = _POS  # a non-matching event's value is always 0
         self.ts: list[int] = []  # times of events whose type is a step, event order
         self.ks: list[int] = []  # their step-type ids
         self.h = 0

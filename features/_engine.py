@@ -48,8 +48,9 @@ class EntityState:
     """The state of one entity key: plain data only (times, counters, lists, dicts).
 
     ``tmax``: newest applied event time; ``late_rejected``: how many events were rejected
-    as too late; ``dedup``: event id -> (time, feature values of its first application)
-    for the ids within the dedup horizon; ``feats``: one state object per feature.
+    as too late; ``dedup``: event id -> feature values of its first application
+    for the ids within the dedup horizon (``dedup_order``: their times, in application
+    order); ``feats``: one state object per feature.
     """
 
     __slots__ = ("dedup", "dedup_order", "entity", "feats", "late_rejected", "tmax")
@@ -58,7 +59,7 @@ class EntityState:
         self.entity = entity
         self.tmax = _NEG
         self.late_rejected = 0
-        self.dedup: dict[str, tuple[int, tuple[Any, ...]]] = {}
+        self.dedup: dict[str, list[Any]] = {}
         self.dedup_order: deque[tuple[int, str]] = deque()
         self.feats = feats
 
@@ -71,7 +72,20 @@ class EntityState:
 class _Plan:
     """Everything the engine needs for one entity kind, prepared once."""
 
-    __slots__ = ("features", "keys", "layout", "logics", "matchers", "mi", "names", "span", "unbounded")
+    __slots__ = (
+        "applies",
+        "features",
+        "keys",
+        "layout",
+        "logics",
+        "matchers",
+        "mi",
+        "names",
+        "span",
+        "type_cache",
+        "type_only",
+        "unbounded",
+    )
 
     def __init__(self, feats: tuple[Feature, ...], cap: int, lateness_ms: int) -> None:
         self.features = feats
@@ -79,6 +93,7 @@ class _Plan:
         self.keys = tuple(f.state_key for f in feats)
         self.layout = hashlib.blake2b(",".join(self.keys).encode(), digest_size=4).hexdigest()
         self.logics: tuple[Logic, ...] = tuple(LOGICS[f.agg](f, cap, lateness_ms) for f in feats)
+        self.applies = tuple(lg.apply for lg in self.logics)
         # share one compiled matcher between features with the same `where`
         matchers: list[Callable[[Mapping[str, Any]], bool]] = []
         index: dict[Any, int] = {}
@@ -95,6 +110,10 @@ class _Plan:
             mi.append(index[f.where])
         self.matchers = tuple(matchers)
         self.mi = tuple(mi)
+        # when every `where` tests only the event type, the match vector depends on the
+        # type alone: compute it once per type and reuse it
+        self.type_only = all(p == "type" for f in feats for p, _ in f.where)
+        self.type_cache: dict[str, list[bool]] = {}
         spans = [s for f in feats if (s := f.span_ms()) is not None]
         self.span = max(spans, default=0)
         self.unbounded = any(f.span_ms() is None for f in feats)
@@ -177,7 +196,7 @@ class FeatureEngine:
         seen = state.dedup.get(eid)
         if seen is not None:
             return ApplyResult(
-                dict(zip(plan.names, seen[1], strict=False)), DUPLICATE, "event id already applied"
+                dict(zip(plan.names, seen, strict=False)), DUPLICATE, "event id already applied"
             )
         tmax = state.tmax
         if t < tmax - self.allowed_lateness_ms:
@@ -188,15 +207,30 @@ class FeatureEngine:
                 f"event time {t} is {tmax - t} ms older than the key's newest event ({tmax}); "
                 f"allowed lateness is {self.allowed_lateness_ms} ms",
             )
-        if t > tmax:
+        if plan.type_only:
+            ty = event.get("type")
+            ms = plan.type_cache.get(ty) if type(ty) is str else None
+            if ms is None:
+                ms = [m(event) for m in plan.matchers]
+                ms.append(True)  # index -1: no `where`
+                if type(ty) is str and len(plan.type_cache) < 1024:
+                    plan.type_cache[ty] = ms
+        else:
+            ms = [m(event) for m in plan.matchers]
+            ms.append(True)
+        vals: list[Any] = []
+        if t >= tmax:
             state.tmax = tmax = t
-        ms = [m(event) for m in plan.matchers]
-        ms.append(True)  # index -1: no `where`
-        fs = state.feats
-        mi = plan.mi
-        vals = tuple([lg.apply(fs[i], t, event, ms[mi[i]], tmax) for i, lg in enumerate(plan.logics)])
-        # remember the id and the values of this first application
-        state.dedup[eid] = (t, vals)
+            for fn, st, k in zip(plan.applies, state.feats, plan.mi, strict=False):
+                m = ms[k]
+                # a feature the event does not match keeps its value until `until`
+                vals.append(fn(st, t, event, m, tmax) if m or t >= st.until else st.val)
+        else:
+            for fn, st, k in zip(plan.applies, state.feats, plan.mi, strict=False):
+                vals.append(fn(st, t, event, ms[k], tmax))
+                st.until = _NEG  # the cached value is as of tmax: recompute next time
+        # remember the id and the values of this first application (never mutated)
+        state.dedup[eid] = vals
         order = state.dedup_order
         order.append((t, eid))
         horizon = tmax - self.dedup_horizon_ms  # ids of events at or after it are kept
@@ -204,7 +238,7 @@ class FeatureEngine:
             dd = state.dedup
             while order and (order[0][0] < horizon or len(order) > self.cap):
                 dd.pop(order.popleft()[1], None)
-        return ApplyResult(dict(zip(plan.names, vals, strict=True)), APPLIED)
+        return ApplyResult(dict(zip(plan.names, vals, strict=False)), APPLIED)
 
     def evictable(self, state: EntityState, now_ms: int) -> bool:
         """True when dropping this key's state changes no future result.
@@ -231,7 +265,7 @@ class FeatureEngine:
         for t, eid in state.dedup_order:
             dedup.append(eid)
             dedup.append(tmax - t)
-            dedup.append(list(state.dedup[eid][1]))
+            dedup.append(state.dedup[eid])
         feats = {
             key: lg.dump(st, tmax) for key, lg, st in zip(plan.keys, plan.logics, state.feats, strict=True)
         }
@@ -259,11 +293,11 @@ class FeatureEngine:
             tmax = st.tmax = int(raw[1])
             same_layout = raw[3] == plan.layout
             flat = raw[4]
-            nulls = (None,) * len(plan.names)
+            nulls = [None] * len(plan.names)
             for i in range(0, len(flat), 3):
                 eid, d, vals = flat[i], flat[i + 1], flat[i + 2]
                 t = tmax - int(d)
-                st.dedup[eid] = (t, tuple(vals) if same_layout else nulls)
+                st.dedup[eid] = vals if same_layout else nulls
                 st.dedup_order.append((t, eid))
             feats = raw[5]
             for i, (key, lg) in enumerate(zip(plan.keys, plan.logics, strict=True)):
