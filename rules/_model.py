@@ -329,10 +329,11 @@ class RuleSet:
     source: str | None = None
     description: str = ""
     _compiled: tuple[_Compiled, ...] = field(default=(), repr=False)
-    _index: dict[tuple[str, Any], tuple[_Compiled, ...]] = field(default_factory=dict, repr=False)
-    _default: dict[str, tuple[_Compiled, ...]] = field(default_factory=dict, repr=False)
-    # (entity, event type) or entity -> evaluation plan: the hot path
-    _plans: dict[Any, _Plan] = field(default_factory=dict, repr=False)
+    # Built from _compiled, never passed in: (entity, event type) -> rules; entity -> rules
+    # without an events filter; either key -> evaluation plan (the hot path).
+    _index: dict[tuple[str, Any], tuple[_Compiled, ...]] = field(init=False, repr=False)
+    _default: dict[str, tuple[_Compiled, ...]] = field(init=False, repr=False)
+    _plans: dict[Any, _Plan] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         by_entity: dict[str, list[_Compiled]] = {}
@@ -341,14 +342,18 @@ class RuleSet:
             by_entity.setdefault(c.rule.entity, []).append(c)
             if c.rule.events is not None:
                 types.setdefault(c.rule.entity, set()).update(c.rule.events)
+        index: dict[tuple[str, Any], tuple[_Compiled, ...]] = {}
+        default: dict[str, tuple[_Compiled, ...]] = {}
         for entity, compiled in by_entity.items():
-            self._default[entity] = tuple(c for c in compiled if c.rule.events is None)
-            for etype in types.get(entity, ()):
-                self._index[(entity, etype)] = tuple(
+            default[entity] = tuple(c for c in compiled if c.rule.events is None)
+            for etype in sorted(types.get(entity, ())):
+                index[(entity, etype)] = tuple(
                     c for c in compiled if c.rule.events is None or etype in c.rule.events
                 )
-        for k, selected in [*self._index.items(), *self._default.items()]:
-            self._plans[k] = _make_plan(selected)
+        plans: dict[Any, _Plan] = {k: _make_plan(v) for k, v in [*index.items(), *default.items()]}
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_default", default)
+        object.__setattr__(self, "_plans", plans)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RuleSet):
