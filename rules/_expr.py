@@ -640,7 +640,8 @@ _NUMERIC_FUNCS: Final[Mapping[str, tuple[int, int, Callable[..., Any]]]] = {
 
 
 def _bracket_depth(text: str) -> tuple[int, int]:
-    """Deepest nesting of ( [ { outside string literals, and where it is first reached."""
+    """Deepest nesting of ( [ { outside string literals, and where it is first reached
+    (``(-1, index)`` for a closing bracket without its opening one)."""
     depth = deepest = where = 0
     quote = ""
     escaped = False
@@ -660,6 +661,8 @@ def _bracket_depth(text: str) -> tuple[int, int]:
                 deepest, where = depth, i
         elif ch in ")]}":
             depth -= 1
+            if depth < 0:
+                return -1, i
     return deepest, where
 
 
@@ -718,6 +721,9 @@ class _Compiler:
             )
             return None
         depth, where = _bracket_depth(text)
+        if depth < 0:
+            self.problem(where, f"syntax error: unmatched {text[where]!r}", "check the parentheses")
+            return None
         if depth > MAX_DEPTH:
             self.problem(
                 where,

@@ -372,3 +372,11 @@ def test_and_chains_of_comparisons_follow_the_null_rule(
     if tail:
         want = want and values.get("n") is not None and values["n"] + 1 > 0
     assert ev(text, values) is want
+
+
+def test_unbalanced_brackets_are_rejected_even_though_parsing_wraps_in_parentheses() -> None:
+    with pytest.raises(ExpressionError) as info:
+        compile_expression("n > 1) or (m > 1", FEATURES)
+    (p,) = info.value.problems
+    assert p.offset == 5 and "unmatched ')'" in p.message
+    assert ev("s == ')' and n > 1", {"s": ")", "n": 2}) is True  # brackets inside strings don't count
