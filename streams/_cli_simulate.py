@@ -153,6 +153,13 @@ def simulate(
         mix=parse_mix(mix_text) if mix_text else Mix(),
     )
     sim = Simulator(config)
+    if config.compressed:
+        _console.print(
+            f"[yellow]warning:[/] the run covers {config.span_ms / 3_600_000:.1f} h of event time, "
+            "under 24 h: "
+            "scenario timings are compressed to fit and look less like the real thing "
+            "(raise --time-scale or --duration)"
+        )
     stdout = out == "jsonl" and str(out_file) == "-"
     if truth_path is None:
         if out == "kafka" or stdout:

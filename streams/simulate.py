@@ -21,8 +21,10 @@ Time
     topics, which can reorder events of different partitions by a fraction of a
     second of wall clock; that skew times the scale must stay inside the workers'
     allowed lateness (1 h by default), or device/ip events are rejected as late.
-    The simulated span must be at least :data:`MIN_SPAN_MS` (24 h) so every scenario
-    fits.
+    Every scenario fits at its natural durations from a span of :data:`MIN_SPAN_MS`
+    (24 h) up. A shorter span (at least an hour) is accepted but *compressed*: every
+    scripted gap shrinks by span / 24 h, so, say, a resale buyer's far login may come
+    faster than a plane and look like impossible travel; ``bypass simulate`` warns.
 
 Traffic
     normal users
@@ -81,6 +83,7 @@ from features.errors import ConfigError
 __all__ = [
     "CITIES",
     "DEFAULT_START_MS",
+    "HARD_MIN_SPAN_MS",
     "MIN_SPAN_MS",
     "SCENARIOS",
     "Mix",
@@ -95,7 +98,8 @@ __all__ = [
 ]
 
 DEFAULT_START_MS: Final = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so a seed alone is reproducible
-MIN_SPAN_MS: Final = 24 * 3_600_000
+MIN_SPAN_MS: Final = 24 * 3_600_000  # scenarios at their natural durations
+HARD_MIN_SPAN_MS: Final = 3_600_000  # below this, nothing sensible fits
 HOUR_MS: Final = 3_600_000
 MINUTE_MS: Final = 60_000
 DAY_MS: Final = 24 * HOUR_MS
@@ -234,13 +238,19 @@ class SimConfig:
             )
         if self.start_ms < 0:
             raise ConfigError("--start must not be before 1970", option="--start")
-        if self.span_ms < MIN_SPAN_MS:
+        if self.span_ms < HARD_MIN_SPAN_MS:
             need = math.ceil(MIN_SPAN_MS / 1000 / self.duration_s)
             raise ConfigError(
-                f"the run covers {self.span_ms / HOUR_MS:.1f} h of event time (duration x time scale); "
-                f"the scenarios need at least 24 h: use --time-scale {need} or more, or a longer --duration",
+                f"the run covers {self.span_ms / MINUTE_MS:.1f} min of event time (duration x time scale); "
+                f"it must cover at least an hour (24 h for realistic scenarios): use --time-scale {need}, "
+                "or a longer --duration",
                 option="--time-scale",
             )
+
+    @property
+    def compressed(self) -> bool:
+        """True when the span is under MIN_SPAN_MS: scripted durations shrink to fit, less realistic."""
+        return self.span_ms < MIN_SPAN_MS
 
 
 # --------------------------------------------------------------------------- parsing
@@ -376,6 +386,10 @@ class Simulator:
         uids = iter(all_ids[n_normal:])
         self._resale_ids = [next(uids) for _ in range(self.counts["account_resale"])]
         self._farm_ids = [[next(uids) for _ in range(size)] for size in farm_sizes]
+        # below MIN_SPAN_MS every scripted duration shrinks by the same factor (see SimConfig.compressed)
+        self._k = min(1.0, config.span_ms / MIN_SPAN_MS)
+        self._minute = max(1, round(MINUTE_MS * self._k))
+        self._hour = max(1, round(HOUR_MS * self._k))
         self._truth: list[dict[str, str]] = []
         self._lookalikes: list[dict[str, str]] = []
         self._plan: list[_Planned] = []
@@ -483,7 +497,7 @@ class Simulator:
             if evasive:  # one property view, so "never viewed a property" does not hold
                 geo = self._geo(rng, home, lat, lon)
                 view = _ev("property_view", own, geo, attrs={"property_id": _property(rng)})
-                steps.append((rng.randint(2, 30) * MINUTE_MS, view))
+                steps.append((rng.randint(2, 30) * self._minute, view))
             t += int(rng.uniform(0.02, 0.05) * h)
             geo = self._geo(rng, home, lat, lon)
             steps.append((t, _ev("login", own, geo, phone=phone, attrs={"method": "password"})))
@@ -493,13 +507,13 @@ class Simulator:
                 geo = self._geo(rng, home, lat, lon)
                 steps.append((churn_start + int(offset), _ev("phone_change", own, geo, phone=phone)))
             t = max(o for o, _ in steps)
-            t += max(_travel_ms(_city_km(home, far)), int(rng.uniform(0.03, 0.08) * h))
+            t += max(int(_travel_ms(_city_km(home, far)) * self._k), int(rng.uniform(0.03, 0.08) * h))
             buyer = {"user_id": uid, "device_id": self._device(rng), "ip": self._ip(rng, 121)}
             steps.append((t, _ev("login", buyer, self._geo(rng, far), phone=phone, attrs={"method": "sms"})))
-            t += rng.randint(5, 30) * MINUTE_MS
+            t += rng.randint(5, 30) * self._minute
             phone = self._phone(rng)
             steps.append((t, _ev("phone_change", buyer, self._geo(rng, far), phone=phone)))
-            t += rng.randint(10, 50) * MINUTE_MS
+            t += rng.randint(10, 50) * self._minute
             contract = {"contract_id": f"c-{rng.getrandbits(32):08x}"}
             steps.append((t, _ev("contract_sign", buyer, self._geo(rng, far), phone=phone, attrs=contract)))
             anchor = self._anchor(rng, t)
@@ -516,18 +530,18 @@ class Simulator:
             lon = CITIES[city][2] + rng.uniform(-0.05, 0.05)
             ips = [self._ip(rng, 122) for _ in range(rng.randint(1, 2))]
             window = int(rng.uniform(0.1, 0.4) * h)
-            anchor = self._anchor(rng, window + HOUR_MS)
+            anchor = self._anchor(rng, window + self._hour)
             for uid in accounts:
                 phone = self._phone(rng, _VIRTUAL_PREFIXES)
                 t = anchor + rng.randint(0, window)
                 own = {"user_id": uid, "device_id": device, "ip": rng.choice(ips)}
                 geo = self._geo(rng, city, lat, lon)
                 self._add(t, _ev("register", own, geo, phone=phone, attrs={"channel": "app"}))
-                t += rng.randint(1, 20) * MINUTE_MS
+                t += rng.randint(1, 20) * self._minute
                 geo = self._geo(rng, city, lat, lon)
                 self._add(t, _ev("login", own, geo, phone=phone, attrs={"method": "sms"}))
                 if rng.random() < 0.5:
-                    t += rng.randint(1, 20) * MINUTE_MS
+                    t += rng.randint(1, 20) * self._minute
                     geo = self._geo(rng, city, lat, lon)
                     self._add(t, _ev("property_view", own, geo, attrs={"property_id": _property(rng)}))
             self._bad("device", device, "device_farm", False)
@@ -539,10 +553,10 @@ class Simulator:
             evasive = rng.random() < self.config.mix.evasive
             if evasive:  # low and slow: 25-40 accounts over 8-12 hours, a few per hour
                 attempts = rng.randint(25, 40)
-                length = rng.randint(8, 12) * HOUR_MS
+                length = rng.randint(8, 12) * self._hour
             else:
                 attempts = rng.randint(40, 150)
-                length = rng.randint(5, 40) * MINUTE_MS
+                length = rng.randint(5, 40) * self._minute
             anchor = self._anchor(rng, length)
             targets: set[str] = set()
             while len(targets) < attempts:
@@ -568,14 +582,14 @@ class Simulator:
             user = rng.choice([u for u in candidates if u.uid not in taken])
             taken.add(user.uid)
             far = rng.choice([c for c in range(len(CITIES)) if _city_km(user.home, c) >= 2000])
-            anchor = self._anchor(rng, 2 * HOUR_MS)
+            anchor = self._anchor(rng, 2 * self._hour)
             home = {"user_id": user.uid, "device_id": user.device, "ip": user.ip}
             geo = self._geo(rng, user.home, user.lat, user.lon)
             self._add(anchor, _ev("login", home, geo, phone=user.phone, attrs={"method": "password"}))
-            t = anchor + rng.randint(15, 55) * MINUTE_MS
+            t = anchor + rng.randint(15, 55) * self._minute
             there = {**home, "ip": self._ip(rng, 203)}
             self._add(t, _ev("login", there, self._geo(rng, far), attrs={"method": "password"}))
-            t += rng.randint(2, 15) * MINUTE_MS
+            t += rng.randint(2, 15) * self._minute
             order = {"amount": round(rng.uniform(2_000, 20_000), 2), "currency": "CNY"}
             self._add(t, _ev("order", there, self._geo(rng, far), attrs=order))
             self._bad("user", user.uid, "impossible_travel", False)
@@ -596,12 +610,12 @@ class Simulator:
                 user = rng.choice(candidates)
                 busy.add(user.uid)
                 exit_city = rng.choice([c for c in range(len(CITIES)) if c not in _DOMESTIC])
-                anchor = self._anchor(rng, 2 * HOUR_MS)
+                anchor = self._anchor(rng, 2 * self._hour)
                 home = {"user_id": user.uid, "device_id": user.device, "ip": user.ip}
                 geo = self._geo(rng, user.home, user.lat, user.lon)
                 self._add(anchor, _ev("login", home, geo, attrs={"method": "password"}))
                 vpn = {**home, "ip": self._ip(rng, 45)}
-                t = anchor + rng.randint(20, 50) * MINUTE_MS
+                t = anchor + rng.randint(20, 50) * self._minute
                 self._add(t, _ev("login", vpn, self._geo(rng, exit_city), attrs={"method": "password"}))
                 self._lookalikes.append({"entity": "user", "key": user.uid, "kind": "vpn_exit_abroad"})
             else:

@@ -153,11 +153,21 @@ def test_parsers() -> None:
         parse_mix("bogus=1")
 
 
-def test_too_short_span_names_the_fix() -> None:
-    config = SimConfig(users=200, rate=100, duration_s=10, time_scale=3600)
-    assert config.span_ms < MIN_SPAN_MS
+def test_short_span_is_compressed_and_too_short_names_the_fix() -> None:
+    config = SimConfig(users=200, rate=100, duration_s=10, time_scale=3600)  # 10 h of event time
+    assert config.span_ms < MIN_SPAN_MS and config.compressed
+    sim = Simulator(config)
+    events = list(sim.events())
+    assert all(config.start_ms <= e["ts"] < config.end_ms for e in events)
+    assert {t["scenario"] for t in sim.truth} == {
+        "account_resale",
+        "credential_stuffing",
+        "device_farm",
+        "impossible_travel",
+    }
+    assert not SMALL.compressed
     with pytest.raises(ConfigError, match="--time-scale 8640"):
-        Simulator(config)
+        Simulator(SimConfig(users=200, rate=100, duration_s=10, time_scale=300))  # 50 min
 
 
 def test_too_few_events_for_the_scenarios() -> None:
