@@ -271,32 +271,39 @@ def _fmt(value: Any) -> str:
 
 
 def table(outcomes: list[Outcome]) -> Table:
+    """One row per result: value, and beside it the baseline and the ratio when there is one."""
+    goals = any("goal" in r for o in outcomes for r in o.results)
     t = Table(title="bypass benchmarks", header_style="bold")
-    for column, justify in (
-        ("bench", "left"),
-        ("name", "left"),
-        ("value", "right"),
-        ("unit", "left"),
-        ("baseline", "left"),
-        ("baseline value", "right"),
-        ("ratio", "right"),
-    ):
-        t.add_column(column, justify=justify)  # type: ignore[arg-type]
+    t.add_column("bench")
+    t.add_column("name")
+    t.add_column("value", justify="right")
+    t.add_column("unit")
+    t.add_column("ratio", justify="right")
+    t.add_column("baseline", justify="right")
+    t.add_column("baseline name", max_width=48)
+    if goals:
+        t.add_column("goal")
     for o in outcomes:
+        bench = o.bench.removeprefix("bench_")
         if not o.ok:
-            t.add_row(o.bench, "[red]FAILED[/]", "", "", f"[red]{o.error}[/]", "", "")
+            error = str(o.error)
+            short = error if len(error) <= 60 else error[:57] + "..."
+            t.add_row(bench, "[red]FAILED[/]", "", "", "", "", short, *([""] if goals else []))
             continue
         for r in o.results:
             ratio = r.get("ratio")
-            t.add_row(
-                o.bench.removeprefix("bench_"),
+            row = [
+                bench,
                 r["name"],
                 _fmt(r["value"]),
                 r["unit"],
-                r.get("baseline_name") or "",
-                _fmt(r.get("baseline_value")),
                 f"{ratio:.2f}x" if isinstance(ratio, int | float) else "",
-            )
+                _fmt(r.get("baseline_value")),
+                r.get("baseline_name") or "",
+            ]
+            if goals:
+                row.append(str(r.get("goal", "")))
+            t.add_row(*row)
     return t
 
 
@@ -337,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     outcomes = run_all(paths, args.quick, args.total_budget)
     write_results(args.out, outcomes, keep_others=bool(args.only))
-    Console().print(table(outcomes))
+    Console(width=None if sys.stdout.isatty() else 160).print(table(outcomes))
     failed = [o.bench for o in outcomes if not o.ok]
     mode = "quick" if args.quick else "full"
     console.print(
@@ -345,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.monotonic() - t0:.0f} s; results in {args.out}"
     )
     if failed:
-        console.print(f"[red]failed:[/] {', '.join(failed)}")
+        for o in outcomes:
+            if not o.ok:
+                console.print(f"[red]failed:[/] {o.bench}: {o.error}", highlight=False)
         return 1
     return 0
 
