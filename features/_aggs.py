@@ -859,13 +859,18 @@ class _GeoState(State):
 class GeoSpread(Logic):
     """``geo_spread``: the largest haversine distance (km) between two points in the window.
 
-    O(points in the window) per matching event. Above the cap the oldest retained points
-    are dropped, so the value is then the spread of the ``cap`` most recent matching
-    points in the window: a lower bound of the exact value (exact when the window holds
-    at most ``cap`` points).
+    O(points in the window) per matching event; a full recomputation (quadratic) only when
+    a point of the farthest pair leaves. Because of that cost its point cap is
+    ``min(cap, 256)``: above it the oldest retained points are dropped, so the value is
+    then the spread of the 256 (or ``cap``) most recent matching points in the window, a
+    lower bound of the exact value (exact when the window holds at most that many).
     """
 
     __slots__ = ()
+    MAX_POINTS = 256
+
+    def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
+        super().__init__(feature, min(cap, self.MAX_POINTS), lateness_ms)
 
     def new(self) -> _GeoState:
         return _GeoState()
@@ -937,10 +942,11 @@ class GeoSpread(Logic):
         return st.best
 
     def _cap(self, st: _GeoState) -> bool:
+        """Drop the oldest points above the cap; True if the farthest pair lost a point."""
         over = len(st.ts) - st.h - self.cap
         if over > 0:
             st.h += over
-            return True
+            return st.best_lo != _NEG and st.best_lo <= st.ts[st.h - 1]
         return False
 
     def _rebuild(self, st: _GeoState, tmax: int) -> None:
@@ -1080,7 +1086,14 @@ class MaxSpeed(Logic):
         over = len(st.ts) - st.h - self.cap
         if over > 0:
             st.h += over
-            self._rebuild(st, max(st.ts[st.h :], default=_NEG))
+            if st.ordered:
+                # pairs are queued by their older point's time: drop those of dropped points
+                gone = st.ts[st.h - 1]
+                dq = st.dq
+                while dq and dq[0][0] <= gone:
+                    dq.popleft()
+            else:
+                self._rebuild(st, max(st.ts[st.h :], default=_NEG))
 
     def _rebuild(self, st: _SpeedState, tmax: int) -> None:
         r = st.ts[st.h :]

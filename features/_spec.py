@@ -377,7 +377,9 @@ def load_spec(source: Any) -> FeatureSpec:
         return FeatureSpec.from_dict(source)
     text: str
     if isinstance(source, Path) or (
-        isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml", ".json"))
+        isinstance(source, str)
+        and "\n" not in source
+        and (source.endswith((".yaml", ".yml", ".json")) or Path(source).is_file())
     ):
         path = Path(source)
         try:

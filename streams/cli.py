@@ -20,6 +20,7 @@ _VERBS: dict[str, str] = {
     "worker": "streams._cli_worker:worker",
     "produce": "streams._cli_produce:produce",
     "settings": "streams._cli_settings:settings",
+    "features": "streams._cli_features:features",
     "rules": "streams._cli_rules:rules",
     "replay": "streams._cli_replay:replay",
     "stack": "streams._cli_stack:stack",
