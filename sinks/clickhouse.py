@@ -363,12 +363,17 @@ class ClickHouseSink:
     def clear(self) -> None:
         self._batches.clear()
 
-    def flush(self) -> int:
-        """Insert every buffered table batch; raise SinkBackpressureError (keeping what
-        was not written) when ClickHouse fails. Returns the number of rows written."""
+    def take(self) -> dict[str, _TableBatch]:
+        """Hand the buffered batches over (for ``write`` in another thread); the buffer restarts empty."""
+        taken, self._batches = self._batches, {}
+        return taken
+
+    def write(self, batches: dict[str, _TableBatch]) -> int:
+        """Insert ``batches`` (from ``take``), removing each table batch once ClickHouse accepted
+        it; raise SinkBackpressureError keeping the rest. Returns the rows written."""
         written = 0
-        for kind in list(self._batches):
-            batch = self._batches[kind]
+        for kind in list(batches):
+            batch = batches[kind]
             if batch.rows:
                 token = dedup_token(batch.table, batch.ranges)
                 try:
@@ -393,6 +398,11 @@ class ClickHouseSink:
                     ) from exc
                 written += len(batch.rows)
                 self.inserts += 1
-            del self._batches[kind]
+            del batches[kind]
         self.inserted_rows += written
         return written
+
+    def flush(self) -> int:
+        """Insert every buffered table batch; raise SinkBackpressureError (keeping what
+        was not written) when ClickHouse fails. Returns the number of rows written."""
+        return self.write(self._batches)

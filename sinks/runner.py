@@ -51,8 +51,13 @@ class RunnerStats:
     lag: int | None = None
 
 
-class DeadLetterError(Exception):
-    pass
+@dataclass
+class _InFlight:
+    batches: Any
+    offsets: dict[tuple[str, int], int]
+    thread: threading.Thread | None = None
+    written: int = 0
+    error: SinkBackpressureError | None = None
 
 
 class SinkRunner:
@@ -97,6 +102,8 @@ class SinkRunner:
         self._dlq_errors: list[str] = []
         self._revoked = False
         self._assigned_at: float | None = None
+        self._inflight: _InFlight | None = None
+        self.pipelined = hasattr(sink, "take") and hasattr(sink, "write")
         self._last_progress = clock()
         self._last_written = 0
 
@@ -113,6 +120,13 @@ class SinkRunner:
         log.info("%s: assigned %s", self.name, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        flight, self._inflight = self._inflight, None
+        if flight is not None and flight.thread is not None:
+            flight.thread.join()
+            if flight.error is None:
+                self._commit(flight.offsets)
+            else:
+                log.warning("%s: revoke with a failed batch in flight; it will be re-read", self.name)
         if self.sink.pending() or self._next_offsets:
             try:
                 self._flush_once()
@@ -162,7 +176,7 @@ class SinkRunner:
         )
 
     # --- flushing -----------------------------------------------------------
-    def _flush_once(self) -> int:
+    def _flush_once(self, write: Callable[[], int] | None = None) -> int:
         if self.stats.dead_lettered:
             remaining = self.dlq_producer.flush(10)
             if remaining or self._dlq_errors:
@@ -170,7 +184,7 @@ class SinkRunner:
                 raise SinkBackpressureError(
                     f"dead letters not delivered to {self.dlq_topic}: {errors or 'timeout'}", retry_after=1.0
                 )
-        written = self.sink.flush()
+        written = self.sink.flush() if write is None else write()
         self.stats.flushes += 1
         self.stats.written += written
         if self.crash_after_flushes is not None and self.stats.flushes >= self.crash_after_flushes:
@@ -180,20 +194,27 @@ class SinkRunner:
             os._exit(17)
         return written
 
-    def _commit(self) -> None:
-        if not self._next_offsets:
+    def _commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        if offsets is None:
+            offsets, self._next_offsets = self._next_offsets, {}
+        if not offsets:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._next_offsets.items())]
+        tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=tps, asynchronous=False)
             self.stats.commits += 1
         except KafkaException as exc:
             # the rows are in the sink already; a re-read batch is absorbed by idempotency
             log.warning("%s: commit failed (%s); the batch may be re-read", self.name, exc)
-        self._next_offsets.clear()
 
-    def flush_and_commit(self, stop: threading.Event | None = None) -> bool:
-        """Flush the pending batch, retrying with back-off while the sink refuses; then commit.
+    def flush_and_commit(
+        self,
+        stop: threading.Event | None = None,
+        write: Callable[[], int] | None = None,
+        offsets: dict[tuple[str, int], int] | None = None,
+    ) -> bool:
+        """Flush the pending batch (or run ``write``), retrying with back-off while the sink
+        refuses; then commit (``offsets``, default the current batch's).
 
         Returns False when stopped (or revoked) before the batch was written."""
         attempt = 0
@@ -201,7 +222,7 @@ class SinkRunner:
         try:
             while True:
                 try:
-                    self._flush_once()
+                    self._flush_once(write)
                     break
                 except SinkBackpressureError as exc:
                     self.stats.failed_flushes += 1
@@ -213,9 +234,8 @@ class SinkRunner:
                     delay_ms = min(self.retry_max_ms, self.retry_base_ms * 2 ** min(attempt, 20))
                     delay_ms = max(delay_ms * (0.5 + random.random() / 2), exc.retry_after * 1000 / 4)  # noqa: S311
                     log.warning(
-                        "%s: flush of %d records failed (attempt %d), retrying in %.1fs: %s",
+                        "%s: flush failed (attempt %d), retrying in %.1fs: %s",
                         self.name,
-                        self.sink.pending(),
                         attempt,
                         delay_ms / 1000,
                         exc.message,
@@ -234,9 +254,45 @@ class SinkRunner:
                     self.consumer.resume(paused)
                 except KafkaException:
                     pass
-        self._commit()
-        self._batch_started = None
+        self._commit(offsets)
+        if offsets is None:
+            self._batch_started = None
         return True
+
+    # --- pipelining: one batch written in a thread while the next one is read ---------
+    def _start_inflight(self) -> None:
+        batches = self.sink.take()  # type: ignore[attr-defined]
+        flight = _InFlight(batches=batches, offsets=dict(self._next_offsets))
+        self._next_offsets.clear()
+        self._batch_started = None
+
+        def work() -> None:
+            try:
+                flight.written = self.sink.write(batches)  # type: ignore[attr-defined]
+            except SinkBackpressureError as exc:
+                flight.error = exc
+
+        flight.thread = threading.Thread(target=work, name=f"{self.name}-write", daemon=True)
+        self._inflight = flight
+        flight.thread.start()
+
+    def _finish_inflight(self, stop: threading.Event | None = None) -> bool:
+        """Wait for the batch in flight; retry it while the sink refuses; commit its offsets."""
+        flight, self._inflight = self._inflight, None
+        if flight is None:
+            return True
+        if flight.thread is not None:
+            flight.thread.join()
+        if flight.error is None:
+            done = flight.written
+            return self.flush_and_commit(stop, write=lambda: done, offsets=flight.offsets)
+        log.warning("%s: %s", self.name, flight.error.message)
+        self.stats.failed_flushes += 1
+        return self.flush_and_commit(
+            stop,
+            write=lambda: self.sink.write(flight.batches),  # type: ignore[attr-defined]
+            offsets=flight.offsets,
+        )
 
     # --- main loop ----------------------------------------------------------
     def _progress(self, force: bool = False) -> None:
@@ -292,17 +348,27 @@ class SinkRunner:
                     last_record = self.clock()
                 elif self._assigned_at is None:
                     last_record = self.clock()  # the idle clock starts once partitions are assigned
+                flight = self._inflight
+                if flight is not None and flight.thread is not None and not flight.thread.is_alive():
+                    self._finish_inflight(stop)
                 if self._next_offsets:
                     age_ms = (self.clock() - (self._batch_started or self.clock())) * 1000
                     if self.sink.pending() >= self.batch_size or age_ms >= self.batch_ms:
-                        self.flush_and_commit(stop)
+                        if self.pipelined:
+                            self._finish_inflight(stop)  # at most one batch in flight, commits in order
+                            if self._next_offsets:
+                                self._start_inflight()
+                        else:
+                            self.flush_and_commit(stop)
                 self._progress()
                 if (
                     idle_exit_s is not None
                     and self.clock() - last_record > idle_exit_s
                     and not self._next_offsets
+                    and self._inflight is None
                 ):
                     break
+            self._finish_inflight(stop)
             if self._next_offsets:
                 self.flush_and_commit(stop)
         finally:

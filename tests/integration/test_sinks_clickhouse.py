@@ -130,8 +130,9 @@ def test_clickhouse_stopped_mid_stream_then_catches_up(stack: Any, ch_settings: 
         stack.stop_part("clickhouse")
         produce(ch_settings, ch_settings.hits_topic, second)
         wait_for(lambda: running.runner.stats.failed_flushes > 0, True, timeout=30)
-        time.sleep(2)  # keep it down for a few retries: lag grows, the batch stays in memory
-        assert running.runner.sink.pending() > 0
+        commits = running.runner.stats.commits
+        time.sleep(2)  # keep it down for a few retries: lag grows, nothing more is committed
+        assert running.runner.stats.commits == commits
         stack.start_part("clickhouse")
         client = _client(ch_settings)
         wait_for(lambda: _count(client, f"SELECT count() FROM {db}.risk_hits FINAL"), 700, timeout=90)
@@ -180,7 +181,7 @@ def test_malformed_hit_goes_to_dlq_with_its_reason(ch_settings: Settings) -> Non
         running.close()
     dead = read_all(ch_settings, ch_settings.dlq_topic)
     reasons = sorted(dict(m.headers())[H_REASON].decode() for m in dead)
-    assert reasons[0] == "invalid json: unexpected character: line 1 column 1 (char 0)"
+    assert reasons[0].startswith("invalid json: ")
     assert reasons[1:] == ["missing field: rule_id", "wrong type: event_ts must be an integer"]
     for m in dead:
         headers = dict(m.headers())

@@ -189,3 +189,38 @@ def test_bad_record_goes_to_dlq_with_reason_and_its_offset_is_committed() -> Non
     assert headers[H_REASON] == b"bad: test" and headers[H_OFFSET] == b"2"
     assert sink.written == [[0, 1, 3, 4]]
     assert consumer.commits[-1] == [("t", 0, 5)]
+
+
+class _PipelinedSink(_Sink):
+    """take()/write(): the runner writes one batch in a thread while it reads the next."""
+
+    def take(self) -> list[SourceRecord]:
+        taken, self.buf = self.buf, []
+        return taken
+
+    def write(self, batch: list[SourceRecord]) -> int:
+        if self.fail_times:
+            self.fail_times -= 1
+            raise SinkBackpressureError("down", retry_after=0.0)
+        self.written.append([r.offset for r in batch])
+        n = len(batch)
+        batch.clear()
+        return n
+
+
+def test_pipelined_sink_commits_every_batch_in_order_after_its_write() -> None:
+    consumer, sink, producer = _Consumer(_msgs(35), per_call=5), _PipelinedSink(), _Producer()
+    runner = _runner(consumer, sink, producer)
+    assert runner.pipelined
+    stats = runner.run(idle_exit_s=0.05)
+    assert [w[-1] for w in sink.written] == [9, 19, 29, 34]
+    assert [c[-1][2] for c in consumer.commits] == [10, 20, 30, 35]
+    assert stats.written == 35
+
+
+def test_pipelined_failed_write_is_retried_before_its_commit() -> None:
+    consumer, sink, producer = _Consumer(_msgs(20), per_call=5), _PipelinedSink(fail_times=2), _Producer()
+    stats = _runner(consumer, sink, producer).run(idle_exit_s=0.05)
+    assert sorted(o for w in sink.written for o in w) == list(range(20))
+    assert [c[-1][2] for c in consumer.commits] == [10, 20]
+    assert stats.failed_flushes >= 2
