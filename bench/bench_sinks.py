@@ -1,0 +1,247 @@
+"""bench_sinks: the ClickHouse writer - throughput into ClickHouse and hit-to-queryable lag.
+
+Workload: contract-format hit records (``sinks._sample.sample_hit``: 21 fields, 4
+feature values) on a 4-partition topic of a real Kafka-protocol broker (Tansu), written
+by the real writer (``SinkRunner`` + ``ClickHouseSink``: JSONEachRow inserts with
+deduplication tokens) into ``risk_hits`` (ReplacingMergeTree + projection + bloom index,
+hourly uniqExact rollup MV) on the chdb-served ClickHouse 26.9 engine.
+
+- ``writer_rows_per_s``: N hits already on the topic, rows/s from the first record
+  consumed to the last row accepted by ClickHouse (offsets committed). Goal >= 100,000.
+- ``sink_only_rows_per_s``: the same rows through ``ClickHouseSink.add/flush`` alone
+  (no Kafka): decode + validate + insert; shows where the time goes.
+- ``lag_hit_to_queryable_p50/p99``: hits produced at a steady rate while the writer runs
+  (default batching settings: ``sink_batch_ms`` = 1000); a poller queries ClickHouse every
+  50 ms; lag = first time a hit is visible in a SELECT - its produce time.
+
+Starts its own local stack (Tansu + chdb) unless BYPASS_KAFKA_BOOTSTRAP and
+BYPASS_CLICKHOUSE_URL are set.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+BUDGET_S = 170
+QUICK_BUDGET_S = 90
+
+
+def _settings(bootstrap: str, ch_url: str, tag: str, **overrides: Any) -> Any:
+    from streams.settings import Settings
+
+    values: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "clickhouse_url": ch_url,
+        "clickhouse_database": f"bench_{tag}",
+        "hits_topic": f"bench.{tag}.hits",
+        "blacklist_topic": f"bench.{tag}.blacklist",
+        "dlq_topic": f"bench.{tag}.dlq",
+        "app_id": f"bench_{tag}",
+        "sink_session_timeout_ms": 2000,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def _writer(settings: Any) -> Any:
+    from sinks.clickhouse import ClickHouseSink, connect
+    from sinks.clickhouse_schema import migrate
+    from streams._cli_sink import build_runner
+
+    client = connect(settings.clickhouse_url)
+    migrate(client, settings.clickhouse_database)
+    sink = ClickHouseSink(
+        client,
+        settings.clickhouse_database,
+        {settings.hits_topic: "hits", settings.blacklist_topic: "blacklist"},
+    )
+    runner = build_runner(settings, sink, [settings.hits_topic, settings.blacklist_topic], "clickhouse")
+    runner.progress_every_s = 3600.0
+    return runner
+
+
+def _produce(settings: Any, values: list[bytes]) -> None:
+    from confluent_kafka import Producer
+
+    from streams import kafka
+
+    kafka.ensure_topics(settings, [settings.hits_topic, settings.blacklist_topic, settings.dlq_topic])
+    producer = Producer({**settings.kafka_config(), "linger.ms": 20, "batch.num.messages": 10000})
+    for i, v in enumerate(values):
+        while True:
+            try:
+                producer.produce(settings.hits_topic, v, key=str(i % 997).encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+
+
+def _throughput(bootstrap: str, ch_url: str, n: int) -> list[dict[str, Any]]:
+    from sinks._sample import sample_hit
+
+    tag = "tp" + secrets.token_hex(3)
+    settings = _settings(bootstrap, ch_url, tag, sink_batch_size=50_000)
+    values = [orjson.dumps(sample_hit(i, rules=50, users=20_000)) for i in range(n)]
+    _produce(settings, values)
+    runner = _writer(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    t0 = None
+    cpu0 = 0.0
+    deadline = time.monotonic() + 120
+    while runner.stats.written < n and time.monotonic() < deadline:
+        if t0 is None and runner.stats.consumed:
+            t0, cpu0 = time.monotonic(), time.process_time()
+        time.sleep(0.005)
+    t1, cpu1 = time.monotonic(), time.process_time()
+    stop.set()
+    thread.join(30)
+    if runner.stats.written < n or t0 is None:
+        raise RuntimeError(f"writer wrote {runner.stats.written} of {n} rows in time")
+    writer_rate = n / (t1 - t0)
+
+    # the sink alone (same rows, fresh database)
+    from sinks.base import SourceRecord
+    from sinks.clickhouse import ClickHouseSink, connect
+    from sinks.clickhouse_schema import migrate
+
+    client = connect(ch_url)
+    db = f"bench_{tag}_sink"
+    migrate(client, db)
+    sink = ClickHouseSink(client, db, {"h": "hits"})
+    t0 = time.monotonic()
+    add_s = 0.0
+    for start in range(0, n, 50_000):
+        a = time.monotonic()
+        for i in range(start, min(n, start + 50_000)):
+            sink.add(SourceRecord("h", 0, i, None, values[i]))
+        add_s += time.monotonic() - a
+        sink.flush()
+    sink_s = time.monotonic() - t0
+    load = os.getloadavg()[0]
+    return [
+        {"name": "writer_rows_per_s", "value": round(writer_rate), "unit": "rows/s", "goal": ">= 100000",
+         "rows": n, "batch_size": 50_000, "loadavg_1m": round(load, 1)},
+        {"name": "writer_rows_per_cpu_s", "value": round(n / max(1e-9, cpu1 - cpu0)), "unit": "rows/cpu-s",
+         "note": "writer process CPU only (consume, decode, insert client); server not counted"},
+        {"name": "sink_only_rows_per_s", "value": round(n / sink_s), "unit": "rows/s", "rows": n,
+         "decode_validate_share": round(add_s / sink_s, 2)},
+    ]  # fmt: skip
+
+
+def _lag(bootstrap: str, ch_url: str, rate: int, seconds: float) -> list[dict[str, Any]]:
+    from confluent_kafka import Producer
+
+    from sinks._sample import sample_hit
+    from sinks.clickhouse import connect
+
+    tag = "lag" + secrets.token_hex(3)
+    settings = _settings(bootstrap, ch_url, tag)  # default sink_batch_size / sink_batch_ms
+    runner = _writer(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    from streams import kafka
+
+    kafka.ensure_topics(settings, [settings.hits_topic])
+    producer = Producer({**settings.kafka_config(), "linger.ms": 5})
+    # warm-up: wait for the group join (one record written)
+    producer.produce(settings.hits_topic, orjson.dumps(sample_hit(10**9)), key=b"w")
+    producer.flush(10)
+    deadline = time.monotonic() + 60
+    while runner.stats.written < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    client = connect(ch_url)
+    total = int(rate * seconds)
+    sent_at: dict[int, float] = {}
+    seen_at: dict[int, float] = {}
+    done = threading.Event()
+
+    def poll() -> None:
+        # rows become visible out of offset order (4 partitions, one insert per batch): look at
+        # every row inserted in the last seconds instead of a high-water mark
+        while not done.is_set() or len(seen_at) < len(sent_at):
+            rows = client.query(
+                f"SELECT source_offset FROM {settings.clickhouse_database}.risk_hits "  # noqa: S608
+                "WHERE run_id = 'bench' AND inserted_at >= now64(3) - toIntervalSecond(15)"
+            ).result_rows
+            now = time.monotonic()
+            for (off,) in rows:
+                if off not in seen_at:
+                    seen_at[off] = now
+            if done.is_set() and time.monotonic() > t_end + 30:
+                break
+            time.sleep(0.05)
+
+    t_end = time.monotonic() + seconds + 60
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    start = time.monotonic()
+    for i in range(total):
+        target = start + i / rate
+        delay = target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        hit = sample_hit(i, run_id="bench")
+        sent_at[i] = time.monotonic()
+        producer.produce(settings.hits_topic, orjson.dumps(hit), key=str(i % 97).encode())
+        producer.poll(0)
+    producer.flush(10)
+    done.set()
+    poller.join(120)
+    stop.set()
+    thread.join(30)
+    lags = sorted((seen_at[i] - sent_at[i]) * 1000 for i in sent_at if i in seen_at)
+    if not lags:
+        raise RuntimeError("no hit became queryable")
+
+    def pct(q: float) -> float:
+        return round(lags[min(len(lags) - 1, int(q * len(lags)))], 1)
+
+    return [
+        {"name": "lag_hit_to_queryable_p50", "value": pct(0.5), "unit": "ms", "rate": rate,
+         "sink_batch_ms": settings.sink_batch_ms},
+        {"name": "lag_hit_to_queryable_p99", "value": pct(0.99), "unit": "ms", "rate": rate,
+         "seen": len(lags), "sent": len(sent_at)},
+    ]  # fmt: skip
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    from streams.stack import Stack
+
+    bootstrap = os.environ.get("BYPASS_KAFKA_BOOTSTRAP")
+    ch_url = os.environ.get("BYPASS_CLICKHOUSE_URL")
+    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp:
+        stack = None
+        if not (bootstrap and ch_url):
+            external = {"redis": "redis://127.0.0.1:1/0"}
+            if bootstrap:
+                external["kafka"] = bootstrap
+            if ch_url:
+                external["clickhouse"] = ch_url
+            stack = Stack(Path(tmp) / "stack", external=external, die_with_parent=True, health_timeout_s=60)
+            addresses = stack.up().addresses
+            bootstrap, ch_url = addresses["kafka"], addresses["clickhouse"]
+        try:
+            results = _throughput(bootstrap, ch_url, 100_000 if quick else 300_000)
+            results += _lag(bootstrap, ch_url, rate=1000 if quick else 2000, seconds=5 if quick else 10)
+        finally:
+            if stack is not None:
+                stack.down(purge=True)
+    return results
+
+
+if __name__ == "__main__":
+    for row in run(quick=bool(os.environ.get("QUICK"))):
+        print(row)
