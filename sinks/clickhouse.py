@@ -183,7 +183,66 @@ def hit_row(obj: Mapping[str, Any]) -> dict[str, Any]:
 
     Raises RecordError naming the field when the record does not fit the schema. The
     source coordinates are the record's own fields (the raw event's topic/partition/offset).
+    A well-formed record takes one fast, flat check; anything else goes through the
+    field-by-field path that names the problem.
     """
+    row = _hit_row_fast(obj)
+    return row if row is not None else _hit_row_checked(obj)
+
+
+def _hit_row_fast(o: Mapping[str, Any]) -> dict[str, Any] | None:
+    try:
+        hit_id, event_id, entity, rule_id = o["hit_id"], o["event_id"], o["entity"], o["rule_id"]
+        mode, version, run_id = o["mode"], o["ruleset_version"], o["run_id"]
+        event_type, key, source_topic = o["event_type"], o["key"], o["source_topic"]
+        ets, score, part, off = o["event_ts"], o["score"], o["source_partition"], o["source_offset"]
+        counted, suppressed, excluded = o["counted"], o["suppressed"], o["rollout_excluded"]
+    except KeyError:
+        return None
+    label, decision, features = o.get("label"), o.get("decision"), o.get("features")
+    str_ = str
+    if not (
+        type(hit_id) is str_ and hit_id and type(event_id) is str_ and event_id
+        and type(entity) is str_ and entity and type(rule_id) is str_ and rule_id
+        and type(mode) is str_ and mode and type(version) is str_ and version
+        and type(run_id) is str_ and run_id and type(event_type) is str_
+        and type(key) is str_ and type(source_topic) is str_
+        and type(ets) is int and _MIN_MS <= ets <= _MAX_MS
+        and type(part) is int and -(2**31) <= part < 2**31
+        and type(off) is int and -(2**63) <= off < 2**63
+        and (type(score) is float or type(score) is int) and math.isfinite(score)
+        and type(counted) is bool and type(suppressed) is bool and type(excluded) is bool
+        and (label is None or type(label) is str_) and (decision is None or type(decision) is str_)
+        and (features is None or type(features) is dict)
+    ):  # fmt: skip
+        return None
+    numbers, texts = split_features(features)
+    return {
+        "hit_id": hit_id,
+        "event_id": event_id,
+        "event_type": event_type,
+        "event_time": f"{ets // 1000:010d}.{ets % 1000:03d}",
+        "entity": entity,
+        "key": key,
+        "rule_id": rule_id,
+        "label": label or "",
+        "score": float(score),
+        "mode": mode,
+        "counted": counted,
+        "suppressed": suppressed,
+        "rollout_excluded": excluded,
+        "features": numbers,
+        "features_text": texts,
+        "decision": decision or "",
+        "ruleset_version": version,
+        "run_id": run_id,
+        "source_topic": source_topic,
+        "source_partition": part,
+        "source_offset": off,
+    }
+
+
+def _hit_row_checked(obj: Mapping[str, Any]) -> dict[str, Any]:
     numbers, texts = split_features(obj.get("features"))
     decision = obj.get("decision")
     if decision is not None and not isinstance(decision, str):

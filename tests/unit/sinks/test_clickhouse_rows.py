@@ -129,3 +129,32 @@ def test_dedup_token_depends_on_table_and_exact_ranges_only() -> None:
 def test_sample_hit_round_trips_through_json() -> None:
     hit = sample_hit(3)
     assert hit_row(decode_object(orjson.dumps(hit))) == hit_row(hit)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"score": 3},
+        {"label": None, "decision": None, "features": None},
+        {"key": ""},
+        {"event_ts": 0},
+    ],
+)
+def test_fast_and_checked_paths_give_the_same_row(change: dict[str, object]) -> None:
+    from sinks.clickhouse import _hit_row_checked, _hit_row_fast
+
+    hit = {**sample_hit(11), **change}
+    assert _hit_row_fast(hit) == _hit_row_checked(hit)
+
+
+@pytest.mark.parametrize(
+    "change", [{"event_ts": True}, {"counted": 1}, {"score": float("nan")}, {"mode": ""}, {"features": "x"}]
+)
+def test_fast_path_never_accepts_what_the_checked_path_rejects(change: dict[str, object]) -> None:
+    from sinks.clickhouse import _hit_row_fast
+
+    hit = {**sample_hit(11), **change}
+    assert _hit_row_fast(hit) is None
+    with pytest.raises(RecordError):
+        hit_row(hit)
