@@ -16,6 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from sinks.base import SinkBackpressureError
+
+
+class ListUnavailableError(SinkBackpressureError):
+    """Redis could not answer list look-ups; ``retry_after`` says when to try again."""
+
 
 def list_key(prefix: str, name: str) -> str:
     return f"{prefix}list:{name}"
@@ -69,10 +75,15 @@ class PrefetchingListProvider:
         self._known = {}
         if not wanted:
             return
+        import redis
+
         pipe = self._client.pipeline(transaction=False)
         for name, member in wanted:
             pipe.sismember(list_key(self._prefix, name), member)
-        answers = pipe.execute()
+        try:
+            answers = pipe.execute()
+        except redis.RedisError as exc:
+            raise ListUnavailableError(f"Redis list look-up failed: {exc}", retry_after=1.0) from exc
         self.round_trips += 1
         self._known = {probe: bool(answer) for probe, answer in zip(wanted, answers, strict=True)}
 
@@ -82,6 +93,18 @@ class PrefetchingListProvider:
         if known is None:
             self.misses += 1
             self.round_trips += 1
-            known = bool(self._client.sismember(list_key(self._prefix, name), probe[1]))
+            import redis
+
+            try:
+                known = bool(self._client.sismember(list_key(self._prefix, name), probe[1]))
+            except redis.RedisError as exc:
+                raise ListUnavailableError(f"Redis list look-up failed: {exc}", retry_after=1.0) from exc
             self._known[probe] = known
         return known
+
+
+def provider_from_settings(settings: Any) -> PrefetchingListProvider:
+    """The live agents' ``in_list`` provider for these settings (``redis_url``, ``redis_key_prefix``)."""
+    from sinks.redis_mirror import redis_client
+
+    return PrefetchingListProvider(redis_client(settings.redis_url), settings.redis_key_prefix)

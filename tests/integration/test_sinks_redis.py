@@ -116,3 +116,15 @@ def test_named_lists_cli_and_prefetching_provider(rd_settings: Settings) -> None
     assert provider.round_trips == 1 and provider.misses == 0  # all answered from memory
     assert provider.contains("bad_ips", "10.0.0.3") is True  # not prefetched: one look-up, counted
     assert provider.misses == 1
+
+
+def test_provider_from_settings_is_what_the_worker_uses(rd_settings: Settings) -> None:
+    from sinks.redis_lists import add, provider_from_settings
+    from streams.worker import list_provider
+
+    add(redis_client(rd_settings.redis_url), rd_settings.redis_key_prefix, "vip", ["u7"])
+    provider = list_provider(rd_settings)
+    assert isinstance(provider, PrefetchingListProvider)
+    provider.prefetch({("vip", "u7"), ("vip", "u8")})
+    assert provider.contains("vip", "u7") and not provider.contains("vip", "u8")
+    assert provider_from_settings(rd_settings).contains("vip", "u7")
