@@ -844,15 +844,34 @@ class Distinct(Logic):
 # ---------------------------------------------------------------- geo_spread
 
 
+# (lat, lon, lat in radians, lon in radians, cos(lat)): precomputed once per point
+_GeoPt = tuple[float, float, float, float, float]
+
+
+def _geo_pt(p: tuple[float, float]) -> _GeoPt:
+    la = p[0] * _RAD
+    return (p[0], p[1], la, p[1] * _RAD, math.cos(la))
+
+
+def _hav_a(p: _GeoPt, q: _GeoPt) -> float:
+    """The haversine term of two points (symmetric, monotonic in their distance)."""
+    return math.sin((q[2] - p[2]) / 2) ** 2 + p[4] * q[4] * math.sin((q[3] - p[3]) / 2) ** 2
+
+
+def _a_km(a: float) -> float:
+    return 2 * _EARTH_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
 class _GeoState(State):
-    __slots__ = ("best", "best_lo", "h", "pts", "ts")
+    __slots__ = ("best", "best_a", "best_lo", "h", "pts", "ts")
 
     def __init__(self) -> None:
         super().__init__()
         self.ts: list[int] = []  # event order
-        self.pts: list[tuple[float, float]] = []
+        self.pts: list[_GeoPt] = []
         self.h = 0
-        self.best = 0.0  # spread over the running window
+        self.best = 0.0  # spread over the running window (km)
+        self.best_a = 0.0  # its haversine term (monotonic in the distance)
         self.best_lo = _NEG  # older time of the best pair (recompute when it leaves)
 
 
@@ -879,47 +898,48 @@ class GeoSpread(Logic):
         return st.ts[-1] if len(st.ts) > st.h else _NEG
 
     @staticmethod
-    def _spread(pts: list[tuple[float, float]], ts: list[int]) -> tuple[float, int]:
+    def _spread(pts: list[_GeoPt], ts: list[int]) -> tuple[float, int]:
+        """(haversine term of the farthest pair, older time of that pair)."""
         best = 0.0
         lo = _NEG
         n = len(pts)
         for i in range(n):
-            a0, a1 = pts[i]
+            p = pts[i]
             for j in range(i + 1, n):
-                b0, b1 = pts[j]
-                d = haversine_km(a0, a1, b0, b1)
-                if d > best:
-                    best = d
+                a = _hav_a(p, pts[j])
+                if a > best:
+                    best = a
                     lo = min(ts[i], ts[j])
         return best, lo
 
     def apply(self, st: _GeoState, t: int, ev: Event, m: bool, tmax: int) -> Any:
-        p = geo_point(self.get(ev)) if m else None
+        g = geo_point(self.get(ev)) if m else None
         w_ms = self.window
         if t < tmax:
-            if p is not None:
+            if g is not None:
                 k = bisect_right(st.ts, t, st.h)
                 st.ts.insert(k, t)
-                st.pts.insert(k, p)
+                st.pts.insert(k, _geo_pt(g))
                 self._cap(st)
                 self._rebuild(st, tmax)
             hi = bisect_right(st.ts, t, st.h)
             lo = st.h if w_ms is None else bisect_right(st.ts, t - w_ms, st.h)
-            return self._spread(st.pts[lo:hi], st.ts[lo:hi])[0]
+            return _a_km(self._spread(st.pts[lo:hi], st.ts[lo:hi])[0])
         ts = st.ts
         cut = _NEG if w_ms is None else t - w_ms
-        if p is not None:
+        if g is not None:
+            p = _geo_pt(g)
             lo = st.h if w_ms is None else bisect_right(ts, cut, st.h)
-            a0, a1 = p
-            best = st.best
+            best = st.best_a
             pts = st.pts
             for i in range(lo, len(ts)):
-                b0, b1 = pts[i]
-                d = haversine_km(a0, a1, b0, b1)
-                if d > best:
-                    best = d
+                a = _hav_a(p, pts[i])
+                if a > best:
+                    best = a
                     st.best_lo = ts[i]
-            st.best = best
+            if best != st.best_a:
+                st.best_a = best
+                st.best = _a_km(best)
             ts.append(t)
             pts.append(p)
             if self._cap(st):
@@ -951,16 +971,17 @@ class GeoSpread(Logic):
 
     def _rebuild(self, st: _GeoState, tmax: int) -> None:
         lo = st.h if self.window is None else bisect_right(st.ts, tmax - self.window, st.h)
-        st.best, st.best_lo = self._spread(st.pts[lo:], st.ts[lo:])
+        st.best_a, st.best_lo = self._spread(st.pts[lo:], st.ts[lo:])
+        st.best = _a_km(st.best_a)
 
     def dump(self, st: _GeoState, tmax: int) -> Any:
-        return [_deltas(st.ts, st.h, tmax), [c for p in st.pts[st.h :] for c in p]]
+        return [_deltas(st.ts, st.h, tmax), [c for p in st.pts[st.h :] for c in p[:2]]]
 
     def load(self, data: Any, tmax: int) -> _GeoState:
         st = _GeoState()
         st.ts = _undeltas(data[0], tmax)
         flat = data[1]
-        st.pts = [(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        st.pts = [_geo_pt((float(flat[i]), float(flat[i + 1]))) for i in range(0, len(flat), 2)]
         self._rebuild(st, tmax)
         return st
 
