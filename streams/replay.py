@@ -893,11 +893,12 @@ class Replay:
             warmup = params["warmup"]
             if str(warmup).strip().lower() == "auto":
                 warmup_ms = int(spec.max_window_ms())
-                if _has_unbounded(spec):
+                unbounded = _unbounded_features(spec)
+                if unbounded:
                     self._warn(
-                        "the feature spec has features without a window (all-time): --warmup auto "
-                        f"({format_duration(warmup_ms)}) covers only the windowed ones; those features "
-                        "start from zero at T1 - warm-up"
+                        f"features without a window (all-time): {', '.join(unbounded)}; --warmup auto "
+                        f"({format_duration(warmup_ms)}) covers the windowed ones only: these count from "
+                        "T1 - warm-up (give a longer --warmup to cover more history)"
                     )
             else:
                 warmup_ms = parse_duration_ms(str(warmup))
@@ -928,6 +929,16 @@ class Replay:
                 live = {r: set(ids) for r, ids in checkpoint.live.items()}
             else:
                 live = read_live_hits(settings, from_ms, to_ms, topics)
+
+        if params["out"] == "clickhouse" and run_id != LIVE_RUN_ID and checkpoint is None:
+            shared = count_live_hits(settings, from_ms, to_ms, topics, str(params["ruleset_version"]))
+            if shared:
+                self._warn(
+                    f"{shared:,} live hits in the range were made by the same rule-set version "
+                    f"{params['ruleset_version']}: risk_hits is keyed by hit_id, so the replayed copies "
+                    f"(identical but for run_id) replace them and they will read run_id={run_id!r}. "
+                    "For a backfill of the live labels use --run-id live"
+                )
 
         consumer = self._consumer(run_id)
         dlq_producer = None
@@ -1247,17 +1258,18 @@ class Replay:
         producer.poll(0)
 
 
-def _has_unbounded(spec: Any) -> bool:
+def _unbounded_features(spec: Any) -> list[str]:
+    """Names of the all-time aggregates (no window). ``since`` and ``sequence`` are left
+    out: a rule compares them with thresholds that a warm-up as long as the longest
+    window covers."""
+    names = []
     for feature in getattr(spec, "features", ()) or ():
-        if isinstance(feature, dict):
-            window = feature.get("window_ms", feature.get("window"))
-            agg = feature.get("agg")
-        else:
-            window = getattr(feature, "window_ms", 0)
-            agg = getattr(feature, "agg", None)
-        if window is None and agg not in ("since", "sequence"):
-            return True
-    return False
+        if getattr(feature, "window_ms", 0) is None and getattr(feature, "agg", None) not in (
+            "since",
+            "sequence",
+        ):
+            names.append(str(getattr(feature, "name", "?")))
+    return names
 
 
 # --------------------------------------------------------------------------- ClickHouse
@@ -1280,6 +1292,33 @@ def clickhouse_client(settings: Any) -> Any:
             f"cannot reach ClickHouse at {mask_url(settings.clickhouse_url)} ({type(exc).__name__}); "
             "is it up (`bypass stack status`) and migrated (`bypass clickhouse migrate`)?",
         ) from None
+
+
+def count_live_hits(settings: Any, from_ms: int, to_ms: int, topics: list[str], ruleset_version: str) -> int:
+    """How many live hits in ``[from, to)`` from ``topics`` were made by ``ruleset_version``."""
+    client = clickhouse_client(settings)
+    db = settings.clickhouse_database
+    try:
+        result = client.query(
+            f"SELECT count() FROM {db}.risk_hits FINAL "  # noqa: S608 - db is a checked identifier
+            "WHERE run_id = {run:String} AND ruleset_version = {v:String} "
+            "AND event_time >= fromUnixTimestamp64Milli({t1:Int64}, 'UTC') "
+            "AND event_time < fromUnixTimestamp64Milli({t2:Int64}, 'UTC') "
+            "AND source_topic IN {topics:Array(String)}",
+            parameters={
+                "run": LIVE_RUN_ID,
+                "v": ruleset_version,
+                "t1": from_ms,
+                "t2": to_ms,
+                "topics": topics,
+            },
+        )
+    except Exception as exc:
+        raise ReplayError(
+            f"cannot read {db}.risk_hits ({str(exc)[:300]}); "
+            "is the schema migrated (`bypass clickhouse migrate`)?",
+        ) from None
+    return int(result.result_rows[0][0])
 
 
 def read_live_hits(settings: Any, from_ms: int, to_ms: int, topics: list[str]) -> dict[str, set[str]]:

@@ -35,8 +35,9 @@ from streams.settings import Settings
 from streams.simulate import SimConfig, Simulator
 
 ROOT = Path(__file__).resolve().parents[2]
-FEATURES = ROOT / "examples" / "features.yaml"
-RULES = ROOT / "examples" / "rules.yaml"
+DATA = Path(__file__).parent / "data"
+FEATURES = DATA / "replay_features.yaml"  # frozen copies of examples/
+RULES = DATA / "replay_rules.yaml"
 DAY_MS = 86_400_000
 
 
@@ -149,9 +150,9 @@ def insert_live(settings: Settings, client: Any, hits: list[dict[str, Any]]) -> 
 
 
 def changed_rules(rules_text: str) -> str:
-    """The example rule set with one rule changed (device_farm from >= 5 to >= 3) and a new version."""
-    assert "device_users_7d >= 5" in rules_text
-    text = rules_text.replace("device_users_7d >= 5", "device_users_7d >= 3")
+    """The test rule set with one rule changed (device_farm from >= 8 to >= 3) and a new version."""
+    assert "device_users_7d >= 8" in rules_text
+    text = rules_text.replace("device_users_7d >= 8", "device_users_7d >= 3")
     return text.replace('version: "2026-11-23.1"', 'version: "2026-11-23.2-test"')
 
 
@@ -396,6 +397,13 @@ def test_replaying_twice_into_clickhouse_adds_no_rows(rsettings: Settings, names
         sql.replace("count(), uniqExact(hit_id)", "DISTINCT run_id").format(db=db)
     ).result_rows
     assert runs == [("bf-1",)]
+
+    # a backfill as live (--run-id live) takes the rows over, still without new rows ...
+    run_replay(rsettings, from_ms=t1, to_ms=t2, rules_file=RULES, out="clickhouse", run_id="live")
+    assert client.query(sql.format(db=db)).result_rows[0] == rows
+    # ... and a later replay of the same version says that it would relabel the live rows
+    relabel = run_replay(rsettings, from_ms=t1, to_ms=t2, rules_file=RULES, out="clickhouse", run_id="bf-2")
+    assert any(f"{first.stats.hits:,} live hits" in w and "--run-id live" in w for w in relabel.warnings)
 
 
 # --------------------------------------------------------------------------- the live group
