@@ -59,6 +59,51 @@ def build_runner(settings: Settings, sink: Any, topics: list[str], name: str, **
     )
 
 
+def _wait_for_clickhouse(settings: Settings, stop: threading.Event) -> Any:
+    """A client, retrying with back-off while ClickHouse is down (None if stopped meanwhile)."""
+    from features.errors import BypassError
+    from streams._cli_clickhouse import clickhouse_client
+
+    delay = 0.5
+    while True:
+        try:
+            return clickhouse_client(settings)
+        except BypassError as exc:
+            logging.getLogger(__name__).warning("%s; retrying in %.1fs", exc.message, delay)
+        if stop.wait(delay):
+            return None
+        delay = min(delay * 2, settings.sink_retry_max_ms / 1000)
+
+
+def _check_schema(client: Any, database: str) -> None:
+    """Refuse to start against a database without the tables (a clear error, not endless retries).
+
+    An unreachable ClickHouse is not an error here: the writer starts and retries."""
+    from sinks.clickhouse_schema import MIGRATIONS, applied_versions, check_identifier
+    from streams._cli_clickhouse import ClickHouseUnavailableError
+
+    check_identifier(database)
+    try:
+        done = applied_versions(client, database)
+    except Exception as exc:
+        text = str(exc)
+        if "UNKNOWN_DATABASE" in text or "UNKNOWN_TABLE" in text:
+            raise ClickHouseUnavailableError(
+                f"ClickHouse database {database!r} has no bypass schema: run `bypass clickhouse migrate`",
+                database=database,
+            ) from None
+        logging.getLogger(__name__).warning(
+            "cannot check the ClickHouse schema yet (%s); starting anyway", exc
+        )
+        return
+    missing = [m.version for m in MIGRATIONS if m.version not in done]
+    if missing:
+        raise ClickHouseUnavailableError(
+            f"ClickHouse database {database!r} lacks migrations {missing}: run `bypass clickhouse migrate`",
+            database=database,
+        )
+
+
 @click.group()
 def sink() -> None:
     """Writers that mirror the output topics into ClickHouse and Redis."""
@@ -72,11 +117,14 @@ def sink() -> None:
 def sink_clickhouse(idle_exit: float | None, crash_after_flushes: int | None) -> None:
     """Consume bypass.hits and bypass.blacklist into risk_hits / risk_blacklist (exactly once by hit_id)."""
     from sinks.clickhouse import ClickHouseSink
-    from streams._cli_clickhouse import clickhouse_client
 
     settings = Settings()
     _setup_logging(settings)
-    client = clickhouse_client(settings)
+    stop = _stop_on_signals()
+    client = _wait_for_clickhouse(settings, stop)
+    if client is None:
+        return
+    _check_schema(client, settings.clickhouse_database)
     ch_sink = ClickHouseSink(
         client,
         settings.clickhouse_database,
@@ -89,7 +137,7 @@ def sink_clickhouse(idle_exit: float | None, crash_after_flushes: int | None) ->
         "clickhouse",
         crash_after_flushes=crash_after_flushes,
     )
-    runner.run(_stop_on_signals(), idle_exit_s=idle_exit)
+    runner.run(stop, idle_exit_s=idle_exit)
 
 
 @sink.command("redis")
