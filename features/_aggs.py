@@ -760,9 +760,12 @@ class Distinct(Logic):
             lst = occ.get(v)
             if lst is None:
                 occ[v] = [t]
+                if not win and w_ms is not None:
+                    st.until = t + w_ms
                 win[v] = t
                 if len(occ) > self.cap:
                     self._enforce_cap(st, v)
+                    st.until = _NEG
             else:
                 lst.append(t)
                 if len(lst) > 2 and lst[1] <= t - L:
@@ -771,33 +774,33 @@ class Distinct(Logic):
                     while k + 1 < len(lst) and lst[k + 1] <= rc:
                         k += 1
                     del lst[:k]
+                if win.get(v) is None and w_ms is not None and not win:
+                    st.until = t + w_ms
                 win[v] = t
                 win.move_to_end(v)
         if w_ms is None:
             st.until = _POS
             st.val = len(win)
             return st.val
-        cut = t - w_ms
-        if win:
-            k0 = next(iter(win))
-            if win[k0] <= cut:
-                old = st.old
-                while win:
-                    k0 = next(iter(win))
-                    lt = win[k0]
-                    if lt > cut:
-                        break
-                    del win[k0]
-                    old.append((lt, k0))
-        old = st.old
-        if old and old[0][0] <= cut - L:
-            rc = cut - L
-            while old and old[0][0] <= rc:
-                lt, k0 = old.popleft()
-                lst = occ.get(k0)
-                if lst is not None and lst[-1] <= rc:
-                    del occ[k0]
-        st.until = win[next(iter(win))] + w_ms if win else _POS
+        # `until` (the first value's newest time + W) may be early, never late: check then
+        if t >= st.until:
+            cut = t - w_ms
+            old = st.old
+            while win:
+                k0 = next(iter(win))
+                lt = win[k0]
+                if lt > cut:
+                    break
+                del win[k0]
+                old.append((lt, k0))
+            if old and old[0][0] <= cut - L:
+                rc = cut - L
+                while old and old[0][0] <= rc:
+                    lt, k0 = old.popleft()
+                    lst = occ.get(k0)
+                    if lst is not None and lst[-1] <= rc:
+                        del occ[k0]
+            st.until = win[next(iter(win))] + w_ms if win else _POS
         st.val = len(win)
         return st.val
 
@@ -831,7 +834,8 @@ class Distinct(Logic):
                 del st.occ[k]
 
     def dump(self, st: _DistinctState, tmax: int) -> Any:
-        return [[k, _deltas(lst, 0, tmax)] for k, lst in st.occ.items()]
+        rc = _NEG if self.window is None else tmax - self.window - self.lateness
+        return [[k, _deltas(lst, 0, tmax)] for k, lst in st.occ.items() if lst[-1] > rc]
 
     def load(self, data: Any, tmax: int) -> _DistinctState:
         st = _DistinctState()

@@ -218,16 +218,20 @@ class FeatureEngine:
         else:
             ms = [m(event) for m in plan.matchers]
             ms.append(True)
-        vals: list[Any] = []
+        vals: list[Any]
         if t >= tmax:
             state.tmax = tmax = t
-            for fn, st, k in zip(plan.applies, state.feats, plan.mi, strict=False):
-                m = ms[k]
-                # a feature the event does not match keeps its value until `until`
-                vals.append(fn(st, t, event, m, tmax) if m or t >= st.until else st.val)
+            # a feature the event does not match keeps its value until `until`
+            vals = [
+                fn(st, t, event, ms[k], tmax) if ms[k] or t >= st.until else st.val
+                for fn, st, k in zip(plan.applies, state.feats, plan.mi, strict=False)
+            ]
         else:
-            for fn, st, k in zip(plan.applies, state.feats, plan.mi, strict=False):
-                vals.append(fn(st, t, event, ms[k], tmax))
+            vals = [
+                fn(st, t, event, ms[k], tmax)
+                for fn, st, k in zip(plan.applies, state.feats, plan.mi, strict=False)
+            ]
+            for st in state.feats:
                 st.until = _NEG  # the cached value is as of tmax: recompute next time
         # remember the id and the values of this first application (never mutated)
         state.dedup[eid] = vals
