@@ -14,8 +14,7 @@ sink is idempotent so a second write changes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from features.errors import BypassError
 
@@ -40,9 +39,9 @@ class RecordError(SinkError):
         return str(self.fields.get("reason", self.message))
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One Kafka record handed to a sink, with its coordinates."""
+class SourceRecord(NamedTuple):
+    """One Kafka record handed to a sink, with its coordinates (a NamedTuple: immutable and
+    about twice as cheap to build as a frozen dataclass, on a path run once per record)."""
 
     topic: str
     partition: int
