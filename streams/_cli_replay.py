@@ -190,7 +190,12 @@ def print_summary(console: Any, summary: ReplaySummary) -> None:
         ("topics", f"{', '.join(summary.topics)} ({summary.partitions} partitions)"),
         ("rule set", summary.ruleset_version),
         ("messages read", f"{s.messages:,}"),
-        ("events applied", f"{s.applied:,} ({s.warmup_events:,} warm-up, {s.in_range_events:,} in range)"),
+        (
+            "events",
+            f"{s.warmup_events + s.in_range_events:,} "
+            f"({s.warmup_events:,} warm-up, {s.in_range_events:,} in range)",
+        ),
+        ("entity updates", f"{s.applied:,} (one per event and entity kind)"),
         ("outside the range", f"{s.outside_range:,}"),
         ("malformed", f"{s.malformed:,}" + (f" ({s.dlq_sent:,} sent to the DLQ)" if s.dlq_sent else "")),
         ("duplicates / late", f"{s.duplicates:,} / {s.late_rejected:,}"),

@@ -686,9 +686,10 @@ class Replay:
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
-        log.warning(message)
         if self._console is not None:
             self._console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        else:
+            log.warning(message)
 
     # -- setup -----------------------------------------------------------
     def _resolve(self) -> tuple[dict[str, Any], Checkpoint | None]:

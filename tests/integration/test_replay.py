@@ -479,7 +479,7 @@ def test_resume_after_a_stop_gives_the_uninterrupted_result(
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(
     stack: Any, rsettings: Settings, names: Any, tmp_path: Path
 ) -> None:
-    events = scenario(seed=17, users=300, rate=1000, duration_s=30)  # 30,000 events
+    events = scenario(seed=17, users=150, rate=400, duration_s=30)  # 12,000 events
     produce(rsettings, names.raw_topic, events)
     settings = rsettings.model_copy(update={"replay_batch_size": 100})
     env_cli = [
