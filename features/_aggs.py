@@ -768,13 +768,12 @@ class Distinct(Logic):
                     st.until = _NEG
             else:
                 lst.append(t)
-                if len(lst) > 2 and lst[1] <= t - L:
-                    rc = t - L
-                    k = 0
-                    while k + 1 < len(lst) and lst[k + 1] <= rc:
-                        k += 1
-                    del lst[:k]
-                if win.get(v) is None and w_ms is not None and not win:
+                if lst[1] <= t - L:
+                    # keep the times after t - L and the newest one at or before it
+                    j = bisect_right(lst, t - L)
+                    if j > 1:
+                        del lst[: j - 1]
+                if w_ms is not None and not win:
                     st.until = t + w_ms
                 win[v] = t
                 win.move_to_end(v)

@@ -194,6 +194,7 @@ class FeatureSpec:
     entities: Mapping[str, str]
     features: tuple[Feature, ...]
     _by_entity: Mapping[str, tuple[Feature, ...]] = field(repr=False, compare=False, default_factory=dict)
+    _key_getters: tuple[tuple[str, str, Getter | None], ...] = field(repr=False, compare=False, default=())
 
     @classmethod
     def from_dict(cls, data: Any) -> FeatureSpec:
@@ -243,7 +244,10 @@ class FeatureSpec:
         keys = [f.state_key for f in feats]
         if len(set(keys)) != len(keys):  # pragma: no cover - 32-bit collision
             raise SpecError("feature spec: state key collision; rename a feature", feature=None)
-        return cls(entities=dict(entities), features=tuple(feats), _by_entity=by_entity)
+        key_getters = tuple((e, p, None if "." not in p else make_getter(p)) for e, p in entities.items())
+        return cls(
+            entities=dict(entities), features=tuple(feats), _by_entity=by_entity, _key_getters=key_getters
+        )
 
     def features_of(self, entity: str) -> tuple[Feature, ...]:
         """The features of one entity kind, in spec order."""
@@ -260,12 +264,12 @@ class FeatureSpec:
         values (null, empty string, objects) mean the event does not carry that entity.
         """
         out: list[tuple[str, str]] = []
-        for ent, path in self.entities.items():
-            v = event.get(path) if "." not in path else make_getter(path)(event)
-            if isinstance(v, str):
+        for ent, path, get in self._key_getters:
+            v = event.get(path) if get is None else get(event)
+            if type(v) is str:
                 if v:
                     out.append((ent, v))
-            elif isinstance(v, int) and not isinstance(v, bool):
+            elif type(v) is int:
                 out.append((ent, str(v)))
         return out
 
