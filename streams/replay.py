@@ -112,6 +112,7 @@ __all__ = [
     "ReplayOptions",
     "ReplayStats",
     "ReplaySummary",
+    "at_retention_edge",
     "checkpoint_path",
     "compare_hits",
     "format_duration",
@@ -209,6 +210,12 @@ def check_run_id(run_id: str) -> str:
             option="--run-id",
         )
     return run_id
+
+
+def at_retention_edge(start_offset: int, low_watermark: int) -> bool:
+    """True when the replay starts at the oldest offset the broker still holds and older
+    ones were deleted (low watermark > 0): the warm-up may be missing history."""
+    return low_watermark > 0 and start_offset <= low_watermark
 
 
 def retention_gap_ms(wanted_from_ms: int, earliest_available_ms: int) -> int:
@@ -962,9 +969,11 @@ class Replay:
                         )
                 starts = {tp: checkpoint.positions[tp] for tp in tps}
                 ends = {tp: max(ends[tp], starts[tp]) for tp in tps}
-            retention_edge = {
-                tp for tp in tps if checkpoint is None and starts[tp] <= marks[tp][0] and marks[tp][0] > 0
-            }
+            retention_edge = (
+                {tp for tp in tps if at_retention_edge(starts[tp], marks[tp][0])}
+                if checkpoint is None
+                else set()
+            )
 
             positions = dict(starts)
             merge = PartitionMerge(tps)

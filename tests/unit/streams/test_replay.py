@@ -15,8 +15,11 @@ from streams.replay import (
     Checkpoint,
     PartitionMerge,
     Record,
+    Replay,
     ReplayError,
+    ReplayOptions,
     ReplayStats,
+    at_retention_edge,
     check_run_id,
     checkpoint_path,
     compare_hits,
@@ -105,6 +108,22 @@ def test_run_ids_are_unique_and_valid() -> None:
 def test_retention_gap() -> None:
     assert retention_gap_ms(1_000, 5_000) == 4_000
     assert retention_gap_ms(5_000, 1_000) == 0
+    assert at_retention_edge(100, 100) and at_retention_edge(0, 100)
+    assert not at_retention_edge(0, 0)  # nothing was ever deleted
+    assert not at_retention_edge(150, 100)  # starts after the oldest record: history is there
+
+
+def test_retention_warning_says_how_much_state_is_missing() -> None:
+    """Tansu (the local broker) cannot delete records, so the message is checked here."""
+    runner = Replay(None, ReplayOptions(from_ms=0, to_ms=1))
+    wanted = parse_time_ms("2025-10-01")
+    earliest = parse_time_ms("2025-10-03T06:00:00Z")
+    runner._check_retention(("raw", 2), wanted, earliest)
+    [warning] = runner.warnings
+    assert "raw[2]" in warning and "2d 6h of state is missing" in warning
+    assert "2025-10-03T06:00:00.000Z" in warning and "2025-10-01T00:00:00.000Z" in warning
+    runner._check_retention(("raw", 3), earliest, wanted)  # nothing missing: silent
+    assert len(runner.warnings) == 1
 
 
 # --------------------------------------------------------------------------- merge
