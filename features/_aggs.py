@@ -834,7 +834,13 @@ class Distinct(Logic):
 
     def dump(self, st: _DistinctState, tmax: int) -> Any:
         rc = _NEG if self.window is None else tmax - self.window - self.lateness
-        return [[k, _deltas(lst, 0, tmax)] for k, lst in st.occ.items() if lst[-1] > rc]
+        keep = tmax - self.lateness  # per value: the times after it and the newest one at or before it
+        out = []
+        for k, lst in st.occ.items():
+            if lst[-1] > rc:
+                j = bisect_right(lst, keep)
+                out.append([k, _deltas(lst, j - 1 if j > 1 else 0, tmax)])
+        return out
 
     def load(self, data: Any, tmax: int) -> _DistinctState:
         st = _DistinctState()
