@@ -55,9 +55,12 @@ Where the hits go (--out):
               the same replay twice adds no rows. Each hit carries the run id
               (--run-id, default replay-<time>-<random>); its hit id equals the
               live hit's id. Use --run-id live to backfill a gap in the live
-              labels after an outage.
---compare prints, per rule, the live hits already in ClickHouse for the range,
-the replayed hits, and how many were added and removed.
+              labels after an outage. (Blacklist entries are counted in the
+              summary, not written.)
+
+--compare prints, per rule, the live hits already in ClickHouse for the range
+(run id 'live'), the replayed hits, and how many were added and removed
+(matched by event and rule, so it also works across rule-set versions).
 
 \b
 Long runs: a progress bar (events, events/s, time left) goes to stderr. Ctrl-C
@@ -65,6 +68,13 @@ finishes the current batch, saves a checkpoint and prints how to continue:
 --resume --run-id ID picks up exactly there (state included), giving the same
 result as a run without the stop. Malformed messages are counted (and sent to
 the dead-letter topic only with --dlq).
+
+\b
+Finding the range in Kafka: offsets are looked up by Kafka message timestamp,
+which the bypass producer SDK sets to the event time; a margin of
+BYPASS_REPLAY_SKEW_MS (default 1 h) on both sides absorbs producers whose
+timestamps differ a little. Replay never reads or writes the live workers'
+consumer group.
 
 \b
 Examples:
@@ -92,7 +102,9 @@ def _warmup(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--from", "from_ms", metavar="T1", callback=_time("--from"), help="start of the range (inclusive)"
 )
 @click.option("--to", "to_ms", metavar="T2", callback=_time("--to"), help="end of the range (exclusive)")
-@click.option("--topics", metavar="T1,T2", help="raw topics, comma-separated (default: BYPASS_RAW_TOPICS)")
+@click.option(
+    "--topics", metavar="TOPIC,...", help="raw topics, comma-separated (default: BYPASS_RAW_TOPICS)"
+)
 @click.option(
     "--rules", "rules_file", type=click.Path(path_type=Path), help="rule-set YAML file to replay with"
 )

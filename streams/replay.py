@@ -34,19 +34,22 @@ Per entity key, events are then applied in that merged order, in fixed-size chun
 grouped by key like the live agents do.
 
 Live applies one entity's events in *arrival* order: within one source partition that is
-offset order, as here. Events of one entity that sit in *different* partitions or topics
-reach the live entity agent in whatever order the repartition topic received them; if
-they arrived out of event-time order, live applied them in arrival order while replay
-applies them in event-time order. Only order-dependent features can then differ:
-``max_speed`` (speed between consecutive logins), ``since`` (time since the previous
-matching event), ``sequence`` steps, and lateness rejection (an event older than the
-newest one by more than ``allowed_lateness_ms`` is rejected live but may be accepted in
-replay, or the other way round). Windowed counts, sums, distincts and geo spreads are
-order-free within the window and are equal. The difference is bounded by the
-cross-partition skew: only pairs of events of one entity whose event times are closer
-than the delay between the partitions (consumer lag skew between partitions, typically
-milliseconds to seconds; at most the live pipeline's lag) can be swapped, so only hits
-on events within that skew of another event of the same entity can change.
+offset order, as here, and within one ingest batch the live agent merges the partitions
+by event time exactly like this merge (``streams.processor.merge_sources``). The one
+case where they can differ: events of one entity that sit in *different* partitions or
+topics, arrive out of event-time order, and fall into *different* live ingest batches.
+Live applies them in arrival order, replay in event-time order. Only order-dependent
+features can then differ: ``max_speed`` (speed between consecutive logins), ``since``
+(time since the previous matching event), ``sequence`` steps, and lateness rejection (an
+event older than the entity's newest by more than ``allowed_lateness_ms`` is rejected
+live but accepted in replay). Windowed counts, sums, distincts and geo spreads over the
+same set of events are equal. How large: only pairs of one entity's events whose event
+times are closer than the cross-partition skew of the live consumer can swap - the skew
+is how far the live worker's read positions in the partitions were apart in event time
+(normally milliseconds to seconds; while a lagging worker catches up on a backlog it can
+reach the backlog's span). Only hits on such events (and on later events whose ``since``
+/ ``max_speed`` / ``sequence`` value involves them) can change; user-keyed events share a
+Kafka key and hence a partition, so this concerns the device / ip / phone entities.
 
 Output, ``run_id`` and ``hit_id``
 ---------------------------------
