@@ -48,8 +48,9 @@ times are closer than the cross-partition skew of the live consumer can swap - t
 is how far the live worker's read positions in the partitions were apart in event time
 (normally milliseconds to seconds; while a lagging worker catches up on a backlog it can
 reach the backlog's span). Only hits on such events (and on later events whose ``since``
-/ ``max_speed`` / ``sequence`` value involves them) can change; user-keyed events share a
-Kafka key and hence a partition, so this concerns the device / ip / phone entities.
+/ ``max_speed`` / ``sequence`` value involves them) can change. With the SDK's Kafka key
+(the user id), one user's events on one topic share a partition, so within one topic this
+concerns the device / ip entities, and users only across topics.
 
 Output, ``run_id`` and ``hit_id``
 ---------------------------------
