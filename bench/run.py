@@ -333,14 +333,23 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"error: no benchmark named {', '.join(sorted(unknown))} (known: {known})")
             return 2
         paths = [p for p in paths if p.stem.removeprefix("bench_") in wanted]
+    ceilings = sum(budget_of(p, args.quick) for p in paths)
     if args.list:
         for p in paths:
             console.print(f"{p.stem.removeprefix('bench_'):24} budget {budget_of(p, args.quick):.0f} s")
+        console.print(
+            f"{'(sum of budgets)':24} {ceilings:.0f} s; the whole run is capped at {args.total_budget:.0f} s"
+        )
         return 0
     if not paths:
         console.print(f"error: no bench_*.py in {args.dir}")
         return 2
 
+    if ceilings > args.total_budget:
+        console.print(
+            f"note: the budgets add up to {ceilings:.0f} s, above the {args.total_budget:.0f} s cap of the "
+            "whole run: if the first benchmarks use all of theirs, the last ones are cut"
+        )
     t0 = time.monotonic()
     outcomes = run_all(paths, args.quick, args.total_budget)
     write_results(args.out, outcomes, keep_others=bool(args.only))
