@@ -212,10 +212,14 @@ def run_one(path: Path, quick: bool, budget_s: float) -> Outcome:
 def run_all(
     paths: list[Path], quick: bool, total_budget_s: float = TOTAL_BUDGET_S, show_logs: bool = True
 ) -> list[Outcome]:
-    """Run benchmarks one by one; each within its budget and what is left of the total."""
+    """Run benchmarks one by one; each within its budget and what is left of the total.
+
+    The smallest budgets run first, so one slow benchmark can not starve the quick ones;
+    the outcomes come back in the order of ``paths``.
+    """
     outcomes: list[Outcome] = []
     t0 = time.monotonic()
-    for path in paths:
+    for path in sorted(paths, key=lambda p: (budget_of(p, quick), p.name)):
         left = total_budget_s - (time.monotonic() - t0)
         if left < 5:
             outcomes.append(
@@ -229,7 +233,8 @@ def run_all(
         console.print(f"{path.stem}: {status} ({outcome.seconds:.1f} s)")
         if not outcome.ok and show_logs and outcome.log_tail:
             console.print(outcome.log_tail, style="dim", markup=False, highlight=False)
-    return outcomes
+    order = {p.stem: i for i, p in enumerate(paths)}
+    return sorted(outcomes, key=lambda o: order[o.bench])
 
 
 def entries(outcomes: list[Outcome]) -> list[dict[str, Any]]:

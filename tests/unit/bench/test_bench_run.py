@@ -170,3 +170,22 @@ def test_total_budget_marks_the_rest_not_run(tmp_path: Path) -> None:
     outcomes = runner.run_all(runner.discover(tmp_path), quick=True, total_budget_s=1.0)
     assert [o.ok for o in outcomes] == [False, False]
     assert all("total budget" in str(o.error) for o in outcomes)
+
+
+def test_small_budgets_run_first_results_in_name_order(tmp_path: Path) -> None:
+    stamp = tmp_path / "order.txt"
+    for name, budget in (("bench_a", 40), ("bench_b", 20), ("bench_c", 30)):
+        write(
+            tmp_path,
+            name,
+            f"""
+            BUDGET_S = {budget}
+            def run(quick: bool = False):
+                with open({str(stamp)!r}, "a") as fh:
+                    fh.write("{name}\\n")
+                return [{{"name": "x", "value": 1, "unit": "s"}}]
+            """,
+        )
+    outcomes = runner.run_all(runner.discover(tmp_path), quick=False)
+    assert stamp.read_text().split() == ["bench_b", "bench_c", "bench_a"]
+    assert [o.bench for o in outcomes] == ["bench_a", "bench_b", "bench_c"]
