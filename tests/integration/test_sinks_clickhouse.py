@@ -189,3 +189,9 @@ def test_malformed_hit_goes_to_dlq_with_its_reason(ch_settings: Settings) -> Non
         assert headers[H_SINK] == b"sink-clickhouse"
         assert int(headers[H_OFFSET]) >= 0
     assert b"not json" in [m.value() for m in dead]
+
+
+def test_writer_refuses_a_database_without_the_schema(settings: Settings) -> None:
+    result = bypass(sink_settings(settings), "sink", "clickhouse", timeout=60)
+    assert result.returncode == 1
+    assert "has no bypass schema: run `bypass clickhouse migrate`" in result.stderr
