@@ -193,8 +193,9 @@ class FeatureEngine:
                 f"event {eid!r}: needs an integer 'ts' (epoch ms) and a string 'event_id'",
                 event_id=eid,
             )
-        seen = state.dedup.get(eid)
-        if seen is not None:
+        dedup = state.dedup
+        if eid in dedup:
+            seen = dedup[eid]
             return ApplyResult(
                 dict(zip(plan.names, seen, strict=False)), DUPLICATE, "event id already applied"
             )
@@ -209,8 +210,10 @@ class FeatureEngine:
             )
         if plan.type_only:
             ty = event.get("type")
-            ms = plan.type_cache.get(ty) if type(ty) is str else None
-            if ms is None:
+            cache = plan.type_cache
+            if type(ty) is str and ty in cache:
+                ms = cache[ty]
+            else:
                 ms = [m(event) for m in plan.matchers]
                 ms.append(True)  # index -1: no `where`
                 if type(ty) is str and len(plan.type_cache) < 1024:
@@ -234,14 +237,13 @@ class FeatureEngine:
             for st in state.feats:
                 st.until = _NEG  # the cached value is as of tmax: recompute next time
         # remember the id and the values of this first application (never mutated)
-        state.dedup[eid] = vals
+        dedup[eid] = vals
         order = state.dedup_order
         order.append((t, eid))
         horizon = tmax - self.dedup_horizon_ms  # ids of events at or after it are kept
         if order[0][0] < horizon or len(order) > self.cap:
-            dd = state.dedup
             while order and (order[0][0] < horizon or len(order) > self.cap):
-                dd.pop(order.popleft()[1], None)
+                dedup.pop(order.popleft()[1], None)
         return ApplyResult(dict(zip(plan.names, vals, strict=False)), APPLIED)
 
     def evictable(self, state: EntityState, now_ms: int) -> bool:
