@@ -116,7 +116,7 @@ def _to_kafka(events: Iterator[dict[str, Any]], topic: str | None) -> str:
     show_default=True,
     help="event-time seconds per wall-clock second (3600: a 60 s run covers 60 h of events)",
 )
-@click.option("--mix", "mix_text", default="", help="bad actors per user, e.g. resale=0.02,farms=0.005")
+@click.option("--mix", "mix_text", default="", help="actors per user, e.g. resale=0.02,farms=0.005,evasive=0")
 @click.option(
     "--pace/--no-pace",
     default=None,
@@ -137,8 +137,27 @@ def simulate(
     pace: bool | None,
 ) -> None:
     """Synthetic traffic with ground truth: normal users, account resale, device farms,
-    credential stuffing and impossible travel. Writes the events (jsonl or Kafka) and
-    truth.jsonl (one line per bad entity)."""
+    credential stuffing and impossible travel.
+
+    \b
+    Writes exactly rate x duration events, in event-time order, as jsonl or to Kafka
+    (through the producer SDK: key = user id, Kafka timestamp = event time), and
+    truth.jsonl: one {"entity", "key", "scenario", "variant"} line per bad entity.
+    Deterministic: the same options give the same bytes (with a fixed --start;
+    'now' reads the clock).
+
+    \b
+    Time is compressed: event time runs --time-scale times faster than the wall clock,
+    so a one-minute run covers 60 hours at the default scale (at least 24 h keeps the
+    scenarios realistic). The live workers must allow lateness of about the
+    cross-partition reordering times the scale (the demo uses 6 h).
+
+    \b
+    --mix names (per user, see streams.simulate.Mix): resale, travel, farms, stuffing;
+    evasive = share of resale actors and stuffing campaigns that stay under the usual
+    rules (still bad, in the truth); lookalikes = benign users who look bad (VPN exits
+    abroad, big families on one device; not in the truth).
+    """
     rate = parse_rate(rate_text)
     duration_s = parse_duration_s(duration_text)
     span_ms = round(duration_s * time_scale * 1000)

@@ -379,3 +379,14 @@ def test_lookalikes_are_benign_and_optional() -> None:
     plain = Simulator(dataclasses.replace(SMALL, mix=Mix(lookalikes=0, evasive=0)))
     assert plain.lookalikes == []
     assert {t["variant"] for t in plain.truth} == {"plain"}
+
+
+def test_cli_reports_a_bad_option_in_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--duration", "10s", "--time-scale", "60", "--out-file", str(tmp_path / "e.jsonl")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the run covers 10.0 min of event time") and "Traceback" not in err
+    assert not (tmp_path / "e.jsonl").exists()
