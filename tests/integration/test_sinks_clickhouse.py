@@ -108,12 +108,22 @@ def test_same_batch_retried_with_its_token_is_dropped_by_clickhouse(ch_settings:
 
     client = _client(ch_settings)
     db = ch_settings.clickhouse_database
-    for _ in range(2):  # the same offsets twice -> the same token -> one insert
+
+    def insert(offsets: list[int], first_offset: int) -> None:
         sink = ClickHouseSink(client, db, {"h": "hits"})
-        for i in range(50):
-            sink.add(SourceRecord("h", 0, i, None, orjson.dumps(sample_hit(i))))
+        for i in offsets:
+            sink.add(SourceRecord("h", 0, first_offset + i, None, orjson.dumps(sample_hit(i))))
         sink.flush()
+
+    client.command(f"SYSTEM STOP MERGES {db}.risk_hits")  # raw row counts stay what was inserted
+    insert(list(range(50)), 0)
+    # the same offsets (same token) in another order: another block hash, still dropped
+    insert(list(reversed(range(50))), 0)
     assert _count(client, f"SELECT count() FROM {db}.risk_hits") == 50
+    # the same rows under other offsets (another token): inserted, collapsed only by FINAL
+    insert(list(range(50)), 1000)
+    assert _count(client, f"SELECT count() FROM {db}.risk_hits") == 100
+    assert _count(client, f"SELECT count() FROM {db}.risk_hits FINAL") == 50
 
 
 def test_clickhouse_stopped_mid_stream_then_catches_up(stack: Any, ch_settings: Settings) -> None:
