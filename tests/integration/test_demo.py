@@ -39,7 +39,7 @@ def _alive(pid: int) -> bool:
 
 def test_demo_runs_to_the_end_and_prints_computed_quality(stack: Any, tmp_path: Path) -> None:
     env = {**os.environ, **stack.env(), "BYPASS_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
-    args = ["--users", "300", "--rate", "300", "--duration", "24", "--seed", "3", "--drain-timeout", "120"]
+    args = ["--users", "300", "--rate", "500", "--duration", "12", "--time-scale", "7200", "--seed", "3"]
     done = subprocess.run(
         [sys.executable, "-m", "streams.demo", *args],
         env=env,
