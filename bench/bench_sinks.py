@@ -86,7 +86,18 @@ def _produce(settings: Any, values: list[bytes]) -> None:
     producer.flush(60)
 
 
-def _throughput(bootstrap: str, ch_url: str, n: int) -> list[dict[str, Any]]:
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (0 if unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _throughput(bootstrap: str, ch_url: str, n: int, ch_pid: int | None = None) -> list[dict[str, Any]]:
     from sinks._sample import sample_hit
 
     tag = "tp" + secrets.token_hex(3)
@@ -98,13 +109,13 @@ def _throughput(bootstrap: str, ch_url: str, n: int) -> list[dict[str, Any]]:
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     thread.start()
     t0 = None
-    cpu0 = 0.0
+    cpu0 = ch0 = 0.0
     deadline = time.monotonic() + 120
     while runner.stats.written < n and time.monotonic() < deadline:
         if t0 is None and runner.stats.consumed:
-            t0, cpu0 = time.monotonic(), time.process_time()
+            t0, cpu0, ch0 = time.monotonic(), time.process_time(), _cpu_s(ch_pid)
         time.sleep(0.005)
-    t1, cpu1 = time.monotonic(), time.process_time()
+    t1, cpu1, ch1 = time.monotonic(), time.process_time(), _cpu_s(ch_pid)
     stop.set()
     thread.join(30)
     if runner.stats.written < n or t0 is None:
@@ -130,7 +141,18 @@ def _throughput(bootstrap: str, ch_url: str, n: int) -> list[dict[str, Any]]:
         sink.flush()
     sink_s = time.monotonic() - t0
     load = os.getloadavg()[0]
+    extra: list[dict[str, Any]] = []
+    if ch_pid is not None and ch1 > ch0:
+        total_cpu_us = ((cpu1 - cpu0) + (ch1 - ch0)) / n * 1e6
+        extra = [
+            {"name": "writer_plus_clickhouse_cpu_us_per_row", "value": round(total_cpu_us, 2),
+             "unit": "us/row",
+             "clickhouse_us_per_row": round((ch1 - ch0) / n * 1e6, 2),
+             "note": "CPU of the writer and of the ClickHouse server per row: 2 idle cores give at most "
+                     "2e6 / value rows/s"},
+        ]  # fmt: skip
     return [
+        *extra,
         {"name": "writer_rows_per_s", "value": round(writer_rate), "unit": "rows/s", "goal": ">= 100000",
          "rows": n, "batch_size": 50_000, "loadavg_1m": round(load, 1)},
         {"name": "writer_rows_per_cpu_s", "value": round(n / max(1e-9, cpu1 - cpu0)), "unit": "rows/cpu-s",
@@ -237,8 +259,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             stack = Stack(Path(tmp) / "stack", external=external, die_with_parent=True, health_timeout_s=60)
             addresses = stack.up().addresses
             bootstrap, ch_url = addresses["kafka"], addresses["clickhouse"]
+        ch_pid = None
+        if stack is not None:
+            ch_pid = next((p.pid for p in stack.status() if p.name == "clickhouse"), None)
         try:
-            results = _throughput(bootstrap, ch_url, 100_000 if quick else 300_000)
+            results = _throughput(bootstrap, ch_url, 100_000 if quick else 300_000, ch_pid)
             results += _lag(bootstrap, ch_url, rate=1000 if quick else 2000, seconds=5 if quick else 10)
             if not quick:
                 results += _lag(bootstrap, ch_url, rate=2000, seconds=8, batch_ms=200)
