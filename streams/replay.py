@@ -23,6 +23,8 @@ How it reads
   window state only. ``--warmup auto`` is the spec's longest window
   (``FeatureSpec.max_window_ms()``). Features without a window (all-time counts) can
   only be exact if the warm-up covers the whole history.
+* ``in_list`` rules read the named lists through the live provider (Redis) as they are
+  *now*, not as they were at event time: a list changed since then changes those hits.
 
 Order (and the one case where replay and live can differ)
 ---------------------------------------------------------

@@ -622,6 +622,28 @@ def test_bad_input_gets_a_clear_message_not_a_stack_trace(
         assert "no_such_feature" in done.stderr
 
 
+HIT_FIELDS = {
+    "hit_id", "event_id", "event_type", "event_ts", "entity", "key", "rule_id", "label", "score", "mode",
+    "counted", "suppressed", "rollout_excluded", "features", "decision", "ruleset_version", "source_topic",
+    "source_partition", "source_offset", "run_id",
+}  # fmt: skip
+
+
+def test_jsonl_to_stdout_is_one_hits_record_per_line(stack: Any, rsettings: Settings, names: Any) -> None:
+    events = scenario(seed=31, users=80, rate=40, duration_s=30)
+    produce(rsettings, names.raw_topic, events, partitions=2)
+    t1, t2 = str(events[0]["ts"]), str(events[-1]["ts"] + 1)
+    done = cli(
+        stack, rsettings, "--from", t1, "--to", t2, "--rules", str(RULES), "--out", "jsonl", "--run-id", "j1"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines and "hits per rule" in done.stderr  # the summary goes to stderr, only hits to stdout
+    records = [orjson.loads(line) for line in lines]
+    assert all(HIT_FIELDS <= set(r) and r["run_id"] == "j1" for r in records)
+    assert len({r["hit_id"] for r in records}) == len(records)
+
+
 def test_help_explains_the_options(stack: Any, rsettings: Settings) -> None:
     done = cli(stack, rsettings, "--help")
     assert done.returncode == 0
