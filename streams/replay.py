@@ -1126,6 +1126,7 @@ class Replay:
                         if kts is not None and kts >= stop_ms:
                             merge.finish(tp)
                             consumer.pause([TopicPartition(*tp)])
+                            self._check_stop_message(decoder, m, kts, to_ms, skew_ms)
                             continue
                         raw = m.value()
                         try:
@@ -1192,6 +1193,9 @@ class Replay:
                         if stats.min_ts_ms is not None
                         else f"no event at all was found around that range ({stats.messages} messages read)"
                     )
+                    stamps = [w for w in self.warnings if "does not stamp" in w]
+                    if stamps:
+                        seen += f". {stamps[0]}"
                     save(True)
                     raise ReplayError(
                         f"no data: no event with event time in [{format_ms(from_ms)}, {format_ms(to_ms)}) on "
@@ -1244,6 +1248,24 @@ class Replay:
                 params["topics"],
             )
         return _NoOutput()
+
+    def _check_stop_message(
+        self, decoder: Any, message: Any, kafka_ts: int, to_ms: int, skew_ms: int
+    ) -> None:
+        """A partition ends at the first message stamped ``>= T2 + skew``; if that message's
+        own event time is still inside the range, the producer's timestamps do not follow
+        event time and later in-range events may be missed: say so."""
+        try:
+            event_ts = int(decoder.decode(message.value())["ts"])
+        except Exception:  # a malformed message: no event time to compare
+            return
+        if event_ts < to_ms:
+            self._warn(
+                f"{message.topic()}[{message.partition()}] offset {message.offset()}: Kafka timestamp "
+                f"{format_ms(kafka_ts)} but event time {format_ms(event_ts)} (inside the range): this "
+                "producer does not stamp messages with the event time, so the replay may stop reading "
+                f"too early. Raise BYPASS_REPLAY_SKEW_MS (now {format_duration(skew_ms)}) above the gap"
+            )
 
     def _check_retention(self, tp: TP, select_from: int, earliest_ms: int) -> None:
         gap = retention_gap_ms(select_from, earliest_ms)

@@ -622,6 +622,24 @@ def test_bad_input_gets_a_clear_message_not_a_stack_trace(
         assert "no_such_feature" in done.stderr
 
 
+def test_a_producer_without_event_time_stamps_is_detected(rsettings: Settings, names: Any) -> None:
+    """Another client produced history with wall-clock Kafka timestamps: replay stops at the
+    first message stamped after T2 + skew and says why instead of silently missing events."""
+    events = scenario(seed=37, users=60, rate=40, duration_s=30)
+    kafka.ensure_topics(rsettings, [names.raw_topic], partitions=1)
+    producer = kafka.producer(rsettings)
+    for event in events:  # no timestamp= : the client stamps the wall clock
+        producer.produce(names.raw_topic, orjson.dumps(event), key=event["user_id"].encode())
+    producer.flush(30)
+    t1, t2 = events[0]["ts"], events[-1]["ts"] + 1
+    with pytest.raises(ReplayError, match="does not stamp messages with the event time"):
+        run_replay(rsettings, from_ms=t1, to_ms=t2, rules_file=RULES)
+    wide = rsettings.model_copy(update={"replay_skew_ms": 3650 * DAY_MS})
+    full = run_replay(wide, from_ms=t1, to_ms=t2, rules_file=RULES)
+    assert full.stats.in_range_events == len(events)
+    assert not [w for w in full.warnings if "does not stamp" in w]
+
+
 HIT_FIELDS = {
     "hit_id", "event_id", "event_type", "event_ts", "entity", "key", "rule_id", "label", "score", "mode",
     "counted", "suppressed", "rollout_excluded", "features", "decision", "ruleset_version", "source_topic",
