@@ -600,7 +600,12 @@ class _JsonlOutput:
 
 class _ClickHouseOutput:
     """Hits into ``risk_hits`` through the live writer's ``ClickHouseSink`` (same rows, same
-    dedup-token mechanism; tokens namespaced by run id and rule-set version)."""
+    dedup-token mechanism; tokens namespaced by run id, rule-set version and content hash).
+
+    The sink's token is the table plus the (pseudo-topic, partition, min-max offset) ranges
+    of a batch. Batches here always end on chunk boundaries and all hits of one event are
+    in one chunk, so two batches of one namespace have the same ranges only when they hold
+    the same hits: a retried or re-run batch is dropped, never a different one."""
 
     def __init__(
         self,
@@ -613,6 +618,8 @@ class _ClickHouseOutput:
     ) -> None:
         from sinks.clickhouse import ClickHouseSink
 
+        # the token namespace: run id + what decides the hits (rule-set version, its text and
+        # the spec), so a re-run with other rules or features is never taken for a retry
         self._prefix = f"replay|{run_id}|{ruleset_version}|"
         self._sink = ClickHouseSink(client, database, {self._prefix + t: "hits" for t in topics})
         self._flush_rows = flush_rows
@@ -1243,7 +1250,7 @@ class Replay:
                 client,
                 self.settings.clickhouse_database,
                 run_id,
-                str(params["ruleset_version"]),
+                f"{params['ruleset_version']}|{_sha(str(params['rules_text']) + str(params['spec_sha']))}",
                 int(getattr(self.settings, "sink_batch_size", 50_000)),
                 params["topics"],
             )
