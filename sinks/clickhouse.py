@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -328,11 +329,37 @@ def dedup_token(table: str, ranges: OffsetRanges) -> str:
     return f"bypass-{table}-{digest}"
 
 
+# ClickHouse error codes that are a property of the inserted data, not of the server's state:
+# CANNOT_PARSE_TEXT 6, CANNOT_PARSE_QUOTED_STRING 26, CANNOT_PARSE_INPUT_ASSERTION_FAILED 27,
+# CANNOT_PARSE_DATE 38, CANNOT_PARSE_DATETIME 41, TYPE_MISMATCH 53, ARGUMENT_OUT_OF_BOUND 69,
+# CANNOT_CONVERT_TYPE 70, CANNOT_PARSE_NUMBER 72, INCORRECT_DATA 117, TOO_LARGE_STRING_SIZE 131,
+# VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE 321, VIOLATED_CONSTRAINT 469
+DATA_ERROR_CODES = frozenset({6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321, 469})
+
+_CODE = re.compile(r"Code: (\d+)\.")
+
+
+def clickhouse_error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code of a failed call (None for network errors and the like)."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and code > 0:
+        return code
+    match = _CODE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    match = re.search(r"DB::Exception: (.*?)(?: \(version |$)", text, re.S)
+    return (match.group(1) if match else text).strip().splitlines()[0] if text else type(exc).__name__
+
+
 @dataclass
 class _TableBatch:
     table: str
     columns: tuple[str, ...]
     rows: list[bytes] = field(default_factory=list)  # JSONEachRow lines
+    records: list[SourceRecord] = field(default_factory=list)  # the source of each line
     ranges: OffsetRanges = field(default_factory=OffsetRanges)
 
 
@@ -393,6 +420,7 @@ class ClickHouseSink:
         self._topics = dict(topics)
         self._retry_after = retry_after
         self._batches: dict[str, _TableBatch] = {}
+        self.rejected: list[tuple[SourceRecord, str]] = []
         self.inserted_rows = 0
         self.inserts = 0
 
@@ -414,6 +442,7 @@ class ClickHouseSink:
         row = hit_row(obj) if kind == "hits" else blacklist_row(obj, record)
         batch = self._batch(kind)
         batch.rows.append(orjson.dumps(row))
+        batch.records.append(record)
         batch.ranges.add(record.topic, record.partition, record.offset)
 
     def pending(self) -> int:
@@ -427,26 +456,55 @@ class ClickHouseSink:
         taken, self._batches = self._batches, {}
         return taken
 
+    def _insert(self, table: str, columns: tuple[str, ...], rows: list[bytes], token: str) -> None:
+        self._client.raw_insert(
+            table,
+            list(columns),
+            insert_block=b"\n".join(rows),
+            fmt="JSONEachRow",
+            settings={
+                "insert_deduplication_token": token,
+                "async_insert": 0,
+                "input_format_skip_unknown_fields": 0,
+            },
+        )
+
+    def _insert_isolating(self, batch: _TableBatch, lo: int, hi: int, token: str) -> int:
+        """Insert rows [lo, hi); when ClickHouse rejects their data, split in halves (sub-tokens
+        derived from ``token``, so a retry splits the same way) until each rejected row stands
+        alone, and hand those to ``rejected`` for the DLQ. Returns the rows written."""
+        try:
+            self._insert(batch.table, batch.columns, batch.rows[lo:hi], token)
+            self.inserts += 1
+            return hi - lo
+        except Exception as exc:
+            code = clickhouse_error_code(exc)
+            if code not in DATA_ERROR_CODES:
+                raise
+            if hi - lo == 1:
+                reason = f"rejected by ClickHouse (code {code}): {_first_line(exc)}"
+                self.rejected.append((batch.records[lo], reason[:500]))
+                log.warning("%s: row from %s rejected: %s", batch.table, batch.records[lo][:3], reason[:300])
+                return 0
+        mid = (lo + hi) // 2
+        return self._insert_isolating(batch, lo, mid, f"{token}/a") + self._insert_isolating(
+            batch, mid, hi, f"{token}/b"
+        )
+
     def write(self, batches: dict[str, _TableBatch]) -> int:
         """Insert ``batches`` (from ``take``), removing each table batch once ClickHouse accepted
-        it; raise SinkBackpressureError keeping the rest. Returns the rows written."""
+        it; raise SinkBackpressureError keeping the rest. Returns the rows written.
+
+        Rows ClickHouse refuses for their data (a constraint, a value it cannot parse) are
+        isolated by bisection and listed in ``rejected`` (record, reason) for the DLQ, so one
+        bad row never blocks the writer; any other failure is backpressure."""
         written = 0
         for kind in list(batches):
             batch = batches[kind]
             if batch.rows:
                 token = dedup_token(batch.table, batch.ranges)
                 try:
-                    self._client.raw_insert(
-                        batch.table,
-                        list(batch.columns),
-                        insert_block=b"\n".join(batch.rows),
-                        fmt="JSONEachRow",
-                        settings={
-                            "insert_deduplication_token": token,
-                            "async_insert": 0,
-                            "input_format_skip_unknown_fields": 0,
-                        },
-                    )
+                    written += self._insert_isolating(batch, 0, len(batch.rows), token)
                 except Exception as exc:
                     raise SinkBackpressureError(
                         f"ClickHouse insert into {batch.table} failed ({type(exc).__name__}: "
@@ -455,11 +513,14 @@ class ClickHouseSink:
                         table=batch.table,
                         rows=len(batch.rows),
                     ) from exc
-                written += len(batch.rows)
-                self.inserts += 1
             del batches[kind]
         self.inserted_rows += written
         return written
+
+    def take_rejected(self) -> list[tuple[SourceRecord, str]]:
+        """The rows ClickHouse refused since the last call: (record, reason)."""
+        out, self.rejected = self.rejected, []
+        return out
 
     def flush(self) -> int:
         """Insert every buffered table batch; raise SinkBackpressureError (keeping what

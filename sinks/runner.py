@@ -185,6 +185,16 @@ class SinkRunner:
                     f"dead letters not delivered to {self.dlq_topic}: {errors or 'timeout'}", retry_after=1.0
                 )
         written = self.sink.flush() if write is None else write()
+        take_rejected = getattr(self.sink, "take_rejected", None)
+        rejected = take_rejected() if take_rejected is not None else []
+        if rejected:  # rows the target refused for their data: dead-letter them before the commit
+            for record, reason in rejected:
+                self.dead_letter(record, reason, None)
+            if self.dlq_producer.flush(10) or self._dlq_errors:
+                errors, self._dlq_errors = self._dlq_errors, []
+                raise SinkBackpressureError(
+                    f"dead letters not delivered to {self.dlq_topic}: {errors or 'timeout'}", retry_after=1.0
+                )
         self.stats.flushes += 1
         self.stats.written += written
         if self.crash_after_flushes is not None and self.stats.flushes >= self.crash_after_flushes:

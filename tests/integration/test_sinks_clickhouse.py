@@ -205,3 +205,26 @@ def test_writer_refuses_a_database_without_the_schema(settings: Settings) -> Non
     result = bypass(sink_settings(settings), "sink", "clickhouse", timeout=60)
     assert result.returncode == 1
     assert "has no bypass schema: run `bypass clickhouse migrate`" in result.stderr
+
+
+def test_row_refused_by_clickhouse_is_isolated_and_dead_lettered(ch_settings: Settings) -> None:
+    client = _client(ch_settings)
+    db = ch_settings.clickhouse_database
+    # a rule the Python checks do not know: only ClickHouse refuses the row
+    client.command(f"ALTER TABLE {db}.risk_hits ADD CONSTRAINT score_sane CHECK score < 1000")
+    hits = [sample_hit(i) for i in range(40)]
+    hits[17]["score"] = 5000.0
+    produce(ch_settings, ch_settings.hits_topic, hits)
+    running = start_in_thread(_runner(ch_settings))
+    try:
+        wait_for(lambda: _count(client, f"SELECT count() FROM {db}.risk_hits FINAL"), 39)
+        wait_for(lambda: running.runner.stats.dead_lettered, 1)
+        wait_for(lambda: running.runner.stats.commits > 0, True, timeout=30)
+    finally:
+        running.close()
+    assert hits[17]["hit_id"] not in _final_ids(client, db)
+    dead = read_all(ch_settings, ch_settings.dlq_topic)
+    assert len(dead) == 1
+    headers = dict(dead[0].headers())
+    assert headers[H_REASON].decode().startswith("rejected by ClickHouse (code 469)")
+    assert b'"score":5000.0' in dead[0].value()
