@@ -158,3 +158,16 @@ def test_fast_path_never_accepts_what_the_checked_path_rejects(change: dict[str,
     assert _hit_row_fast(hit) is None
     with pytest.raises(RecordError):
         hit_row(hit)
+
+
+def test_clickhouse_error_code_and_message_are_read_from_the_server_text() -> None:
+    from sinks.clickhouse import DATA_ERROR_CODES, _first_line, clickhouse_error_code
+
+    exc = RuntimeError(
+        "Received ClickHouse exception, code: 469, server response: Code: 469. DB::Exception: "
+        "Constraint `score_sane` for table db.risk_hits (...) is violated at row 1. (VIOLATED_CONSTRAINT) "
+        "(version 26.9.2.1) (for url http://127.0.0.1:1)"
+    )
+    assert clickhouse_error_code(exc) == 469 and 469 in DATA_ERROR_CODES
+    assert _first_line(exc).startswith("Constraint `score_sane` for table db.risk_hits")
+    assert clickhouse_error_code(ConnectionRefusedError("refused")) is None
