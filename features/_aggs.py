@@ -705,7 +705,7 @@ class Last(Logic):
 
 
 class _DistinctState(State):
-    __slots__ = ("occ", "old", "win")
+    __slots__ = ("occ", "oh", "old", "win")
 
     def __init__(self) -> None:
         super().__init__()
@@ -714,7 +714,8 @@ class _DistinctState(State):
         # values in the running window -> newest occurrence, ordered by it
         self.win: OrderedDict[Any, int] = OrderedDict()
         # (newest occurrence, value) of retained values that left the window, oldest first
-        self.old: deque[tuple[int, Any]] = deque()
+        self.old: list[tuple[int, Any]] = []  # a queue: [oh:] are live
+        self.oh = 0
 
 
 class Distinct(Logic):
@@ -792,13 +793,20 @@ class Distinct(Logic):
                     break
                 del win[k0]
                 old.append((lt, k0))
-            if old and old[0][0] <= cut - L:
+            oh = st.oh
+            if oh < len(old) and old[oh][0] <= cut - L:
                 rc = cut - L
-                while old and old[0][0] <= rc:
-                    lt, k0 = old.popleft()
+                n = len(old)
+                while oh < n and old[oh][0] <= rc:
+                    lt, k0 = old[oh]
+                    oh += 1
                     lst = occ.get(k0)
                     if lst is not None and lst[-1] <= rc:
                         del occ[k0]
+                if oh > 16 and 2 * oh > n:
+                    del old[:oh]
+                    oh = 0
+                st.oh = oh
             st.until = win[next(iter(win))] + w_ms if win else _POS
         st.val = len(win)
         return st.val
@@ -807,8 +815,9 @@ class Distinct(Logic):
         """Drop the least recently seen values (never ``keep``) until at most ``cap`` remain."""
         occ = st.occ
         while len(occ) > self.cap:
-            if st.old:
-                _, k0 = st.old.popleft()
+            if st.oh < len(st.old):
+                _, k0 = st.old[st.oh]
+                st.oh += 1
                 if k0 in occ and k0 not in st.win:
                     del occ[k0]
                 continue
@@ -822,12 +831,14 @@ class Distinct(Logic):
         items = sorted(((lst[-1], k) for k, lst in st.occ.items()), key=lambda x: x[0])
         if self.window is None:
             st.win = OrderedDict((k, lt) for lt, k in items)
-            st.old = deque()
+            st.old = []
+            st.oh = 0
             return
         cut = tmax - self.window
         rc = cut - self.lateness
         st.win = OrderedDict((k, lt) for lt, k in items if lt > cut)
-        st.old = deque((lt, k) for lt, k in items if rc < lt <= cut)
+        st.old = [(lt, k) for lt, k in items if rc < lt <= cut]
+        st.oh = 0
         for lt, k in items:
             if lt <= rc:
                 del st.occ[k]

@@ -8,7 +8,6 @@ one entity key is an ``EntityState`` holding plain data, snapshotted by ``dumps`
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,14 +52,15 @@ class EntityState:
     order); ``feats``: one state object per feature.
     """
 
-    __slots__ = ("dedup", "dedup_order", "entity", "feats", "late_rejected", "tmax")
+    __slots__ = ("dedup", "dedup_head", "dedup_order", "entity", "feats", "late_rejected", "tmax")
 
     def __init__(self, entity: str, feats: list[Any]) -> None:
         self.entity = entity
         self.tmax = _NEG
         self.late_rejected = 0
         self.dedup: dict[str, list[Any]] = {}
-        self.dedup_order: deque[tuple[int, str]] = deque()
+        self.dedup_order: list[tuple[int, str]] = []  # a queue: [dedup_head:] are live
+        self.dedup_head = 0
         self.feats = feats
 
     @property
@@ -241,9 +241,16 @@ class FeatureEngine:
         order = state.dedup_order
         order.append((t, eid))
         horizon = tmax - self.dedup_horizon_ms  # ids of events at or after it are kept
-        if order[0][0] < horizon or len(order) > self.cap:
-            while order and (order[0][0] < horizon or len(order) > self.cap):
-                dedup.pop(order.popleft()[1], None)
+        dh = state.dedup_head
+        if order[dh][0] < horizon or len(order) - dh > self.cap:
+            n = len(order)
+            while dh < n and (order[dh][0] < horizon or n - dh > self.cap):
+                dedup.pop(order[dh][1], None)
+                dh += 1
+            if dh > 16 and 2 * dh > n:
+                del order[:dh]
+                dh = 0
+            state.dedup_head = dh
         return ApplyResult(dict(zip(plan.names, vals, strict=False)), APPLIED)
 
     def evictable(self, state: EntityState, now_ms: int) -> bool:
@@ -268,7 +275,7 @@ class FeatureEngine:
         if tmax == _NEG:
             return orjson.dumps([_FORMAT, None, state.late_rejected])
         dedup: list[Any] = []
-        for t, eid in state.dedup_order:
+        for t, eid in state.dedup_order[state.dedup_head :]:
             dedup.append(eid)
             dedup.append(tmax - t)
             dedup.append(state.dedup[eid])
