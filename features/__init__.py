@@ -1,13 +1,44 @@
-"""Windowed per-entity CEP state: pure, deterministic, no I/O.
+"""Windowed per-entity CEP state: pure, deterministic, no I/O (stdlib + orjson).
 
     spec = load_spec("examples/features.yaml")        # or FeatureSpec.from_dict(mapping)
-    engine = FeatureEngine(spec, cap=10_000, allowed_lateness_ms=3_600_000)
-    state = engine.new_state("user")
-    result = engine.apply("user", state, event)      # .features, .status, .reason
-    blob = engine.dumps(state); state = engine.loads("user", blob)
+    engine = FeatureEngine(spec, cap=10_000, allowed_lateness_ms=3_600_000,
+                           dedup_horizon_ms=86_400_000)
+    for entity, key in spec.entity_keys(event):       # every entity whose key field it carries
+        state = states.get((entity, key)) or engine.new_state(entity)
+        result = engine.apply(entity, state, event)   # .features .status .reason
+    blob = engine.dumps(state); state = engine.loads(entity, blob)
 
-State size: see ``bench/bench_features.py``; a typical user (about 100 events in 30 days
-over the example spec) snapshots to BYTES_PER_USER.
+Layout (config -> build -> logic -> snapshot): ``FeatureSpec``/``Feature`` are frozen,
+validated spec objects (``_spec``); ``FeatureEngine`` builds one private logic object per
+feature (``_aggs``: one class per aggregation, each docstring giving its exact semantics
+and its error bound above the cap) and compiles each ``where`` once; an ``EntityState``
+holds plain data only. Spec loading: ``FeatureSpec.from_dict`` is pure; ``load_spec`` is
+the one edge helper that also reads a path or YAML text (PyYAML imported lazily, inside
+it only).
+
+Semantics (issue 3): windows are ``(t - W, t]`` in event time; an event contributes to
+every entity kind whose key field it carries; a late event (older than the key's newest)
+within the allowed lateness is applied and its features computed as of its own time over
+what was applied so far, an older one is rejected (``status == "late_rejected"``,
+``reason`` says why, ``EntityState.late_rejected`` counts them); an ``event_id`` already
+applied to the key within the dedup horizon is a no-op returning the values of its first
+application (``status == "duplicate"``), even after later events or a snapshot/restore.
+
+Bounded memory: below ``cap`` entries per (key, feature) results are exact; above it
+each aggregation degrades as its docstring says (time buckets for count/sum/min/max,
+the ``cap`` most recent values for distinct, the most recent points for geo_spread and
+max_speed); the remembered event ids are capped too. ``engine.evictable(state, now_ms)``
+says when a key holds nothing that can still matter (nothing inside its longest window,
+the dedup horizon or the lateness); keys of an entity with a whole-history feature (no
+window) are never evictable once they saw an event.
+
+State size: snapshots are orjson lists with delta-encoded integer times; a feature's
+state is stored under its ``state_key`` (a hash of its name and parameters), so an
+edited feature starts empty instead of misreading old state. A typical user of the
+example spec (about 100 events in 30 days: logins with geo, views, orders, phone
+changes, contract signs) snapshots to about 1.1 KB (mean 1,088 B, p90 1,444 B, max
+2,247 B over 2,000 synthetic users; ``bench/bench_features.py``), of which about 330 B
+are the remembered event ids of the last 24 h with their first-application values.
 """
 
 from features._engine import APPLIED, DUPLICATE, LATE_REJECTED, ApplyResult, EntityState, FeatureEngine
