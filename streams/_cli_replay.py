@@ -55,8 +55,8 @@ Where the hits go (--out):
               the same replay twice adds no rows. Each hit carries the run id
               (--run-id, default replay-<time>-<random>); its hit id equals the
               live hit's id. Use --run-id live to backfill a gap in the live
-              labels after an outage. (Blacklist entries are counted in the
-              summary, not written.)
+              labels after an outage; only such a live backfill also writes
+              the blacklist entries (to risk_blacklist).
 
 --compare prints, per rule, the live hits already in ClickHouse for the range
 (run id 'live'), the replayed hits, and how many were added and removed
@@ -213,7 +213,11 @@ def print_summary(console: Any, summary: ReplaySummary) -> None:
         ("duplicates / late", f"{s.duplicates:,} / {s.late_rejected:,}"),
         ("rule errors", f"{s.rule_errors:,}"),
         ("hits", f"{s.hits:,}"),
-        ("blacklist entries", f"{s.blacklist:,} (counted, not written)"),
+        (
+            "blacklist entries",
+            f"{s.blacklist:,}"
+            + (" (written to risk_blacklist)" if summary.blacklist_written else " (counted only)"),
+        ),
         ("output", f"{summary.out}: {summary.out_target}"),
         ("time", f"{s.elapsed_s:,.1f} s ({rate:,.0f} messages/s)"),
     ]

@@ -71,8 +71,14 @@ rule-set version). ``risk_hits`` is a ReplacingMergeTree whose sort key ends in
 as live produces the same rows; with ``risk_hits`` keyed by ``hit_id`` alone the newest
 insert wins, i.e. the replayed copy (identical but for ``run_id``) replaces the live one.
 That is what a backfill after an outage wants (use ``--run-id live`` so the filled rows
-read as live). ``--compare`` therefore reads the live side *before* writing anything,
+read as live); for any other run id replay warns first, with the number of live rows it
+would relabel. ``--compare`` therefore reads the live side *before* writing anything,
 and compares by (rule id, event id), which is stable across rule-set versions.
+
+Only a live backfill also writes the blacklist entries to ``risk_blacklist`` (same
+writer; that table has no run id, so a backtest must not add entries that were never in
+effect); other runs count them in the summary. Nothing is produced to the Kafka topics
+(``bypass.hits``, ``bypass.blacklist``), so the Redis mirror is not fed by a replay.
 
 Checkpoints
 -----------
@@ -520,6 +526,7 @@ class ReplaySummary:
     checkpoint: Path | None = None
     warnings: list[str] = field(default_factory=list)
     compare: list[CompareRow] | None = None
+    blacklist_written: bool = False
 
 
 def compare_hits(live: dict[str, set[str]], replayed: dict[str, set[str]]) -> list[CompareRow]:
@@ -537,6 +544,10 @@ def compare_hits(live: dict[str, set[str]], replayed: dict[str, set[str]]) -> li
 
 class _NoOutput:
     target = "nothing written"
+    wants_blacklist = False
+
+    def write_blacklist(self, entries: list[tuple[dict[str, Any], str, int, int]]) -> None:
+        pass
 
     def write(self, hits: list[dict[str, Any]]) -> None:
         pass
@@ -576,6 +587,11 @@ class _JsonlOutput:
             self._fh = stream
             self.target = "stdout"
         self._buf: list[bytes] = []
+
+    wants_blacklist = False
+
+    def write_blacklist(self, entries: list[tuple[dict[str, Any], str, int, int]]) -> None:
+        pass
 
     def write(self, hits: list[dict[str, Any]]) -> None:
         dumps = orjson.dumps
@@ -621,7 +637,14 @@ class _ClickHouseOutput:
         # the token namespace: run id + what decides the hits (rule-set version, its text and
         # the spec), so a re-run with other rules or features is never taken for a retry
         self._prefix = f"replay|{run_id}|{ruleset_version}|"
-        self._sink = ClickHouseSink(client, database, {self._prefix + t: "hits" for t in topics})
+        self._bl_prefix = f"replay-blacklist|{run_id}|{ruleset_version}|"
+        topics = list(topics)
+        kinds = {self._prefix + t: "hits" for t in topics}
+        # risk_blacklist has no run id: only a backfill of the live labels may write there
+        self.wants_blacklist = run_id == LIVE_RUN_ID
+        if self.wants_blacklist:
+            kinds.update({self._bl_prefix + t: "blacklist" for t in topics})
+        self._sink = ClickHouseSink(client, database, kinds)
         self._flush_rows = flush_rows
         self.target = f"ClickHouse {database}.risk_hits"
 
@@ -641,6 +664,17 @@ class _ClickHouseOutput:
                 ) from exc
         if self._sink.pending() >= self._flush_rows:
             self.flush()
+
+    def write_blacklist(self, entries: list[tuple[dict[str, Any], str, int, int]]) -> None:
+        """Blacklist records with their source event's coordinates (``--run-id live`` only)."""
+        from sinks.base import RecordError, SourceRecord
+
+        for entry, topic, partition, offset in entries:
+            record = SourceRecord(self._bl_prefix + topic, partition, offset, None, orjson.dumps(entry))
+            try:
+                self._sink.add(record)
+            except RecordError as exc:
+                raise ReplayError(f"a blacklist entry does not fit risk_blacklist: {exc.message}") from exc
 
     def flush(self) -> None:
         from sinks.base import SinkBackpressureError
@@ -1030,6 +1064,8 @@ class Replay:
             def process(chunk: list[Record]) -> None:
                 nonlocal max_applied_ts
                 by_entity: dict[str, dict[str, list[Any]]] = {}
+                want_coords = output.wants_blacklist
+                coords: dict[str, tuple[str, int, int]] = {}
                 for rec in chunk:
                     stats.messages += 1
                     event = rec.event
@@ -1054,10 +1090,13 @@ class Replay:
                     if ts > max_applied_ts:
                         max_applied_ts = ts
                     source = SourceEvent(event, rec.sort_key[1], rec.partition, rec.offset, rec.timestamp_ms)
+                    if want_coords:
+                        coords[event["event_id"]] = (rec.sort_key[1], rec.partition, rec.offset)
                     for entity, raw_key in spec.entity_keys(event):
                         by_entity.setdefault(entity, {}).setdefault(str(raw_key), []).append(source)
                 stats.max_ts_ms = max_applied_ts or None
                 hits_out: list[dict[str, Any]] = []
+                blacklist_out: list[tuple[dict[str, Any], str, int, int]] = []
                 for entity, keyed in by_entity.items():
                     batches = [KeyBatch(key, states.get((entity, key)), evs) for key, evs in keyed.items()]
                     for result in processor.process_many(entity, batches):
@@ -1072,6 +1111,9 @@ class Replay:
                         for entry in result.blacklist:
                             if from_ms <= entry["event_ts"] < to_ms:
                                 stats.blacklist += 1
+                                if output.wants_blacklist:
+                                    topic, partition, offset = coords[entry["event_id"]]
+                                    blacklist_out.append((entry, topic, partition, offset))
                 for hit in hits_out:
                     rule = hit["rule_id"]
                     stats.hits_by_rule[rule] = stats.hits_by_rule.get(rule, 0) + 1
@@ -1080,6 +1122,8 @@ class Replay:
                 stats.hits += len(hits_out)
                 if hits_out:
                     output.write(hits_out)
+                if blacklist_out:
+                    output.write_blacklist(blacklist_out)
                 for rec in chunk:
                     tp = (rec.sort_key[1], rec.partition)
                     positions[tp] = rec.offset + 1
@@ -1232,6 +1276,7 @@ class Replay:
             checkpoint=ckpt_path,
             warnings=list(self.warnings),
             compare=compare_hits(live, replayed) if live is not None and not interrupted else None,
+            blacklist_written=bool(output.wants_blacklist),
         )
 
     def _open_output(self, params: dict[str, Any], checkpoint: Checkpoint | None, run_id: str) -> Any:

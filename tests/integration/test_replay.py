@@ -398,9 +398,16 @@ def test_replaying_twice_into_clickhouse_adds_no_rows(rsettings: Settings, names
     ).result_rows
     assert runs == [("bf-1",)]
 
-    # a backfill as live (--run-id live) takes the rows over, still without new rows ...
-    run_replay(rsettings, from_ms=t1, to_ms=t2, rules_file=RULES, out="clickhouse", run_id="live")
-    assert client.query(sql.format(db=db)).result_rows[0] == rows
+    blacklisted = "SELECT count() FROM {db}.risk_blacklist FINAL"
+    assert client.query(blacklisted.format(db=db)).result_rows[0][0] == 0  # a replay run id writes none
+
+    # a backfill as live (--run-id live) takes the rows over, still without new rows, and
+    # fills risk_blacklist too (idempotently)
+    for _ in range(2):
+        live = run_replay(rsettings, from_ms=t1, to_ms=t2, rules_file=RULES, out="clickhouse", run_id="live")
+        assert client.query(sql.format(db=db)).result_rows[0] == rows
+        assert live.blacklist_written and live.stats.blacklist > 0
+        assert client.query(blacklisted.format(db=db)).result_rows[0][0] == live.stats.blacklist
     # ... and a later replay of the same version says that it would relabel the live rows
     relabel = run_replay(rsettings, from_ms=t1, to_ms=t2, rules_file=RULES, out="clickhouse", run_id="bf-2")
     assert any(f"{first.stats.hits:,} live hits" in w and "--run-id live" in w for w in relabel.warnings)
