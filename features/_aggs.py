@@ -237,6 +237,7 @@ class Additive(Logic):
                     st.nf += 1
                 if len(ts) - st.h > self.cap:
                     self._degrade(st, tmax)
+                    ts = st.ts  # rebuilt
         w_ms = self.window
         if w_ms is not None:
             cut = t - w_ms

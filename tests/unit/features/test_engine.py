@@ -20,6 +20,7 @@ from features import (
     StateError,
 )
 from tests.unit.features.oracle import Oracle
+from tests.unit.features.test_engine_oracle import make_spec, streams
 
 T0 = 1_700_000_000_000
 H = 3_600_000
@@ -233,3 +234,26 @@ def test_geo_spread_above_cap_is_a_lower_bound_over_the_latest_points() -> None:
     assert v > 8000  # far point still among the 8 latest
     v = engine.apply("user", s, ev(8, T0 + 8, geo=near)).features["g"]
     assert v == 0.0  # far point dropped: the spread of the 8 latest points (all `near`)
+
+
+@settings(max_examples=80, deadline=None)
+@given(streams())
+def test_degraded_state_with_late_events_and_restores_stays_consistent(case: dict[str, Any]) -> None:
+    # regression: a count degrading in the middle of apply read its old time list against
+    # the rebuilt value list (IndexError). With a tiny cap, late events, redeliveries and
+    # restores, every feature must keep working and stay within its cap.
+    spec = make_spec(case["w_s"])
+    engine = FeatureEngine(spec, cap=8, allowed_lateness_ms=case["lateness"], dedup_horizon_ms=10**9)
+    states: dict[tuple[str, str], Any] = {}
+    for i, e in enumerate(case["events"] * 3):
+        e = dict(e, event_id=f"{e['event_id']}-{i // len(case['events'])}", ts=e["ts"] + 50 * i)
+        for ent, key in spec.entity_keys(e):
+            s = states.setdefault((ent, key), engine.new_state(ent))
+            out = engine.apply(ent, s, e)
+            assert out.status in (APPLIED, DUPLICATE, LATE_REJECTED)
+        if i in case["restore"]:
+            states = {k: engine.loads(k[0], engine.dumps(s)) for k, s in states.items()}
+    for s in states.values():
+        for fs in s.feats:
+            if hasattr(fs, "ts"):
+                assert len(fs.ts) - fs.h <= 8 + 2
