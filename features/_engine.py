@@ -99,20 +99,24 @@ class _Plan:
         index: dict[Any, int] = {}
         mi: list[int] = []
         for f in feats:
-            if not f.where:
+            where = f.where
+            if f.agg == "sequence" and all(p != "type" for p, _ in where):
+                # only events of a step type can change a sequence: skip the others
+                where = tuple(sorted((*where, ("type", tuple(sorted(set(f.steps)))))))
+            if not where:
                 mi.append(-1)
                 continue
-            if f.where not in index:
-                m = make_matcher(dict(f.where))
+            if where not in index:
+                m = make_matcher(dict(where))
                 assert m is not None  # noqa: S101 - non-empty where
-                index[f.where] = len(matchers)
+                index[where] = len(matchers)
                 matchers.append(m)
-            mi.append(index[f.where])
+            mi.append(index[where])
         self.matchers = tuple(matchers)
         self.mi = tuple(mi)
         # when every `where` tests only the event type, the match vector depends on the
         # type alone: compute it once per type and reuse it
-        self.type_only = all(p == "type" for f in feats for p, _ in f.where)
+        self.type_only = all(p == "type" for w in index for p, _ in w)
         self.type_cache: dict[str, list[bool]] = {}
         spans = [s for f in feats if (s := f.span_ms()) is not None]
         self.span = max(spans, default=0)
