@@ -1019,7 +1019,7 @@ def speed_kmh(t1: int, p1: tuple[float, float], t2: int, p2: tuple[float, float]
 
 
 class _SpeedState(State):
-    __slots__ = ("base", "dq", "h", "ordered", "pts", "ts")
+    __slots__ = ("base", "dq", "h", "ordered", "pts", "qh", "run", "ts")
 
     def __init__(self) -> None:
         super().__init__()
@@ -1027,7 +1027,10 @@ class _SpeedState(State):
         self.pts: list[tuple[float, float]] = []
         self.h = 0
         self.ordered = True  # retained times are non-decreasing (no late point among them)
-        self.dq: deque[tuple[int, float]] = deque()  # (older time of the pair, speed), monotonic
+        # (older time of the pair, speed), speeds decreasing: a monotonic queue, [qh:] live
+        self.dq: list[tuple[int, float]] = []
+        self.qh = 0
+        self.run = 0.0  # whole history, ordered: max over every pair (no queue needed)
         self.base = 0.0  # whole history: max over pairs no longer retained
 
 
@@ -1082,9 +1085,14 @@ class MaxSpeed(Logic):
                 pt = ts[-1]
                 if w_ms is None or pt > t - w_ms:
                     s = speed_kmh(pt, st.pts[-1], t, p)
-                    while dq and dq[-1][1] <= s:
-                        dq.pop()
-                    dq.append((pt, s))
+                    if w_ms is None:
+                        if s > st.run:
+                            st.run = s
+                    else:
+                        qh = st.qh
+                        while len(dq) > qh and dq[-1][1] <= s:
+                            dq.pop()
+                        dq.append((pt, s))
             ts.append(t)
             st.pts.append(p)
             self._cap(st)
@@ -1109,19 +1117,26 @@ class MaxSpeed(Logic):
         if not st.ordered:
             st.until = _NEG
             return self._scan(st, t)
+        qh = st.qh
+        n = len(dq)
         if w_ms is not None:
             cut = t - w_ms
-            while dq and dq[0][0] <= cut:
-                dq.popleft()
-            if dq:
-                st.until = dq[0][0] + w_ms
-                st.val = dq[0][1]
+            while qh < n and dq[qh][0] <= cut:
+                qh += 1
+            if qh > 16 and 2 * qh > n:
+                del dq[:qh]
+                qh = 0
+                n = len(dq)
+            st.qh = qh
+            if qh < n:
+                st.until = dq[qh][0] + w_ms
+                st.val = dq[qh][1]
             else:
                 st.until = _POS
                 st.val = 0.0
             return st.val
         st.until = _POS
-        st.val = max(st.base, dq[0][1]) if dq else st.base
+        st.val = max(st.base, st.run)
         return st.val
 
     def _cap(self, st: _SpeedState) -> None:
@@ -1132,29 +1147,34 @@ class MaxSpeed(Logic):
                 # pairs are queued by their older point's time: drop those of dropped points
                 gone = st.ts[st.h - 1]
                 dq = st.dq
-                while dq and dq[0][0] <= gone:
-                    dq.popleft()
+                while st.qh < len(dq) and dq[st.qh][0] <= gone:
+                    st.qh += 1
             else:
                 self._rebuild(st, max(st.ts[st.h :], default=_NEG))
 
     def _rebuild(self, st: _SpeedState, tmax: int) -> None:
         r = st.ts[st.h :]
         st.ordered = all(r[i] <= r[i + 1] for i in range(len(r) - 1))
-        st.dq.clear()
+        del st.dq[:]  # keep the list object: callers may hold it
+        st.qh = 0
         if not st.ordered:
             return
         w_ms = self.window
         lo = st.h if w_ms is not None or st.h == 0 else st.h - 1
         cut = _NEG if w_ms is None else tmax - w_ms
         dq = st.dq
+        st.run = st.base
         for i in range(max(lo, 0) + 1, len(st.ts)):
             pt = st.ts[i - 1]
             if pt <= cut or (w_ms is not None and i - 1 < st.h):
                 continue
             s = speed_kmh(pt, st.pts[i - 1], st.ts[i], st.pts[i])
+            if w_ms is None:
+                st.run = max(st.run, s)
+                continue
             while dq and dq[-1][1] <= s:
                 dq.pop()
-            dq.append((pt, s))
+            dq.append((pt, s))  # qh is 0 here
 
     def dump(self, st: _SpeedState, tmax: int) -> Any:
         start = st.h - 1 if (self.window is None and st.h > 0) else st.h
