@@ -20,9 +20,13 @@ How it reads
   makes replay read more; the events themselves are then selected by their own time.
 * Selection by event time: events with ``ts`` in ``[T1 - warm-up, T2)`` are applied to
   the state; only events with ``ts`` in ``[T1, T2)`` produce hits. Warm-up events rebuild
-  window state only. ``--warmup auto`` is the spec's longest window
-  (``FeatureSpec.max_window_ms()``). Features without a window (all-time counts) can
-  only be exact if the warm-up covers the whole history.
+  window state only: a key's leading warm-up events go straight to the processor's
+  features/ engine (``processor.engine.apply``, the same call the processor makes) without
+  rule evaluation, since they cannot hit; the rest of the key's events go through
+  ``Processor.process_many`` (hits of any late warm-up event among them are dropped).
+  ``--warmup auto`` is the spec's longest window (``FeatureSpec.max_window_ms()``).
+  Features without a window (all-time counts) can only be exact if the warm-up covers
+  the whole history.
 * ``in_list`` rules read the named lists through the live provider (Redis) as they are
   *now*, not as they were at event time: a list changed since then changes those hits.
 
@@ -1064,6 +1068,7 @@ class Replay:
             def process(chunk: list[Record]) -> None:
                 nonlocal max_applied_ts
                 by_entity: dict[str, dict[str, list[Any]]] = {}
+                engine_apply = processor.engine.apply
                 want_coords = output.wants_blacklist
                 coords: dict[str, tuple[str, int, int]] = {}
                 for rec in chunk:
@@ -1098,7 +1103,27 @@ class Replay:
                 hits_out: list[dict[str, Any]] = []
                 blacklist_out: list[tuple[dict[str, Any], str, int, int]] = []
                 for entity, keyed in by_entity.items():
-                    batches = [KeyBatch(key, states.get((entity, key)), evs) for key, evs in keyed.items()]
+                    batches = []
+                    for key, evs in keyed.items():
+                        state = states.get((entity, key))
+                        # the warm-up prefix of a key's events can hit nothing: straight into
+                        # features/ (the processor's own apply step), no rule evaluation
+                        n = 0
+                        while n < len(evs) and evs[n].event["ts"] < from_ms:
+                            n += 1
+                        if n:
+                            state = processor.load_state(entity, state)
+                            for src in evs[:n]:
+                                status = engine_apply(entity, state, src.event).status
+                                if status == "applied":
+                                    stats.applied += 1
+                                elif status == "duplicate":
+                                    stats.duplicates += 1
+                                else:
+                                    stats.late_rejected += 1
+                            states[(entity, key)] = state
+                        if n < len(evs):
+                            batches.append(KeyBatch(key, state, evs[n:]))
                     for result in processor.process_many(entity, batches):
                         states[(entity, result.key)] = result.state
                         stats.applied += result.applied
