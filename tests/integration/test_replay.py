@@ -87,9 +87,9 @@ def read_topic(settings: Settings, topic: str) -> list[Any]:
 
 
 def direct_hits(
-    settings: Settings, topic: str, rules_text: str, run_id: str = "live"
+    settings: Settings, topic: str | list[str], rules_text: str, run_id: str = "live"
 ) -> list[dict[str, Any]]:
-    """The shared Processor over the whole topic, merged in the live order, one key at a time."""
+    """The shared Processor over the whole topic(s), merged in the live order, one key at a time."""
     from streams.processor import KeyBatch, Processor, SourceEvent, merge_sources
     from streams.rulestore import load_for_spec, load_spec
     from streams.worker import build_engine
@@ -97,15 +97,16 @@ def direct_hits(
     spec = load_spec(settings)
     processor = Processor(spec, build_engine(spec, settings), load_for_spec(rules_text, spec), run_id=run_id)
     decoder = EnvelopeDecoder(settings.require_phone_hash_key())
-    per_partition: dict[int, list[Any]] = {}
-    for m in read_topic(settings, topic):
-        try:
-            event = decoder.decode(m.value())
-        except Exception:  # noqa: S112 - malformed: not part of the reference
-            continue
-        per_partition.setdefault(m.partition(), []).append(
-            SourceEvent(event, m.topic(), m.partition(), m.offset(), m.timestamp()[1])
-        )
+    per_partition: dict[tuple[str, int], list[Any]] = {}
+    for name in [topic] if isinstance(topic, str) else topic:
+        for m in read_topic(settings, name):
+            try:
+                event = decoder.decode(m.value())
+            except Exception:  # noqa: S112 - malformed: not part of the reference
+                continue
+            per_partition.setdefault((m.topic(), m.partition()), []).append(
+                SourceEvent(event, m.topic(), m.partition(), m.offset(), m.timestamp()[1])
+            )
     for seq in per_partition.values():
         seq.sort(key=lambda s: s.offset)
     states: dict[tuple[str, str], Any] = {}
@@ -198,6 +199,26 @@ def test_replay_gives_the_live_hit_ids_and_a_warm_sub_range_too(
     sub = tmp_path / "sub.jsonl"
     run_replay(rsettings, from_ms=mid, to_ms=t2, rules_file=RULES, out="jsonl", out_file=sub)
     assert {h["hit_id"] for h in iter_hits_jsonl(sub)} == in_range(live, mid, t2)
+
+
+def test_several_topics_are_merged_by_event_time(rsettings: Settings, names: Any, tmp_path: Path) -> None:
+    """Logins on one topic (3 partitions), everything else on another (2): one user's events
+    now sit in different topics, and replay must merge them by event time."""
+    events = scenario(seed=41)
+    logins, others = names.topic("logins"), names.topic("others")
+    produce(rsettings, logins, [e for e in events if e["type"].startswith("login")], partitions=3)
+    produce(rsettings, others, [e for e in events if not e["type"].startswith("login")], partitions=2)
+    reference = direct_hits(rsettings, [logins, others], RULES.read_text())
+    t1, t2 = events[0]["ts"], events[-1]["ts"] + 1
+    assert len(in_range(reference, t1, t2)) > 10
+    out = tmp_path / "hits.jsonl"
+    summary = run_replay(
+        rsettings, from_ms=t1, to_ms=t2, topics=(logins, others), rules_file=RULES, out="jsonl", out_file=out
+    )
+    assert summary.partitions == 5 and summary.stats.in_range_events == len(events)
+    replayed = list(iter_hits_jsonl(out))
+    assert {h["hit_id"] for h in replayed} == in_range(reference, t1, t2)
+    assert {h["source_topic"] for h in replayed} == {logins, others}
 
 
 def test_replay_equals_the_live_worker(stack: Any, rsettings: Settings, names: Any, tmp_path: Path) -> None:
