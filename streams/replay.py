@@ -47,8 +47,8 @@ topics, arrive out of event-time order, and fall into *different* live ingest ba
 Live applies them in arrival order, replay in event-time order. Only order-dependent
 features can then differ: ``max_speed`` (speed between consecutive logins), ``since``
 (time since the previous matching event), ``sequence`` steps, and lateness rejection (an
-event older than the entity's newest by more than ``allowed_lateness_ms`` is rejected
-live but accepted in replay). Windowed counts, sums, distincts and geo spreads over the
+event older than the entity's newest by more than ``allowed_lateness_ms`` can be rejected
+on one path and accepted on the other). Windowed counts, sums, distincts and geo spreads over the
 same set of events are equal. How large: only pairs of one entity's events whose event
 times are closer than the cross-partition skew of the live consumer can swap - the skew
 is how far the live worker's read positions in the partitions were apart in event time
@@ -67,17 +67,18 @@ the two can be joined on it.
 
 ``--out clickhouse`` inserts through the live writer's own code
 (``sinks.clickhouse.ClickHouseSink``: the same row conversion, the same
-``insert_deduplication_token`` mechanism, with a token namespace of the run id and the
-rule-set version). ``risk_hits`` is a ReplacingMergeTree whose sort key ends in
-``hit_id``: a second run of the same replay adds no rows after ``FINAL``. A replay with a
-*new* rule-set version gets new hit ids, so its rows sit beside the live rows
-(``run_id`` and ``ruleset_version`` tell them apart). A replay with the *same* version
-as live produces the same rows; with ``risk_hits`` keyed by ``hit_id`` alone the newest
-insert wins, i.e. the replayed copy (identical but for ``run_id``) replaces the live one.
-That is what a backfill after an outage wants (use ``--run-id live`` so the filled rows
-read as live); for any other run id replay warns first, with the number of live rows it
-would relabel. ``--compare`` therefore reads the live side *before* writing anything,
-and compares by (rule id, event id), which is stable across rule-set versions.
+``insert_deduplication_token`` mechanism, with a token namespace of the run id, the
+rule-set version and a hash of the rules text and the spec). ``risk_hits`` is a
+ReplacingMergeTree whose sort key ends in ``hit_id``: a second run of the same replay
+adds no rows after ``FINAL``. A replay with a *new* rule-set version gets new hit ids,
+so its rows sit beside the live rows (``run_id`` and ``ruleset_version`` tell them
+apart). A replay with the *same* version as live produces the same rows; with
+``risk_hits`` keyed by ``hit_id`` alone the newest insert wins, i.e. the replayed copy
+(identical but for ``run_id``) replaces the live one. That is what a backfill after an
+outage wants (use ``--run-id live`` so the filled rows read as live); for any other run
+id replay warns first, with the number of live rows it would relabel. ``--compare``
+therefore reads the live side *before* writing anything, and compares by (rule id, event
+id), which is stable across rule-set versions.
 
 Only a live backfill also writes the blacklist entries to ``risk_blacklist`` (same
 writer; that table has no run id, so a backtest must not add entries that were never in
@@ -87,9 +88,11 @@ effect); other runs count them in the summary. Nothing is produced to the Kafka 
 Checkpoints
 -----------
 Every ``BYPASS_REPLAY_CHECKPOINT_S`` seconds, and on Ctrl-C, the replay writes
-``<state_dir>/replay/<run id>.json``: the per-partition next offsets, the serialized
-entity states (``engine.dumps``), the counters, the replayed hit keys (for
-``--compare``) and the size of the ``--out-file``. Offsets are only those of processed
+``<state_dir>/replay/<run id>.json``: the run's parameters (with the rule-set text
+itself and the spec's hash, so a resumed run uses exactly the same rules), the
+per-partition next offsets, the serialized entity states (``engine.dumps``), the
+counters, the live and replayed hit keys (for ``--compare``) and the size of the
+``--out-file``. Offsets are only those of processed
 chunks, outputs are flushed before the file is (atomically) replaced, and the merge
 order does not depend on where it was stopped, so ``--resume`` gives the same result as
 an uninterrupted run (a jsonl file is cut back to its checkpointed size first).
