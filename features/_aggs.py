@@ -255,7 +255,7 @@ class Additive(Logic):
                     while h < w and ts[h] <= rc:
                         h += 1
                     st.h = h
-                    if h > 32 and 2 * h > n:
+                    if h > 2 and 2 * h > n:
                         del ts[:h]
                         del vs[:h]
                         st.w -= h
@@ -268,7 +268,7 @@ class Additive(Logic):
                 while h < n and ts[h] <= rc:
                     h += 1
                 st.h = st.w = h
-                if h > 32 and 2 * h > n:
+                if h > 2 and 2 * h > n:
                     del ts[:h]
                     del st.vs[:h]
                     st.h = st.w = 0
@@ -483,7 +483,7 @@ class Extreme(Logic):
                     st.base = self._ext([st.base, st.vs[h]])
                 h += 1
             st.h = h
-            if h > 32 and 2 * h > n:
+            if h > 2 and 2 * h > n:
                 del ts[:h]
                 del st.vs[:h]
                 st.h = 0
@@ -623,7 +623,7 @@ class Last(Logic):
             if w_ms is not None and ts[h] <= rc - w_ms:
                 h += 1
             st.h = h
-            if h > 32 and 2 * h > n:
+            if h > 2 and 2 * h > n:
                 del ts[:h]
                 if not self.is_since:
                     del st.vs[:h]
@@ -804,7 +804,7 @@ class Distinct(Logic):
                     lst = occ.get(k0)
                     if lst is not None and lst[-1] <= rc:
                         del occ[k0]
-                if oh > 16 and 2 * oh > n:
+                if oh > 2 and 2 * oh > n:
                     del old[:oh]
                     oh = 0
                 st.oh = oh
@@ -974,7 +974,7 @@ class GeoSpread(Logic):
                 while h < len(ts) and ts[h] <= rc:
                     h += 1
                 st.h = h
-                if h > 32 and 2 * h > len(ts):
+                if h > 2 and 2 * h > len(ts):
                     del ts[:h]
                     del st.pts[:h]
                     st.h = 0
@@ -1109,7 +1109,7 @@ class MaxSpeed(Logic):
             st.h = h
             if not st.ordered:
                 self._rebuild(st, tmax)
-            if h > 32 and 2 * h > len(ts):
+            if h > 2 and 2 * h > len(ts):
                 keep = h - 1 if w_ms is None else h  # whole history keeps one anchor point
                 del ts[:keep]
                 del st.pts[:keep]
@@ -1123,7 +1123,7 @@ class MaxSpeed(Logic):
             cut = t - w_ms
             while qh < n and dq[qh][0] <= cut:
                 qh += 1
-            if qh > 16 and 2 * qh > n:
+            if qh > 2 and 2 * qh > n:
                 del dq[:qh]
                 qh = 0
                 n = len(dq)
@@ -1289,7 +1289,7 @@ class Sequence(Logic):
             while ts[h] <= rc:
                 h += 1
             st.h = h
-            if h > 32 and 2 * h > len(ts):
+            if h > 2 and 2 * h > len(ts):
                 del ts[:h]
                 del st.ks[:h]
                 st.h = 0

@@ -251,7 +251,7 @@ class FeatureEngine:
             while dh < n and (order[dh][0] < horizon or n - dh > self.cap):
                 dedup.pop(order[dh][1], None)
                 dh += 1
-            if dh > 16 and 2 * dh > n:
+            if dh > 2 and 2 * dh > n:
                 del order[:dh]
                 dh = 0
             state.dedup_head = dh
