@@ -738,7 +738,9 @@ class Distinct(Logic):
         return max((occ[-1] for occ in st.occ.values()), default=_NEG)
 
     def apply(self, st: _DistinctState, t: int, ev: Event, m: bool, tmax: int) -> Any:
-        v = distinct_key(self.get(ev)) if m else None
+        v = self.get(ev) if m else None
+        if v is not None and type(v) is not str:
+            v = distinct_key(v)
         occ = st.occ
         L = self.lateness
         w_ms = self.window
@@ -1038,9 +1040,11 @@ class MaxSpeed(Logic):
     """``max_speed``: the largest km/h between consecutive matching events in processing
     order (among those in the window), time gap clamped to at least 1 s.
 
-    O(1) amortized per in-order event; while a late point is retained the value is
-    computed by a scan. Above the cap the oldest points are dropped: the value is then a
-    lower bound computed over the ``cap`` most recent points.
+    O(1) amortized per in-order event (a monotonic queue of pair speeds for a window, a
+    running maximum for the whole history); while a late point is retained the value is
+    computed by a scan. Above the cap the oldest points are dropped: a windowed value is
+    then a lower bound computed over the ``cap`` most recent points (the whole-history
+    running maximum stays exact for in-order events).
     """
 
     __slots__ = ()
