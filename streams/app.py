@@ -40,6 +40,7 @@ their hits are sent again, identical (same ``hit_id``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -164,6 +165,9 @@ class Pipeline:
         self.blacklist_topic = self.app.topic(
             settings.blacklist_topic, key_serializer="raw", value_serializer="raw"
         )
+        # entity -> key -> (table bytes, the features/ state object they decode to): skips
+        # decoding a hot key's snapshot on every batch (LRU, BYPASS_STATE_CACHE_KEYS per entity)
+        self._state_cache: dict[str, dict[bytes, tuple[bytes, Any]]] = {e: {} for e in self.entities}
         self.entity_topics: dict[str, Any] = {}
         self.tables: dict[str, Any] = {}
         for entity in self.entities:
@@ -177,8 +181,8 @@ class Pipeline:
             self.tables[entity] = self.app.Table(
                 f"entity-{entity}",
                 default=None,
-                key_serializer="raw",
-                value_serializer="raw",
+                key_type=bytes,  # bytes -> the "raw" codec for the table and its changelog
+                value_type=bytes,
                 partitions=self.partitions,
                 use_partitioner=True,
                 help=f"features/ state snapshots of {entity} keys",
@@ -192,12 +196,14 @@ class Pipeline:
     # --- app ----------------------------------------------------------------
     def _build_app(self, datadir: Path | None) -> faust.App:
         s = self.settings
+        datadir = datadir or (Path(s.state_dir) / "faust")
+        datadir.mkdir(parents=True, exist_ok=True)
         app = faust.App(
             s.app_id,
             broker=faust_broker_url(s.kafka_bootstrap),
             broker_credentials=_credentials(s),
             store=s.table_store,
-            datadir=str(datadir or (Path(s.state_dir) / "faust")),
+            datadir=str(datadir),
             processing_guarantee="at_least_once",
             topic_partitions=s.topic_partitions,
             topic_replication_factor=s.topic_replication,
@@ -211,6 +217,10 @@ class Pipeline:
             producer_acks=-1,
             Table=EntityTable,
         )
+        # Faust pauses every stream while its producer buffer holds more than 100 messages
+        # (and logs a warning each time); our agents put a whole batch of changelog writes
+        # and hits into it at once and drain it themselves before acknowledging (_drain).
+        app.producer.buffer.max_messages = 1_000_000
         return app
 
     # --- ingest ---------------------------------------------------------------
@@ -302,18 +312,25 @@ class Pipeline:
         async def entity_agent(stream: Any) -> None:
             s = self.settings
             async for events in stream.take_events(s.worker_batch_size, s.worker_batch_within_ms / 1000):
-                self.process_bundles(entity, [event.message.value for event in events])
+                await self.process_bundles(entity, [event.message.value for event in events])
                 await self._drain()
 
         entity_agent.__name__ = f"entity_{entity}"
         return entity_agent
 
-    def process_bundles(self, entity: str, bundles: Sequence[bytes]) -> None:
-        """Group the bundled events of a batch by key and run them through the processor."""
+    async def process_bundles(self, entity: str, bundles: Sequence[bytes]) -> None:
+        """Group the bundled events of a batch by key and run them through the processor.
+
+        The keys are processed in slices of about ``worker_batch_size`` events, yielding to
+        the event loop in between, so consumer-group heartbeats keep flowing however large
+        the batch.
+        """
         by_key: dict[str, list[SourceEvent]] = {}
+        total = 0
         for payload in bundles:
             for key, topic, partition, offset, ts_ms, event in orjson.loads(payload):
                 item = SourceEvent(event, topic, partition, offset, ts_ms)
+                total += 1
                 group = by_key.get(key)
                 if group is None:
                     by_key[key] = [item]
@@ -321,19 +338,53 @@ class Pipeline:
                     group.append(item)
         if not by_key:
             return
-        total = sum(len(v) for v in by_key.values())
         self.metrics.batch_size.labels(agent=f"entity-{entity}").observe(total)
+        slice_events = self.settings.worker_batch_size
+        chunk: list[tuple[str, list[SourceEvent]]] = []
+        size = 0
+        for key_events in by_key.items():
+            chunk.append(key_events)
+            size += len(key_events[1])
+            if size >= slice_events:
+                self.process_keys(entity, chunk)
+                chunk, size = [], 0
+                await asyncio.sleep(0)
+        if chunk:
+            self.process_keys(entity, chunk)
+
+    def process_keys(self, entity: str, items: Sequence[tuple[str, list[SourceEvent]]]) -> None:
+        """Load each key's state once, run its events through the processor, write it back once."""
         table = self.tables[entity]
-        batches = [KeyBatch(key, table.get(key.encode()), items) for key, items in by_key.items()]
-        results = self.processor.process_many(entity, batches)
+        cache = self._state_cache[entity]
+        batches: list[KeyBatch] = []
+        stored: list[Any] = []
+        for key, events in items:
+            kb = key.encode()
+            raw = table.get(kb)
+            stored.append(raw)
+            hit = cache.pop(kb, None)
+            # the cached object is valid only while the table still holds the bytes it came from
+            state = (
+                hit[1] if hit is not None and raw is not None and (hit[0] is raw or hit[0] == raw) else raw
+            )
+            batches.append(KeyBatch(key, state, events))
+        try:
+            results = self.processor.process_many(entity, batches)
+        except Exception:
+            cache.clear()  # states may be half-applied: never reuse them
+            raise
+        cache_cap = self.settings.state_cache_keys
         m = self.metrics
         hits_send = self.hits_topic.send_soon
         bl_send = self.blacklist_topic.send_soon
         applied = duplicates = late = 0
         now = time.time()
-        for result in results:
+        for result, raw in zip(results, stored, strict=True):
+            kb = result.key.encode()
             if result.changed:
-                table[result.key.encode()] = self.processor.dumps(result.state)
+                raw = table[kb] = self.processor.dumps(result.state)  # assigned, never mutated
+            if raw is not None and cache_cap:
+                cache[kb] = (raw, result.state)
             applied += result.applied
             duplicates += result.duplicates
             late += len(result.late)
@@ -360,6 +411,9 @@ class Pipeline:
                     result.key,
                     reason,
                 )
+        if len(cache) > cache_cap:
+            for kb in list(itertools.islice(cache, len(cache) - cache_cap)):  # least recently used
+                del cache[kb]
         if applied:
             m.applied.labels(entity=entity).inc(applied)
         if duplicates:

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(1_000, ge=1, description="events an entity agent takes per batch")
     worker_batch_within_ms: int = Field(50, ge=1, description="longest wait to fill an agent batch")
     table_standby_replicas: int = Field(1, ge=0, description="standby replicas of the state tables")
+    state_cache_keys: int = Field(
+        50_000, ge=0, description="decoded entity states kept in memory per entity kind (0 = off)"
+    )
     table_store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
     consumer_session_timeout_ms: int = Field(
         30_000, ge=1_000, description="consumer-group session timeout of the workers"

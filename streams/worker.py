@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from features.errors import ConfigError
 from streams import kafka
 from streams.metrics import Metrics
 from streams.processor import Processor
@@ -109,7 +110,14 @@ class LiveWorker:
                 s.rules_topic,
             )
         if s.metrics_port:
-            self.metrics.serve(s.metrics_port)
+            try:
+                self.metrics.serve(s.metrics_port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on port {s.metrics_port}: {exc.strerror}; set "
+                    "BYPASS_METRICS_PORT to a free port (each worker on a host needs its own) or 0 for none",
+                    setting="BYPASS_METRICS_PORT",
+                ) from None
 
     def run(self) -> None:
         """Prepare, then run the Faust worker until it is stopped (SIGTERM / SIGINT)."""

@@ -1,0 +1,520 @@
+"""bench_pipeline: the live Faust pipeline against two plain Faust agents, same broker, one run.
+
+Workload: simulated traffic (``streams.simulate``, example feature spec) pre-produced to a
+4-partition raw topic with the SDK (key = user id); then, one after the other, each
+variant runs as its own worker process (``python bench/bench_pipeline.py --child ...``)
+that consumes the whole backlog from the beginning with a fresh consumer group:
+
+(a) ``bare``   a Faust agent that only decodes each event (``orjson.loads``);
+(b) ``naive``  a Faust agent that decodes and updates a plain table per event
+               (``table[user_id] += 1``): the textbook stateful Faust agent;
+(c) ``pipeline`` this pipeline (``bypass worker``: ingest + DLQ check + re-key to user,
+               device and ip + features + a 50-rule set + hits and blacklist topics).
+
+Throughput = events / (time the last event was done - time the first event was read),
+so group-join time is not counted.  Goal: (c) >= 70% of (a) and >= 2.5x (b).
+
+Latency: a fresh pipeline worker, then 2,000 events/s produced at a steady pace (event
+time = now) for a while; every 20th event is a ``bench_probe`` that a rule blacklists;
+latency = time the blacklist record is read back - time the probe was handed to the
+producer.  Goal: p99 < 500 ms.
+
+Runs a private Tansu broker (``streams.stack``) unless BYPASS_KAFKA_BOOTSTRAP is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BUDGET_S = 180
+QUICK_BUDGET_S = 90
+FEATURES = ROOT / "examples" / "features.yaml"
+PARTITIONS = 4
+PROBE_TYPE = "bench_probe"
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def rules_50() -> str:
+    """50 rules over the example features (most rarely fire), plus the latency probe rule."""
+    lines = ['version: "bench-50"', "decisions: {reject: 80, review: 50}", "rules:"]
+    user_rules = [
+        ("phone_changes_30d > {t}", [2, 3, 4, 5, 6]),
+        ("distinct_phones_30d > {t}", [2, 3, 4, 5, 6]),
+        ("login_cities_7d > {t}", [2, 3, 4, 5]),
+        ("login_spread_km_24h > {t}", [500, 1000, 2000, 3000]),
+        ("travel_kmh_24h > {t}", [800, 1000, 1500, 2000]),
+        ("order_amount_1h > {t}", [2000, 5000, 10000, 20000]),
+        ("phone_changes_30d > {t} and property_views_total < 1", [1, 2, 3, 4]),
+        ("change_then_sign_1h == 1 and phone_changes_30d > {t}", [0, 1, 2]),
+        ("ms_since_phone_change < hours({t}) and order_amount_1h > 1000", [1, 2, 6]),
+    ]
+    n = 0
+    for template, thresholds in user_rules:
+        for t in thresholds:
+            n += 1
+            lines += [
+                f"  - id: user_rule_{n:02d}",
+                "    entity: user",
+                f"    when: {template.format(t=t)}",
+                f"    score: {10 + n % 50}",
+                f"    label: user_label_{n % 7}",
+                f"    action: {'blacklist' if n % 5 == 0 else 'review'}",
+                "    ttl: 7d",
+            ]
+    while n < 49:
+        n += 1
+        lines += [
+            f"  - id: device_rule_{n:02d}",
+            "    entity: device",
+            f"    when: device_users_7d > {3 + n % 20}",
+            f"    score: {20 + n % 40}",
+            "    label: device_farm",
+            "    action: blacklist",
+            "    ttl: 7d",
+        ]
+    lines += [
+        "  - id: bench_probe",
+        "    entity: user",
+        "    when: coalesce(phone_changes_30d, 0) >= 0",
+        f"    events: [{PROBE_TYPE}]",
+        "    score: 1",
+        "    label: probe",
+        "    action: blacklist",
+        "    ttl: 1h",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _settings() -> Any:
+    from streams.settings import Settings
+
+    return Settings()
+
+
+def _faust_app(name: str) -> Any:
+    import faust
+
+    from streams.app import faust_broker_url
+
+    s = _settings()
+    datadir = Path(s.state_dir) / name
+    datadir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        s.app_id,
+        broker=faust_broker_url(s.kafka_bootstrap),
+        store="memory://",
+        datadir=str(datadir),
+        processing_guarantee="at_least_once",
+        topic_partitions=PARTITIONS,
+        broker_session_timeout=s.consumer_session_timeout_ms / 1000,
+        broker_rebalance_timeout=s.consumer_rebalance_timeout_ms / 1000,
+        broker_heartbeat_interval=s.consumer_heartbeat_interval_ms / 1000,
+        consumer_auto_offset_reset="earliest",
+        stream_recovery_delay=0.1,
+        web_enabled=False,
+    )
+
+
+def _report(result: dict[str, Any]) -> None:
+    """One JSON line on the real stdout (Faust redirects sys.stdout to its log), then exit."""
+    os.write(1, orjson.dumps(result) + b"\n")
+    os._exit(0)
+
+
+class _Clock:
+    """first/last timestamps and a count, reported as one JSON line when ``expected`` is reached."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.first: float | None = None
+        self.count = 0
+
+    def tick(self, n: int = 1) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.count += n
+        if self.count >= self.expected:
+            self.done()
+
+    def done(self) -> None:
+        last = time.perf_counter()
+        assert self.first is not None
+        _report({"seconds": last - self.first, "count": self.count})
+
+
+def child_bare(expected: int) -> None:
+    import faust
+
+    app = _faust_app("bare")
+    topic = app.topic(*_settings().raw_topics, key_serializer="raw", value_serializer="raw")
+    clock = _Clock(expected)
+
+    @app.agent(topic)
+    async def bare(stream: Any) -> None:
+        async for value in stream:
+            orjson.loads(value)
+            clock.tick()
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+def child_naive(expected: int) -> None:
+    import faust
+
+    app = _faust_app("naive")
+    topic = app.topic(*_settings().raw_topics, key_serializer="raw", value_serializer="raw")
+    table = app.Table("naive-counts", default=int, partitions=PARTITIONS)
+    clock = _Clock(expected)
+
+    @app.agent(topic)
+    async def naive(stream: Any) -> None:
+        async for value in stream:
+            event = orjson.loads(value)
+            table[event["user_id"]] += 1
+            clock.tick()
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+def child_pipeline(expected: dict[str, int]) -> None:
+    from streams.worker import LiveWorker
+
+    worker = LiveWorker(_settings())
+    registry = worker.metrics.registry
+    first: list[float] = []
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.005)
+            seen = registry.get_sample_value(
+                "bypass_events_in_total", {"topic": worker.settings.raw_topics[0]}
+            )
+            if seen and not first:
+                first.append(time.perf_counter())
+            done = all(
+                sum(
+                    registry.get_sample_value(f"bypass_events_{kind}_total", {"entity": entity}) or 0.0
+                    for kind in ("applied", "duplicate", "late")
+                )
+                >= want
+                for entity, want in expected.items()
+            )
+            if done and first:
+                seconds = time.perf_counter() - first[0]
+                _report({"seconds": seconds, "count": expected["user"]})
+
+    threading.Thread(target=watch, daemon=True).start()
+    worker.run()
+
+
+def child_serve() -> None:
+    """A plain live worker (latency run)."""
+    from streams.worker import LiveWorker
+
+    LiveWorker(_settings()).run()
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _env(bootstrap: str, state: Path, prefix: str, raw: str, phone_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    env.update(
+        {
+            "BYPASS_KAFKA_BOOTSTRAP": bootstrap,
+            "BYPASS_RAW_TOPICS": raw,
+            "BYPASS_APP_ID": f"{prefix}-app",
+            "BYPASS_HITS_TOPIC": f"{prefix}.hits",
+            "BYPASS_BLACKLIST_TOPIC": f"{prefix}.blacklist",
+            "BYPASS_DLQ_TOPIC": f"{prefix}.dlq",
+            "BYPASS_RULES_TOPIC": f"{prefix}.rules",
+            "BYPASS_FEATURES_SPEC": str(FEATURES),
+            "BYPASS_PHONE_HASH_KEY": phone_key,
+            "BYPASS_STATE_DIR": str(state / prefix),
+            "BYPASS_TOPIC_PARTITIONS": str(PARTITIONS),
+            "BYPASS_CONSUMER_SESSION_TIMEOUT_MS": "10000",
+            "BYPASS_CONSUMER_REBALANCE_TIMEOUT_MS": "3000",
+            "BYPASS_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
+            "BYPASS_METRICS_PORT": "0",
+            "BYPASS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            "BYPASS_TABLE_STANDBY_REPLICAS": "0",
+        }
+    )
+    return env
+
+
+def _run_child(variant: str, arg: Any, env: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        variant,
+        "--arg",
+        orjson.dumps(arg).decode(),
+    ]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, cwd=str(ROOT))
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    for line in stdout.decode(errors="replace").splitlines():
+        if '{"seconds"' in line:  # Faust's spinner may precede it
+            result: dict[str, Any] = orjson.loads(line[line.index('{"seconds"') :])
+            return result
+    raise RuntimeError(
+        f"{variant} child failed (exit {proc.returncode}): {stderr.decode(errors='replace')[-3000:]}"
+    )
+
+
+def _publish(env: dict[str, str], text: str, state: Path) -> None:
+    path = state / f"rules-{secrets.token_hex(3)}.yaml"
+    path.write_text(text, encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-m", "streams", "rules", "publish", str(path)],
+        env=env,
+        check=True,
+        cwd=str(ROOT),
+        capture_output=True,
+    )
+
+
+def _expected(events: list[dict[str, Any]]) -> dict[str, int]:
+    import features
+
+    spec = features.load_spec(FEATURES)
+    counts: dict[str, int] = dict.fromkeys(spec.entities, 0)
+    for event in events:
+        for entity, _key in spec.entity_keys(event):
+            counts[entity] += 1
+    return counts
+
+
+def _throughput(bootstrap: str, state: Path, phone_key: str, quick: bool) -> list[dict[str, Any]]:
+    from streams import kafka
+    from streams.producer import EventProducer
+    from streams.settings import Settings
+    from streams.simulate import SimConfig, Simulator
+
+    run = secrets.token_hex(3)
+    raw = f"bench{run}.events"
+    n_s = 20 if quick else 60
+    events = list(Simulator(SimConfig(users=2000, rate=1000, duration_s=n_s, seed=11)).events())
+    base = Settings(kafka_bootstrap=bootstrap, raw_topics=(raw,), topic_partitions=PARTITIONS)
+    kafka.ensure_topics(base, [raw])
+    producer = EventProducer(base, topic=raw)
+    producer.send_many(events)
+    producer.flush().raise_for_errors()
+    n = len(events)
+    out: dict[str, float] = {}
+    timeout = 120.0
+    env_a = _env(bootstrap, state, f"bench{run}a", raw, phone_key)
+    out["bare"] = n / _run_child("bare", n, env_a, timeout)["seconds"]
+    env_b = _env(bootstrap, state, f"bench{run}b", raw, phone_key)
+    out["naive"] = n / _run_child("naive", n, env_b, timeout)["seconds"]
+    env_c = _env(bootstrap, state, f"bench{run}c", raw, phone_key)
+    _publish(env_c, rules_50(), state)
+    out["pipeline"] = n / _run_child("pipeline", _expected(events), env_c, timeout)["seconds"]
+    return [
+        {"name": "faust_bare_decode_events_per_s", "value": out["bare"], "unit": "events/s", "events": n},
+        {"name": "faust_naive_table_events_per_s", "value": out["naive"], "unit": "events/s", "events": n},
+        {
+            "name": "pipeline_vs_bare",
+            "value": out["pipeline"],
+            "unit": "events/s",
+            "baseline_name": "(a) bare Faust agent, decode only, same broker and run",
+            "baseline_value": out["bare"],
+            "ratio": out["pipeline"] / out["bare"],
+            "goal": "ratio >= 0.70",
+        },
+        {
+            "name": "pipeline_vs_naive",
+            "value": out["pipeline"],
+            "unit": "events/s",
+            "baseline_name": "(b) naive Faust agent, table update per event, same broker and run",
+            "baseline_value": out["naive"],
+            "ratio": out["pipeline"] / out["naive"],
+            "goal": "ratio >= 2.5",
+        },
+    ]
+
+
+def _latency(bootstrap: str, state: Path, phone_key: str, quick: bool) -> list[dict[str, Any]]:
+    from confluent_kafka import OFFSET_END, TopicPartition
+
+    from streams import kafka
+    from streams.producer import EventProducer
+    from streams.settings import Settings
+    from streams.simulate import SimConfig, Simulator
+
+    run = secrets.token_hex(3)
+    prefix = f"lat{run}"
+    raw = f"{prefix}.events"
+    env = _env(bootstrap, state, prefix, raw, phone_key)
+    base = Settings(
+        kafka_bootstrap=bootstrap,
+        raw_topics=(raw,),
+        topic_partitions=PARTITIONS,
+        blacklist_topic=f"{prefix}.blacklist",
+        hits_topic=f"{prefix}.hits",
+        dlq_topic=f"{prefix}.dlq",
+    )
+    kafka.ensure_topics(base, [raw, base.blacklist_topic, base.hits_topic, base.dlq_topic])
+    _publish(env, rules_50(), state)
+    worker = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--child", "serve", "--arg", "null"],
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    consumer = kafka.consumer(base, group_id=f"{prefix}-reader")
+    meta = consumer.list_topics(base.blacklist_topic, timeout=10).topics[base.blacklist_topic]
+    consumer.assign([TopicPartition(base.blacklist_topic, p, OFFSET_END) for p in meta.partitions])
+    producer = EventProducer(base, topic=raw, **{"linger.ms": 1})
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    try:
+        # wait until the worker answers a probe (group joined, rules loaded)
+        deadline = time.monotonic() + 60
+        ready = False
+        k = 0
+        while not ready and time.monotonic() < deadline:
+            k += 1
+            eid = f"{prefix}-warm-{k}"
+            producer.send(
+                {"event_id": eid, "type": PROBE_TYPE, "ts": int(time.time() * 1000), "user_id": "warm"}
+            )
+            producer.poll(0)
+            t_end = time.monotonic() + 1.0
+            while time.monotonic() < t_end and not ready:
+                msg = consumer.poll(0.1)
+                if msg is not None and not msg.error():
+                    ready = True
+        if not ready:
+            raise RuntimeError("the latency worker never answered a probe")
+        rate = 2000
+        seconds = 8 if quick else 20
+        sim = Simulator(SimConfig(users=2000, rate=rate, duration_s=max(seconds, 12), seed=5)).events()
+        total = rate * seconds
+        stop = threading.Event()
+
+        def produce() -> None:
+            start = time.perf_counter()
+            for i in range(total):
+                event = next(sim)
+                event = {**event, "event_id": f"{prefix}-{i}", "ts": int(time.time() * 1000)}
+                if i % 20 == 0:
+                    event["type"] = PROBE_TYPE
+                    sent_at[event["event_id"]] = time.perf_counter()
+                producer.send(event)
+                target = start + (i + 1) / rate
+                delay = target - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            producer.flush()
+            stop.set()
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        wanted = total // 20
+        deadline = time.monotonic() + seconds + 30
+        while len(latencies) < wanted and time.monotonic() < deadline:
+            msg = consumer.poll(0.05)
+            if msg is None or msg.error():
+                continue
+            record = orjson.loads(msg.value())
+            t0 = sent_at.get(record.get("event_id"))
+            if t0 is not None:
+                latencies.append(time.perf_counter() - t0)
+        thread.join(timeout=5)
+    finally:
+        worker.kill()
+        worker.wait()
+        consumer.close()
+    if not latencies:
+        raise RuntimeError("no probe came back")
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    return [
+        {"name": "latency_produce_to_blacklist_p50", "value": pct(0.50), "unit": "ms", "rate": 2000},
+        {
+            "name": "latency_produce_to_blacklist_p99",
+            "value": pct(0.99),
+            "unit": "ms",
+            "goal": "< 500",
+            "probes": len(latencies),
+            "probes_sent": len(sent_at),
+        },
+    ]
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    from streams.stack import Stack
+
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        state = Path(tmp)
+        bootstrap = os.environ.get("BYPASS_KAFKA_BOOTSTRAP")
+        stack = None
+        if not bootstrap:
+            stack = Stack(
+                state / "stack",
+                external={"clickhouse": "http://127.0.0.1:1", "redis": "redis://127.0.0.1:1/0"},
+                die_with_parent=True,
+            )
+            bootstrap = stack.up().addresses["kafka"]
+        phone_key = secrets.token_urlsafe(24)
+        try:
+            results = _throughput(bootstrap, state, phone_key, quick)
+            results += _latency(bootstrap, state, phone_key, quick)
+        finally:
+            if stack is not None:
+                stack.down(purge=True)
+    return results
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child")
+    parser.add_argument("--arg", default="null")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        sys.argv = [sys.argv[0], "worker"]  # faust.Worker parses argv
+        arg = orjson.loads(args.arg)
+        {"bare": child_bare, "naive": child_naive, "pipeline": child_pipeline}.get(
+            args.child, lambda _a: child_serve()
+        )(arg)
+        return
+    for row in run(quick=args.quick):
+        print(row)
+
+
+if __name__ == "__main__":
+    _main()
