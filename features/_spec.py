@@ -196,6 +196,17 @@ class FeatureSpec:
     _by_entity: Mapping[str, tuple[Feature, ...]] = field(repr=False, compare=False, default_factory=dict)
     _key_getters: tuple[tuple[str, str, Getter | None], ...] = field(repr=False, compare=False, default=())
 
+    def __post_init__(self) -> None:
+        # built directly (not by from_dict): derive the private lookup tables
+        if not self._by_entity:
+            by_entity = {e: tuple(f for f in self.features if f.entity == e) for e in self.entities}
+            object.__setattr__(self, "_by_entity", by_entity)
+        if not self._key_getters:
+            getters = tuple(
+                (e, p, None if "." not in p else make_getter(p)) for e, p in self.entities.items()
+            )
+            object.__setattr__(self, "_key_getters", getters)
+
     @classmethod
     def from_dict(cls, data: Any) -> FeatureSpec:
         """Validate an already-parsed spec mapping; raises SpecError naming the feature."""
