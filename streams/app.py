@@ -247,6 +247,27 @@ class Pipeline:
             exc.message,
         )
 
+    def _dlq_processing(self, entity: str, key: str, events: Sequence[SourceEvent], exc: Exception) -> None:
+        """Events whose processing raised: to the DLQ as their validated (phone-hashed) JSON,
+        reason ``processing_error``, plus ``bypass.entity`` / ``bypass.key`` headers."""
+        for source in events:
+            headers = [
+                ("bypass.reason", b"processing_error"),
+                ("bypass.error", f"{type(exc).__name__}: {exc}".encode()[:2000]),
+                ("bypass.source.topic", source.topic.encode()),
+                ("bypass.source.partition", str(source.partition).encode()),
+                ("bypass.source.offset", str(source.offset).encode()),
+                ("bypass.source.timestamp", str(source.timestamp_ms).encode()),
+                ("bypass.entity", entity.encode()),
+                ("bypass.key", key.encode()),
+            ]
+            self.dlq_topic.send_soon(
+                key=str(source.event.get("user_id", "")).encode(),
+                value=orjson.dumps(source.event),
+                headers=headers,
+            )
+        self.metrics.dlq.labels(reason="processing_error").inc(len(events))
+
     def ingest(self, messages: Sequence[Any]) -> dict[tuple[str, int], list[bytes]]:
         """Decode a batch of raw messages; return bundle payload parts per (entity, partition).
 
@@ -369,10 +390,27 @@ class Pipeline:
             )
             batches.append(KeyBatch(key, state, events))
         try:
-            results = self.processor.process_many(entity, batches)
+            results: list[Any] = list(self.processor.process_many(entity, batches))
         except Exception:
-            cache.clear()  # states may be half-applied: never reuse them
-            raise
+            # A bug or a poison event must not stall the partition: redo the keys one by
+            # one from their stored bytes (the cached objects may be half-applied) and send
+            # the events of a key that still fails to the DLQ.
+            cache.clear()
+            results = []
+            for batch, raw in zip(batches, stored, strict=True):
+                try:
+                    results.extend(
+                        self.processor.process_many(entity, [KeyBatch(batch.key, raw, batch.events)])
+                    )
+                except Exception as exc:
+                    log.exception(
+                        "processing %s %r failed; its %d events go to the DLQ",
+                        entity,
+                        batch.key,
+                        len(batch.events),
+                    )
+                    self._dlq_processing(entity, batch.key, batch.events, exc)
+                    results.append(None)
         cache_cap = self.settings.state_cache_keys
         m = self.metrics
         hits_send = self.hits_topic.send_soon
@@ -380,6 +418,8 @@ class Pipeline:
         applied = duplicates = late = 0
         now = time.time()
         for result, raw in zip(results, stored, strict=True):
+            if result is None:
+                continue
             kb = result.key.encode()
             if result.changed:
                 raw = table[kb] = self.processor.dumps(result.state)  # assigned, never mutated
