@@ -47,19 +47,21 @@ class EntityState:
     """The state of one entity key: plain data only (times, counters, lists, dicts).
 
     ``tmax``: newest applied event time; ``late_rejected``: how many events were rejected
-    as too late; ``dedup``: event id -> feature values of its first application
-    for the ids within the dedup horizon (``dedup_order``: their times, in application
-    order); ``feats``: one state object per feature.
+    as too late; ``dedup``: event id -> feature values of its first application (a tuple)
+    for the ids within the dedup horizon (``dedup_ids`` / ``dedup_ts``: the ids and their
+    times, in application order, a queue whose live part starts at ``dedup_head``);
+    ``feats``: one state object per feature.
     """
 
-    __slots__ = ("dedup", "dedup_head", "dedup_order", "entity", "feats", "late_rejected", "tmax")
+    __slots__ = ("dedup", "dedup_head", "dedup_ids", "dedup_ts", "entity", "feats", "late_rejected", "tmax")
 
     def __init__(self, entity: str, feats: list[Any]) -> None:
         self.entity = entity
         self.tmax = _NEG
         self.late_rejected = 0
-        self.dedup: dict[str, list[Any]] = {}
-        self.dedup_order: list[tuple[int, str]] = []  # a queue: [dedup_head:] are live
+        self.dedup: dict[str, tuple[Any, ...]] = {}
+        self.dedup_ids: list[str] = []  # a queue: [dedup_head:] are live
+        self.dedup_ts: list[int] = []  # their event times (parallel to dedup_ids)
         self.dedup_head = 0
         self.feats = feats
 
@@ -117,10 +119,16 @@ class _Plan:
         # when every `where` tests only the event type, the match vector depends on the
         # type alone: compute it once per type and reuse it
         self.type_only = all(p == "type" for w in index for p, _ in w)
-        self.type_cache: dict[str, list[bool]] = {}
+        self.type_cache: dict[str, tuple[bool, ...]] = {}
         spans = [s for f in feats if (s := f.span_ms()) is not None]
         self.span = max(spans, default=0)
         self.unbounded = any(f.span_ms() is None for f in feats)
+
+    def match(self, event: Mapping[str, Any]) -> tuple[bool, ...]:
+        """One flag per feature: does the event match its ``where``."""
+        ms = [m(event) for m in self.matchers]
+        ms.append(True)  # index -1: no `where`
+        return tuple([ms[k] for k in self.mi])
 
 
 class FeatureEngine:
@@ -198,8 +206,8 @@ class FeatureEngine:
                 event_id=eid,
             )
         dedup = state.dedup
-        if eid in dedup:
-            seen = dedup[eid]
+        seen = dedup.get(eid)
+        if seen is not None:
             return ApplyResult(
                 dict(zip(plan.names, seen, strict=False)), DUPLICATE, "event id already applied"
             )
@@ -212,47 +220,53 @@ class FeatureEngine:
                 f"event time {t} is {tmax - t} ms older than the key's newest event ({tmax}); "
                 f"allowed lateness is {self.allowed_lateness_ms} ms",
             )
+        ms: tuple[bool, ...] | None
         if plan.type_only:
             ty = event.get("type")
-            cache = plan.type_cache
-            if type(ty) is str and ty in cache:
-                ms = cache[ty]
+            if type(ty) is str:
+                cache = plan.type_cache
+                ms = cache.get(ty)
+                if ms is None:
+                    ms = plan.match(event)
+                    if len(cache) < 1024:
+                        cache[ty] = ms
             else:
-                ms = [m(event) for m in plan.matchers]
-                ms.append(True)  # index -1: no `where`
-                if type(ty) is str and len(plan.type_cache) < 1024:
-                    plan.type_cache[ty] = ms
+                ms = plan.match(event)
         else:
-            ms = [m(event) for m in plan.matchers]
-            ms.append(True)
-        vals: list[Any]
+            ms = plan.match(event)
+        vals: tuple[Any, ...]
         if t >= tmax:
             state.tmax = tmax = t
             # a feature the event does not match keeps its value until `until`
-            vals = [
-                fn(st, t, event, ms[k], tmax) if ms[k] or t >= st.until else st.val
-                for fn, st, k in zip(plan.applies, state.feats, plan.mi, strict=False)
-            ]
+            vals = tuple(
+                [
+                    fn(st, t, event, m, t) if m or t >= st.until else st.val
+                    for fn, st, m in zip(plan.applies, state.feats, ms, strict=False)
+                ]
+            )
         else:
-            vals = [
-                fn(st, t, event, ms[k], tmax)
-                for fn, st, k in zip(plan.applies, state.feats, plan.mi, strict=False)
-            ]
+            vals = tuple(
+                [fn(st, t, event, m, tmax) for fn, st, m in zip(plan.applies, state.feats, ms, strict=False)]
+            )
             for st in state.feats:
                 st.until = _NEG  # the cached value is as of tmax: recompute next time
         # remember the id and the values of this first application (never mutated)
         dedup[eid] = vals
-        order = state.dedup_order
-        order.append((t, eid))
+        ids = state.dedup_ids
+        tss = state.dedup_ts
+        ids.append(eid)
+        tss.append(t)
         horizon = tmax - self.dedup_horizon_ms  # ids of events at or after it are kept
         dh = state.dedup_head
-        if order[dh][0] < horizon or len(order) - dh > self.cap:
-            n = len(order)
-            while dh < n and (order[dh][0] < horizon or n - dh > self.cap):
-                dedup.pop(order[dh][1], None)
+        if tss[dh] < horizon or len(tss) - dh > self.cap:
+            n = len(tss)
+            cap = self.cap
+            while dh < n and (tss[dh] < horizon or n - dh > cap):
+                del dedup[ids[dh]]
                 dh += 1
             if dh > 2 and 2 * dh > n:
-                del order[:dh]
+                del ids[:dh]
+                del tss[:dh]
                 dh = 0
             state.dedup_head = dh
         return ApplyResult(dict(zip(plan.names, vals, strict=False)), APPLIED)
@@ -279,7 +293,8 @@ class FeatureEngine:
         if tmax == _NEG:
             return orjson.dumps([_FORMAT, None, state.late_rejected])
         dedup: list[Any] = []
-        for t, eid in state.dedup_order[state.dedup_head :]:
+        dh = state.dedup_head
+        for eid, t in zip(state.dedup_ids[dh:], state.dedup_ts[dh:], strict=True):
             dedup.append(eid)
             dedup.append(tmax - t)
             dedup.append(state.dedup[eid])
@@ -310,12 +325,13 @@ class FeatureEngine:
             tmax = st.tmax = int(raw[1])
             same_layout = raw[3] == plan.layout
             flat = raw[4]
-            nulls = [None] * len(plan.names)
+            nulls = (None,) * len(plan.names)
             for i in range(0, len(flat), 3):
                 eid, d, vals = flat[i], flat[i + 1], flat[i + 2]
-                t = tmax - int(d)
-                st.dedup[eid] = vals if same_layout else nulls
-                st.dedup_order.append((t, eid))
+                if eid not in st.dedup:
+                    st.dedup_ids.append(eid)
+                    st.dedup_ts.append(tmax - int(d))
+                st.dedup[eid] = tuple(vals) if same_layout else nulls
             feats = raw[5]
             for i, (key, lg) in enumerate(zip(plan.keys, plan.logics, strict=True)):
                 blob = feats.get(key)
