@@ -1,0 +1,518 @@
+"""The live pipeline (``bypass worker``) on the real local stack.
+
+Workers run as subprocesses (``python -m streams worker``) with the fixture settings as
+BYPASS_* variables; the tests read the real ``hits`` / ``blacklist`` / ``dlq`` topics.
+Group joins on Tansu take about the rebalance timeout, so the workers use 2 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError, Producer, TopicPartition
+
+import rules
+from streams import kafka
+from streams.producer import EventProducer
+from streams.settings import Settings
+from streams.simulate import SimConfig, Simulator
+
+ROOT = Path(__file__).resolve().parents[2]
+FEATURES = ROOT / "examples" / "features.yaml"
+T0 = 1_763_856_000_000
+MIN = 60_000
+HOUR = 3_600_000
+
+SCENARIO_RULES = """
+version: "scenario-1"
+decisions: {reject: 80, review: 50}
+rules:
+  - id: resale_phone_churn
+    entity: user
+    when: phone_changes_30d > 3 and property_views_total < 1
+    events: [contract_sign]
+    score: 90
+    label: account_resale
+    action: blacklist
+    ttl: 30d
+  - id: shared_device
+    entity: device
+    when: device_users_7d >= 5
+    score: 70
+    label: device_farm
+    action: blacklist
+    ttl: 7d
+  - id: impossible_travel
+    entity: user
+    when: travel_kmh_24h > 1000
+    events: [login]
+    score: 60
+    label: impossible_travel
+    action: blacklist
+    ttl: 1d
+"""
+
+USER_RULES = """
+version: "{version}"
+decisions: {{reject: 80, review: 50}}
+rules:
+  - id: churn
+    entity: user
+    when: phone_changes_30d > 1
+    score: 40
+    label: churn
+    action: blacklist
+    ttl: 30d
+  - id: cities
+    entity: user
+    when: login_cities_7d > 1
+    events: [login]
+    score: 30
+    label: many_cities
+  - id: big_orders
+    entity: user
+    when: order_amount_1h > 2000
+    events: [order]
+    score: 50
+    label: big_orders
+    mode: shadow
+  - id: viewer
+    entity: user
+    when: property_views_total > 15
+    events: [property_view]
+    score: 10
+    label: heavy_viewer
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(settings: Settings, **extra: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    for name, value in settings.masked().items():
+        if value is None or value == "" or name.endswith(("PASSWORD", "HASH_KEY")):
+            continue
+        env[name] = str(value)
+    if settings.phone_hash_key is not None:
+        env["BYPASS_PHONE_HASH_KEY"] = settings.phone_hash_key.get_secret_value()
+    env.update({f"BYPASS_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def psettings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "features_spec": FEATURES,
+            "topic_partitions": 4,
+            "consumer_session_timeout_ms": 10_000,
+            "consumer_rebalance_timeout_ms": 2_000,
+            "consumer_heartbeat_interval_ms": 500,
+            "worker_batch_within_ms": 20,
+            "table_standby_replicas": 0,
+            "log_level": "INFO",
+        }
+    )
+
+
+class Worker:
+    """A ``bypass worker`` subprocess with its own metrics port and log file."""
+
+    def __init__(self, settings: Settings, log: Path, **extra: Any) -> None:
+        self.port = _free_port()
+        self.log = log
+        env = _env(settings, metrics_port=self.port, **extra)
+        self._log_file = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker"],
+            env=env,
+            cwd=str(ROOT),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def metric(self, name: str, labels: str = "") -> float | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        wanted = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        return None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log_file.close()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def publish(
+    settings: Settings, text: str, tmp_path: Path, name: str = "rules.yaml"
+) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, "-m", "streams", "rules", "publish", str(path)],
+        env=_env(settings),
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    until: Callable[[list[Any]], bool],
+    timeout_s: float = 60.0,
+    settle_s: float = 2.0,
+) -> list[Any]:
+    """All messages of ``topic``: read until ``until(messages)`` holds, then ``settle_s`` more."""
+    consumer = kafka.consumer(settings, group_id=f"{settings.app_id}-reader-{time.monotonic_ns()}")
+    try:
+        deadline = time.monotonic() + timeout_s
+        meta = None
+        while time.monotonic() < deadline:
+            meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                break
+            time.sleep(0.2)
+        assert meta is not None and meta.partitions, f"topic {topic} never appeared"
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        out: list[Any] = []
+        settled_at: float | None = None
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            if msg is not None and msg.error() is None:
+                out.append(msg)
+                continue
+            if msg is not None and msg.error().code() != KafkaError._PARTITION_EOF:
+                continue
+            if until(out):
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at >= settle_s:
+                    return out
+        return out
+    finally:
+        consumer.close()
+
+
+def values(messages: list[Any]) -> list[dict[str, Any]]:
+    return [orjson.loads(m.value()) for m in messages]
+
+
+def produce(settings: Settings, events: list[dict[str, Any]]) -> None:
+    with EventProducer(settings) as producer:
+        producer.send_many(events)
+    # the context manager flushed; check nothing failed
+    report = producer.flush()
+    report.raise_for_errors()
+
+
+def ev(eid: str, etype: str, ts: int, user: str, **extra: Any) -> dict[str, Any]:
+    return {"event_id": eid, "type": etype, "ts": ts, "user_id": user, **extra}
+
+
+def scenario_events() -> list[dict[str, Any]]:
+    """Account resale, a device shared by many users, impossible travel, and a normal user."""
+    out: list[dict[str, Any]] = []
+    # account resale: four phone changes within a day, then a contract sign, no property view
+    for i in range(4):
+        out.append(
+            ev(f"rs-pc{i}", "phone_change", T0 + i * HOUR, "u-resale", phone=f"+86 138 0000 00{i:02d}")
+        )
+    out.append(ev("rs-sign", "contract_sign", T0 + 5 * HOUR, "u-resale", phone="+86-138-0000-0003"))
+    # a normal user: same phone churn but views properties first -> no resale hit
+    out.append(ev("n-view", "property_view", T0, "u-normal"))
+    for i in range(4):
+        out.append(
+            ev(f"n-pc{i}", "phone_change", T0 + (i + 1) * HOUR, "u-normal", phone=f"+8613900000{i:03d}")
+        )
+    out.append(ev("n-sign", "contract_sign", T0 + 6 * HOUR, "u-normal"))
+    # a device shared by five users: the fifth distinct user trips the rule (only the fifth)
+    for i in range(5):
+        out.append(ev(f"farm-{i}", "login", T0 + i * MIN, f"u-farm{i}", device_id="d-farm"))
+    # impossible travel: Beijing, then Shanghai (~1,070 km) 30 minutes later
+    beijing = {"lat": 39.9042, "lon": 116.4074, "city": "Beijing"}
+    shanghai = {"lat": 31.2304, "lon": 121.4737, "city": "Shanghai"}
+    out.append(ev("tr-1", "login", T0, "u-travel", geo=beijing, device_id="d-travel"))
+    out.append(ev("tr-2", "login", T0 + 30 * MIN, "u-travel", geo=shanghai, device_id="d-travel"))
+    return out
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_bad_input_goes_to_dlq_and_scenario_gives_exactly_the_expected_hits(
+    psettings: Settings, tmp_path: Path
+) -> None:
+    s = psettings
+    kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, s.blacklist_topic, s.dlq_topic])
+    assert publish(s, SCENARIO_RULES, tmp_path).returncode == 0
+    worker = Worker(s, tmp_path / "worker.log")
+    try:
+        raw = s.raw_topics[0]
+        bad = [
+            (b"{not json", "not_json"),
+            (orjson.dumps({"event_id": "x1", "type": "login", "ts": T0}), "missing_field"),
+            (
+                orjson.dumps({"event_id": "x2", "type": "login", "ts": "yesterday", "user_id": "u"}),
+                "wrong_type",
+            ),
+            (orjson.dumps({**ev("x3", "login", T0, "u"), "attrs": {"blob": "x" * 70_000}}), "too_large"),
+        ]
+        producer = Producer({**s.kafka_config(), "message.max.bytes": 2_000_000})
+        for value, _reason in bad:
+            producer.produce(raw, key=b"u-resale", value=value, headers=[("origin", b"test")])
+        assert producer.flush(15) == 0
+        dlq = read_topic(s, s.dlq_topic, lambda m: len(m) >= len(bad), timeout_s=90)
+        assert len(dlq) == len(bad)
+        by_value = {m.value(): dict(m.headers()) for m in dlq}
+        for value, reason in bad:
+            headers = by_value[value]  # the original bytes, unchanged
+            assert headers["bypass.reason"] == reason.encode()
+            assert headers["bypass.error"]
+            assert headers["bypass.source.topic"] == raw.encode()
+            assert int(headers["bypass.source.partition"]) in range(4)
+            assert int(headers["bypass.source.offset"]) >= 0
+            assert headers["origin"] == b"test"  # the original headers are kept
+
+        # the worker is consuming now (it has dead-lettered the bad messages)
+        # The device-farm logins come from five users, i.e. from different raw partitions:
+        # the live order across partitions is arrival order, so they are sent as apps
+        # would send them, one after the other (ARCHITECTURE: events of one entity from
+        # several partitions are applied in the order they arrive).
+        scripted = scenario_events()
+        produce(s, [e for e in scripted if e.get("device_id") != "d-farm"])
+        for event in (e for e in scripted if e.get("device_id") == "d-farm"):
+            produce(s, [event])
+            time.sleep(0.3)
+
+        expected_hits = {
+            ("resale_phone_churn", "user", "u-resale", "rs-sign"),
+            ("shared_device", "device", "d-farm", "farm-4"),
+            ("impossible_travel", "user", "u-travel", "tr-2"),
+        }
+        hits = values(read_topic(s, s.hits_topic, lambda m: len(m) >= 3, timeout_s=60, settle_s=3))
+        assert {(h["rule_id"], h["entity"], h["key"], h["event_id"]) for h in hits} == expected_hits
+        assert len(hits) == 3
+        for h in hits:
+            assert h["hit_id"] == rules.hit_id(h["event_id"], h["rule_id"], "scenario-1")
+            assert h["run_id"] == "live" and h["ruleset_version"] == "scenario-1"
+            assert h["source_topic"] == raw and h["mode"] == "active" and h["counted"]
+        resale = next(h for h in hits if h["rule_id"] == "resale_phone_churn")
+        assert resale["features"] == {"phone_changes_30d": 4, "property_views_total": 0}
+        assert resale["event_ts"] == T0 + 5 * HOUR and resale["decision"] == "reject"
+        travel = next(h for h in hits if h["rule_id"] == "impossible_travel")
+        assert travel["features"]["travel_kmh_24h"] > 2000
+
+        blacklist = read_topic(s, s.blacklist_topic, lambda m: len(m) >= 3, timeout_s=30, settle_s=1)
+        entries = {(m.key().decode(), orjson.loads(m.value())["label"]) for m in blacklist}
+        assert entries == {
+            ("user:u-resale", "account_resale"),
+            ("device:d-farm", "device_farm"),
+            ("user:u-travel", "impossible_travel"),
+        }
+        resale_entry = next(orjson.loads(m.value()) for m in blacklist if m.key() == b"user:u-resale")
+        assert resale_entry["expires_at"] == T0 + 5 * HOUR + 30 * 24 * HOUR
+        assert resale_entry["rule_ids"] == ["resale_phone_churn"]
+
+        # no raw phone number anywhere downstream of ingest
+        downstream = b"".join(m.value() for m in read_topic(s, s.hits_topic, lambda m: True, settle_s=0))
+        assert b"138" not in downstream and b"+86" not in downstream
+        assert worker.metric("bypass_dlq_total", 'reason="not_json"') == 1.0
+        assert (worker.metric("bypass_hits_total", 'mode="active",rule_id="shared_device"') or 0) >= 1.0
+    finally:
+        worker.stop()
+
+
+def _sim_events(
+    seed: int, users: int = 60, rate: float = 100, duration_s: float = 30
+) -> list[dict[str, Any]]:
+    return list(Simulator(SimConfig(users=users, rate=rate, duration_s=duration_s, seed=seed)).events())
+
+
+def _hits_by_id(messages: list[Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for record in values(messages):
+        previous = out.setdefault(record["hit_id"], record)
+        assert previous == record, "a hit delivered twice must be identical"
+    return out
+
+
+def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
+    psettings: Settings, tmp_path: Path
+) -> None:
+    s = psettings
+    ref = s.model_copy(
+        update={
+            "app_id": s.app_id + "_ref",
+            "hits_topic": s.hits_topic + ".ref",
+            "blacklist_topic": s.blacklist_topic + ".ref",
+        }
+    )
+    kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, ref.hits_topic])
+    assert publish(s, USER_RULES.format(version="u-1"), tmp_path).returncode == 0
+    events = _sim_events(seed=3)
+    reference = Worker(ref, tmp_path / "ref.log")
+    crashing = Worker(s, tmp_path / "crash-1.log")
+    restarted = None
+    try:
+        produce(s, events)
+        # kill the worker as soon as it has emitted hits: it is in the middle of the stream
+        first = read_topic(s, s.hits_topic, lambda m: len(m) >= 1, timeout_s=90, settle_s=0)
+        assert first, "the worker emitted no hit"
+        crashing.kill()
+        restarted = Worker(s, tmp_path / "crash-2.log")
+        want = _hits_by_id(read_topic(ref, ref.hits_topic, lambda m: len(m) > 20, timeout_s=120, settle_s=4))
+        assert len(want) > 20
+        got = _hits_by_id(
+            read_topic(
+                s,
+                s.hits_topic,
+                lambda m: len({orjson.loads(x.value())["hit_id"] for x in m}) >= len(want),
+                timeout_s=120,
+                settle_s=3,
+            )
+        )
+        assert set(got) == set(want)
+        for hit_id, record in want.items():
+            assert got[hit_id] == record
+        assert "Worker ready" in restarted.text()
+        redelivered = restarted.metric("bypass_events_duplicate_total", 'entity="user"')
+        print(f"\nredelivered after SIGKILL (no-ops): {redelivered} user events")
+    finally:
+        reference.stop()
+        crashing.stop()
+        if restarted is not None:
+            restarted.stop()
+
+
+def test_two_workers_split_partitions_and_hot_reload(psettings: Settings, tmp_path: Path) -> None:
+    s = psettings
+    ref = s.model_copy(
+        update={
+            "app_id": s.app_id + "_ref",
+            "hits_topic": s.hits_topic + ".ref",
+            "blacklist_topic": s.blacklist_topic + ".ref",
+        }
+    )
+    kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, ref.hits_topic])
+    assert publish(s, USER_RULES.format(version="u-1"), tmp_path).returncode == 0
+    # a broken set is never published, and says why
+    broken = publish(
+        s,
+        USER_RULES.format(version="u-broken").replace("phone_changes_30d > 1", "phone_chnges > 1"),
+        tmp_path,
+        "broken.yaml",
+    )
+    assert broken.returncode == 1
+    assert "churn" in broken.stdout and "phone_changes_30d" in broken.stdout  # rule id + did-you-mean
+    assert "nothing published" in broken.stderr
+
+    events = _sim_events(seed=5)
+    reference = Worker(ref, tmp_path / "ref.log")
+    one = Worker(s, tmp_path / "w1.log")
+    two = Worker(s, tmp_path / "w2.log")
+    try:
+        produce(s, events)
+        want = _hits_by_id(read_topic(ref, ref.hits_topic, lambda m: len(m) > 20, timeout_s=120, settle_s=4))
+        got = _hits_by_id(
+            read_topic(
+                s,
+                s.hits_topic,
+                lambda m: len({orjson.loads(x.value())["hit_id"] for x in m}) >= len(want),
+                timeout_s=120,
+                settle_s=3,
+            )
+        )
+        assert got == want
+        raw_topic = s.raw_topics[0]
+        seen = [w.metric("bypass_events_in_total", f'topic="{raw_topic}"') or 0.0 for w in (one, two)]
+        assert all(n > 0 for n in seen), f"partitions were not split: {seen}"
+        assert sum(seen) >= len(events)
+
+        # a broken set that appears on the topic anyway is rejected; u-1 stays active
+        p = Producer(s.kafka_config())
+        bad = {"version": "u-bad", "text": "version: u-bad\nrules: [{id: x, when: nope(}]", "published_ms": 1}
+        p.produce(s.rules_topic, key=b"u-bad", value=orjson.dumps(bad))
+        p.flush(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all((w.metric("bypass_ruleset_rejected_total") or 0) >= 1 for w in (one, two)):
+                break
+            time.sleep(0.1)
+        for w in (one, two):
+            assert w.metric("bypass_ruleset_rejected_total") == 1.0
+            assert w.metric("bypass_ruleset_info", 'version="u-1"') == 1.0
+            assert "rejected, version 'u-1' stays active" in w.text()
+
+        # hot reload: publish u-2, both workers switch; measure publish -> active
+        started = time.monotonic()
+        assert publish(s, USER_RULES.format(version="u-2"), tmp_path, "v2.yaml").returncode == 0
+        active: dict[int, float] = {}
+        while len(active) < 2 and time.monotonic() - started < 30:
+            for i, w in enumerate((one, two)):
+                if i not in active and w.metric("bypass_ruleset_info", 'version="u-2"') == 1.0:
+                    active[i] = time.monotonic() - started
+            time.sleep(0.02)
+        assert len(active) == 2, "a worker did not activate u-2"
+        delays = [w.metric("bypass_ruleset_publish_to_active_seconds") for w in (one, two)]
+        print(
+            f"\npublish-to-active: {delays} s (seen by the test after {sorted(active.values())} s)"
+        )
+        assert all(d is not None and 0 <= d < 5 for d in delays)
+        # events after the swap use u-2
+        later = [
+            ev(f"late-{i}", "phone_change", T0 + 400 * HOUR + i, "u-reload", phone=f"+861370000{i:04d}")
+            for i in range(3)
+        ]
+        produce(s, later)
+        hits = values(
+            read_topic(
+                s,
+                s.hits_topic,
+                lambda m: any(orjson.loads(x.value())["event_id"] == "late-2" for x in m),
+                timeout_s=60,
+                settle_s=1,
+            )
+        )
+        reload_hits = [h for h in hits if h["key"] == "u-reload"]
+        assert reload_hits and {h["ruleset_version"] for h in reload_hits} == {"u-2"}
+    finally:
+        for w in (reference, one, two):
+            w.stop()
