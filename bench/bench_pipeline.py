@@ -362,7 +362,9 @@ def _throughput(bootstrap: str, state: Path, phone_key: str, quick: bool) -> lis
     ]
 
 
-def _latency(bootstrap: str, state: Path, phone_key: str, quick: bool) -> list[dict[str, Any]]:
+def _latency(
+    bootstrap: str, state: Path, phone_key: str, quick: bool, rate: int = 2000
+) -> list[dict[str, Any]]:
     from confluent_kafka import OFFSET_END, TopicPartition
 
     from streams import kafka
@@ -416,7 +418,6 @@ def _latency(bootstrap: str, state: Path, phone_key: str, quick: bool) -> list[d
                     ready = True
         if not ready:
             raise RuntimeError("the latency worker never answered a probe")
-        rate = 2000
         seconds = 8 if quick else 20
         sim = Simulator(SimConfig(users=2000, rate=rate, duration_s=max(seconds, 12), seed=5)).events()
         total = rate * seconds
@@ -463,7 +464,7 @@ def _latency(bootstrap: str, state: Path, phone_key: str, quick: bool) -> list[d
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 
     return [
-        {"name": "latency_produce_to_blacklist_p50", "value": pct(0.50), "unit": "ms", "rate": 2000},
+        {"name": "latency_produce_to_blacklist_p50", "value": pct(0.50), "unit": "ms", "rate": rate},
         {
             "name": "latency_produce_to_blacklist_p99",
             "value": pct(0.99),

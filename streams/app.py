@@ -97,6 +97,32 @@ class EntityTable(faust.Table):  # type: ignore[type-arg]
         return partition
 
 
+def tune_fetch_wait(max_wait_ms: int) -> None:
+    """Cap the broker-side fetch wait of Faust's consumers at ``max_wait_ms``.
+
+    faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500`` for its aiokafka consumer.
+    A broker that holds a fetch for the whole wait when the partition has no new record yet
+    (Tansu does) then adds up to 1.5 s per hop, and the pipeline has two hops (raw topic,
+    repartition topic).  This wraps the consumer class Faust's driver instantiates; it
+    affects this process only.
+    """
+    import types
+
+    import aiokafka
+    import faust.transport.drivers.aiokafka as driver
+
+    real = aiokafka.AIOKafkaConsumer
+
+    class _Consumer(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", max_wait_ms)), max_wait_ms)
+            super().__init__(*args, **kwargs)
+
+    shim = types.SimpleNamespace(**vars(aiokafka))
+    shim.AIOKafkaConsumer = _Consumer
+    driver.aiokafka = shim  # type: ignore[attr-defined]
+
+
 def faust_broker_url(bootstrap: str) -> str:
     """``"h1:9092,h2:9092"`` -> ``"kafka://h1:9092;kafka://h2:9092"``."""
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
@@ -196,6 +222,7 @@ class Pipeline:
     # --- app ----------------------------------------------------------------
     def _build_app(self, datadir: Path | None) -> faust.App:
         s = self.settings
+        tune_fetch_wait(s.consumer_fetch_max_wait_ms)
         datadir = datadir or (Path(s.state_dir) / "faust")
         datadir.mkdir(parents=True, exist_ok=True)
         app = faust.App(

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     consumer_heartbeat_interval_ms: int = Field(
         3_000, ge=100, description="consumer-group heartbeat interval"
     )
+    consumer_fetch_max_wait_ms: int = Field(
+        100, ge=1, description="longest time the broker may hold a worker's fetch (latency bound)"
+    )
     metrics_port: int = Field(9108, ge=0, le=65535, description="worker Prometheus port; 0 = off")
 
     @field_validator("raw_topics", mode="before")
