@@ -171,3 +171,28 @@ def test_clickhouse_error_code_and_message_are_read_from_the_server_text() -> No
     assert clickhouse_error_code(exc) == 469 and 469 in DATA_ERROR_CODES
     assert _first_line(exc).startswith("Constraint `score_sane` for table db.risk_hits")
     assert clickhouse_error_code(ConnectionRefusedError("refused")) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"score": 3}, {"label": None, "decision": None, "features": None}, {"event_ts": 0}],
+)
+def test_hit_values_are_the_row_in_column_order_with_ms_ticks(change: dict[str, object]) -> None:
+    from sinks.clickhouse import _hit_row_checked, _hit_values_fast, hit_values
+
+    hit = {**sample_hit(5), **change}
+    values = hit_values(hit)
+    checked = _hit_row_checked(hit)
+    checked["event_time"] = hit["event_ts"]  # the Native insert sends DateTime64(3) ticks
+    assert values == _hit_values_fast(hit) == tuple(checked.values())
+    assert len(values) == len(HIT_COLUMNS) and values[HIT_COLUMNS.index("event_time")] == hit["event_ts"]
+
+
+def test_hit_values_checked_path_names_the_problem() -> None:
+    from sinks.clickhouse import _hit_values_fast, hit_values
+
+    hit = {**sample_hit(5), "score": float("inf")}
+    assert _hit_values_fast(hit) is None
+    with pytest.raises(RecordError) as err:
+        hit_values(hit)
+    assert err.value.reason == "not finite: score"
