@@ -13,10 +13,18 @@ Offsets are committed only after the sink accepted the batch; a crash between th
 two re-delivers the batch, which the idempotent sink absorbs. A rebalance while a
 batch is pending drops the batch from memory (eager rebalance: every partition is
 revoked, and each new owner resumes from the committed offsets).
+
+While it runs, the runner raises the young-generation threshold of Python's cyclic GC
+(``GC_YOUNG_THRESHOLD`` allocations instead of 700): every consumed batch allocates a
+few container objects per record (the Kafka messages, decoded JSON), and with the
+default threshold the messages still alive mid-batch were promoted to the oldest
+generation, triggering a full collection every few batches - measured at ~30% of the
+ClickHouse writer's CPU. Garbage cycles are still collected, only in larger steps.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -38,6 +46,8 @@ H_TOPIC = "bypass.source_topic"
 H_PARTITION = "bypass.source_partition"
 H_OFFSET = "bypass.source_offset"
 H_SINK = "bypass.sink"
+
+GC_YOUNG_THRESHOLD = 50_000
 
 
 @dataclass
@@ -340,6 +350,9 @@ class SinkRunner:
         """Run until ``stop`` is set (or, with ``idle_exit_s``, until nothing came for that long)."""
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         last_record = self.clock()
+        gc_before = gc.get_threshold()
+        if gc_before[0] < GC_YOUNG_THRESHOLD:
+            gc.set_threshold(GC_YOUNG_THRESHOLD, *gc_before[1:])
         try:
             while stop is None or not stop.is_set():
                 want = max(1, min(10_000, self.batch_size - self.sink.pending()))
@@ -382,6 +395,8 @@ class SinkRunner:
             if self._next_offsets:
                 self.flush_and_commit(stop)
         finally:
+            if gc.get_threshold()[0] == GC_YOUNG_THRESHOLD != gc_before[0]:
+                gc.set_threshold(*gc_before)
             self._progress(force=True)
             self.dlq_producer.flush(10)
             self.consumer.close()
