@@ -404,14 +404,9 @@ class SinkRunner:
 
     def _handle(self, msg: Any) -> None:
         ts_type, ts = msg.timestamp()
-        record = SourceRecord(
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-            key=msg.key(),
-            value=msg.value(),
-            timestamp_ms=ts if ts_type else None,
-        )
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        # positional: a NamedTuple built with keywords costs about twice as much (once per record)
+        record = SourceRecord(topic, partition, offset, msg.key(), msg.value(), ts if ts_type else None)
         self.stats.consumed += 1
         if self._batch_started is None:
             self._batch_started = self.clock()
@@ -419,4 +414,4 @@ class SinkRunner:
             self.sink.add(record)
         except RecordError as exc:
             self.dead_letter(record, exc.reason, msg.headers())
-        self._next_offsets[(record.topic, record.partition)] = record.offset + 1
+        self._next_offsets[(topic, partition)] = offset + 1
