@@ -1,8 +1,10 @@
 """bench_sinks: the ClickHouse writer - throughput into ClickHouse and hit-to-queryable lag.
 
 Workload: contract-format hit records (``sinks._sample.sample_hit``: 21 fields, 4
-feature values) on a 4-partition topic of a real Kafka-protocol broker (Tansu), written
-by the real writer (``SinkRunner`` + ``ClickHouseSink``: JSONEachRow inserts with
+feature values, plus the 4 fields the live processor also sends and the writer skips:
+``user_id``, ``action``, ``error``, ``total_score`` - 25 fields as in production) on a
+4-partition topic of a real Kafka-protocol broker (Tansu), written
+by the real writer (``SinkRunner`` + ``ClickHouseSink``: Native-format inserts with
 deduplication tokens) into ``risk_hits`` (ReplacingMergeTree + projection + bloom index,
 hourly uniqExact rollup MV) on the chdb-served ClickHouse 26.9 engine.
 
@@ -86,6 +88,15 @@ def _produce(settings: Any, values: list[bytes]) -> None:
     producer.flush(60)
 
 
+def _hit(i: int, **kwargs: Any) -> dict[str, Any]:
+    """``sample_hit`` with the extra fields ``streams.processor.hit_record`` also writes."""
+    from sinks._sample import sample_hit
+
+    hit = sample_hit(i, **kwargs)
+    hit.update(user_id=hit["key"], action="review", error=None, total_score=hit["score"] + 5.0)
+    return hit
+
+
 def _cpu_s(pid: int | None) -> float:
     """CPU seconds (user + system) used so far by process ``pid`` (0 if unknown)."""
     if pid is None:
@@ -98,11 +109,10 @@ def _cpu_s(pid: int | None) -> float:
 
 
 def _throughput(bootstrap: str, ch_url: str, n: int, ch_pid: int | None = None) -> list[dict[str, Any]]:
-    from sinks._sample import sample_hit
 
     tag = "tp" + secrets.token_hex(3)
     settings = _settings(bootstrap, ch_url, tag, sink_batch_size=50_000)
-    values = [orjson.dumps(sample_hit(i, rules=50, users=20_000)) for i in range(n)]
+    values = [orjson.dumps(_hit(i, rules=50, users=20_000)) for i in range(n)]
     _produce(settings, values)
     runner = _writer(settings)
     stop = threading.Event()
@@ -218,7 +228,7 @@ def _lag(
         delay = target - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        hit = sample_hit(i, run_id="bench")
+        hit = _hit(i, run_id="bench")
         sent_at[i] = time.monotonic()
         producer.produce(settings.hits_topic, orjson.dumps(hit), key=str(i % 97).encode())
         producer.poll(0)

@@ -7,6 +7,12 @@ server. :class:`ClickHouseSink` follows the add()/flush() interface of
 it holds, so an in-process retry of the same batch is dropped by ClickHouse;
 across restarts (a batch re-read with other boundaries) the
 ReplacingMergeTree keyed by ``hit_id`` collapses the copies.
+
+Hits (the volume) are checked in Python (``hit_values``: one flat type check per
+record, the field-by-field path naming the problem otherwise), held column by
+column and inserted in the Native format: no text for the server to parse
+(JSONEachRow cost it ~1.5x the CPU per row), ``event_time`` sent as DateTime64(3)
+ticks (epoch ms). Blacklist entries (a trickle) go as JSONEachRow lines.
 """
 
 from __future__ import annotations
