@@ -135,42 +135,58 @@ def _partitions(client: Any, topic: str, timeout_s: float = 10.0) -> list[int]:
     return sorted(info.partitions)
 
 
+def _catch_up(
+    client: Any, topic: str, timeout_s: float, parse: Callable[[Any], RuleSetRecord | None]
+) -> tuple[list[RuleSetRecord], set[int]]:
+    """Assign every partition of ``topic`` from the beginning and read up to its end.
+
+    The end is the ``PARTITION_EOF`` event, not the high watermark (Tansu reports a too
+    low watermark after batched produces). Returns the parsed records in publish order
+    and the partitions not read to the end before ``timeout_s``; the client stays
+    assigned, positioned after what it read, so a follower can go on polling it.
+    """
+    parts = _partitions(client, topic)
+    pending: set[int] = set()
+    for p in parts:
+        low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        if high > low:
+            pending.add(p)
+    client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    records: list[RuleSetRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        msg = client.poll(POLL_S)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                pending.discard(msg.partition())
+            continue
+        record = parse(msg)
+        if record is not None:
+            records.append(record)
+    records.sort(key=lambda r: (r.published_ms, r.offset))
+    return records, pending
+
+
+def _parse_quietly(msg: Any) -> RuleSetRecord | None:
+    try:
+        return RuleSetRecord.from_message(msg.key(), msg.value(), msg.offset())
+    except ValueError:
+        return None
+
+
 def read_versions(settings: Settings, *, timeout_s: float = 15.0) -> list[RuleSetRecord]:
     """Every record on the rules topic, in publish order (empty when the topic is empty/missing)."""
     client = _reader(settings)
     try:
-        parts = _partitions(client, settings.rules_topic)
-        if not parts:
-            return []
-        pending: set[int] = set()
-        for p in parts:
-            low, high = client.get_watermark_offsets(
-                TopicPartition(settings.rules_topic, p), timeout=timeout_s
-            )
-            if high > low:
-                pending.add(p)
-        client.assign([TopicPartition(settings.rules_topic, p, OFFSET_BEGINNING) for p in parts])
-        out: list[RuleSetRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            msg = client.poll(POLL_S)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                continue
-            try:
-                out.append(RuleSetRecord.from_message(msg.key(), msg.value(), msg.offset()))
-            except ValueError:
-                continue
+        records, pending = _catch_up(client, settings.rules_topic, timeout_s, _parse_quietly)
         if pending:
             raise PublishError(
                 f"timed out reading {settings.rules_topic!r} at {settings.kafka_bootstrap}",
                 version=None,
             )
-        out.sort(key=lambda r: (r.published_ms, r.offset))
-        return out
+        return records
     finally:
         client.close()
 
@@ -277,28 +293,7 @@ class RulesFollower:
         """Catch up to the end of the topic, activate the latest valid version, then follow."""
         kafka.ensure_topics(self.settings, [self.settings.rules_topic], partitions=1, compacted=True)
         client = _reader(self.settings)
-        topic = self.settings.rules_topic
-        parts = _partitions(client, topic)
-        pending: set[int] = set()
-        for p in parts:
-            low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                pending.add(p)
-        client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        records: list[RuleSetRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            msg = client.poll(POLL_S)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                continue
-            record = self._parse(msg)
-            if record is not None:
-                records.append(record)
-        records.sort(key=lambda r: (r.published_ms, r.offset))
+        records, _ = _catch_up(client, self.settings.rules_topic, timeout_s, self._parse)
         # the latest version that loads wins; broken ones are reported and skipped
         for record in reversed(records):
             if self._activate(record):
