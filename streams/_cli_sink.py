@@ -42,6 +42,9 @@ def build_runner(settings: Settings, sink: Any, topics: list[str], name: str, **
             "session.timeout.ms": settings.sink_session_timeout_ms,
             "heartbeat.interval.ms": max(100, settings.sink_session_timeout_ms // 4),
             "max.poll.interval.ms": 300_000,
+            # Tansu holds a fetch for the whole wait even when data arrives: librdkafka's 500 ms
+            # default added up to half a second of hit-to-queryable lag
+            "fetch.wait.max.ms": settings.consumer_fetch_max_wait_ms,
         },
     )
     producer = kafka.producer(settings)
