@@ -147,6 +147,12 @@ class Logic:
         self.cap = cap
         self.get: Callable[[Event], Any] = make_getter(feature.field) if feature.field else (lambda ev: None)
 
+    @property
+    def always(self) -> bool:
+        """True when the value changes with every event (``val`` / ``until`` unused):
+        the engine then calls ``apply`` for every event, matching or not."""
+        return False
+
     def new(self) -> Any:
         raise NotImplementedError
 
@@ -578,6 +584,10 @@ class Last(Logic):
         super().__init__(feature, cap, lateness_ms)
         self.is_since = feature.agg == "since"
 
+    @property
+    def always(self) -> bool:
+        return self.is_since  # "ms since" changes with every event
+
     def new(self) -> _LastState:
         return _LastState()
 
@@ -774,9 +784,12 @@ class Distinct(Logic):
                 lst.append(t)
                 if lst[1] <= t - L:
                     # keep the times after t - L and the newest one at or before it
-                    j = bisect_right(lst, t - L)
-                    if j > 1:
-                        del lst[: j - 1]
+                    if lst[-2] <= t - L:
+                        del lst[:-2]  # the common case: only t is after t - L
+                    else:
+                        j = bisect_right(lst, t - L)
+                        if j > 1:
+                            del lst[: j - 1]
                 if w_ms is not None and not win:
                     st.until = t + w_ms
                 win[v] = t

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from features._aggs import _NEG, LOGICS, Logic
+from features._aggs import _NEG, _POS, LOGICS, Logic
 from features._spec import Feature, FeatureSpec, make_matcher
 from features.errors import ConfigError, EventError, StateError
 
@@ -50,10 +50,21 @@ class EntityState:
     as too late; ``dedup``: event id -> feature values of its first application (a tuple)
     for the ids within the dedup horizon (``dedup_ids`` / ``dedup_ts``: the ids and their
     times, in application order, a queue whose live part starts at ``dedup_head``);
-    ``feats``: one state object per feature.
+    ``feats``: one state object per feature; ``vals`` / ``umin``: see below.
     """
 
-    __slots__ = ("dedup", "dedup_head", "dedup_ids", "dedup_ts", "entity", "feats", "late_rejected", "tmax")
+    __slots__ = (
+        "dedup",
+        "dedup_head",
+        "dedup_ids",
+        "dedup_ts",
+        "entity",
+        "feats",
+        "late_rejected",
+        "tmax",
+        "umin",
+        "vals",
+    )
 
     def __init__(self, entity: str, feats: list[Any]) -> None:
         self.entity = entity
@@ -64,6 +75,11 @@ class EntityState:
         self.dedup_ts: list[int] = []  # their event times (parallel to dedup_ids)
         self.dedup_head = 0
         self.feats = feats
+        # per feature: its value for an in-order event that does not match it (a copy of
+        # its state's ``val``), valid while the event time is before ``umin`` (at most
+        # every such feature's ``until``)
+        self.vals: list[Any] = [st.val for st in feats]
+        self.umin = _NEG
 
     @property
     def empty(self) -> bool:
@@ -75,6 +91,7 @@ class _Plan:
     """Everything the engine needs for one entity kind, prepared once."""
 
     __slots__ = (
+        "always",
         "applies",
         "features",
         "keys",
@@ -96,6 +113,8 @@ class _Plan:
         self.layout = hashlib.blake2b(",".join(self.keys).encode(), digest_size=4).hexdigest()
         self.logics: tuple[Logic, ...] = tuple(LOGICS[f.agg](f, cap, lateness_ms) for f in feats)
         self.applies = tuple(lg.apply for lg in self.logics)
+        # features whose value changes with every event: called for every event
+        self.always = tuple(lg.always for lg in self.logics)
         # share one compiled matcher between features with the same `where`
         matchers: list[Callable[[Mapping[str, Any]], bool]] = []
         index: dict[Any, int] = {}
@@ -119,16 +138,19 @@ class _Plan:
         # when every `where` tests only the event type, the match vector depends on the
         # type alone: compute it once per type and reuse it
         self.type_only = all(p == "type" for w in index for p, _ in w)
-        self.type_cache: dict[str, tuple[bool, ...]] = {}
+        self.type_cache: dict[str, tuple[tuple[bool, ...], tuple[int, ...]]] = {}
         spans = [s for f in feats if (s := f.span_ms()) is not None]
         self.span = max(spans, default=0)
         self.unbounded = any(f.span_ms() is None for f in feats)
 
-    def match(self, event: Mapping[str, Any]) -> tuple[bool, ...]:
-        """One flag per feature: does the event match its ``where``."""
+    def match(self, event: Mapping[str, Any]) -> tuple[tuple[bool, ...], tuple[int, ...]]:
+        """One flag per feature (does the event match its ``where``), and the indices of
+        the features an in-order event must be applied to (matched, or ``always``)."""
         ms = [m(event) for m in self.matchers]
         ms.append(True)  # index -1: no `where`
-        return tuple([ms[k] for k in self.mi])
+        flags = tuple([ms[k] for k in self.mi])
+        calls = tuple(i for i, (f, a) in enumerate(zip(flags, self.always, strict=True)) if f or a)
+        return flags, calls
 
 
 class FeatureEngine:
@@ -195,21 +217,25 @@ class FeatureEngine:
         features are those of its first application; an event older than the key's newest
         by more than the allowed lateness is "late_rejected" (counted in the state).
         """
-        plan = self._plans.get(entity)
-        if plan is None:
-            plan = self._plan(entity)
-        t = event.get("ts")
-        eid = event.get("event_id")
+        try:
+            plan = self._plans[entity]
+        except KeyError:
+            plan = self._plan(entity)  # raises the ConfigError
+        try:
+            t = event["ts"]
+            eid = event["event_id"]
+        except KeyError:
+            t = event.get("ts")
+            eid = event.get("event_id")
         if type(t) is not int or type(eid) is not str:
             raise EventError(
                 f"event {eid!r}: needs an integer 'ts' (epoch ms) and a string 'event_id'",
                 event_id=eid,
             )
         dedup = state.dedup
-        seen = dedup.get(eid)
-        if seen is not None:
+        if eid in dedup:
             return ApplyResult(
-                dict(zip(plan.names, seen, strict=False)), DUPLICATE, "event id already applied"
+                dict(zip(plan.names, dedup[eid], strict=False)), DUPLICATE, "event id already applied"
             )
         tmax = state.tmax
         if t < tmax - self.allowed_lateness_ms:
@@ -220,36 +246,54 @@ class FeatureEngine:
                 f"event time {t} is {tmax - t} ms older than the key's newest event ({tmax}); "
                 f"allowed lateness is {self.allowed_lateness_ms} ms",
             )
-        ms: tuple[bool, ...] | None
         if plan.type_only:
             ty = event.get("type")
             if type(ty) is str:
                 cache = plan.type_cache
-                ms = cache.get(ty)
-                if ms is None:
-                    ms = plan.match(event)
+                try:
+                    ms, calls = cache[ty]
+                except KeyError:
+                    ms, calls = cache_entry = plan.match(event)
                     if len(cache) < 1024:
-                        cache[ty] = ms
+                        cache[ty] = cache_entry
             else:
-                ms = plan.match(event)
+                ms, calls = plan.match(event)
         else:
-            ms = plan.match(event)
+            ms, calls = plan.match(event)
+        feats = state.feats
+        applies = plan.applies
+        always = plan.always
+        cached = state.vals
         vals: tuple[Any, ...]
         if t >= tmax:
             state.tmax = tmax = t
-            # a feature the event does not match keeps its value until `until`
-            vals = tuple(
-                [
-                    fn(st, t, event, m, t) if m or t >= st.until else st.val
-                    for fn, st, m in zip(plan.applies, state.feats, ms, strict=False)
-                ]
-            )
+            out = cached.copy()
+            umin = state.umin
+            if t < umin:
+                # every feature this event neither matches nor always changes keeps its value
+                for i in calls:
+                    st = feats[i]
+                    out[i] = applies[i](st, t, event, ms[i], t)
+                    cached[i] = st.val
+                    if st.until < umin and not always[i]:
+                        umin = st.until
+            else:
+                umin = _POS
+                for i, st in enumerate(feats):
+                    if ms[i] or always[i] or t >= st.until:
+                        out[i] = applies[i](st, t, event, ms[i], t)
+                    else:
+                        out[i] = st.val
+                    cached[i] = st.val
+                    if st.until < umin and not always[i]:
+                        umin = st.until
+            state.umin = umin
+            vals = tuple(out)
         else:
-            vals = tuple(
-                [fn(st, t, event, m, tmax) for fn, st, m in zip(plan.applies, state.feats, ms, strict=False)]
-            )
-            for st in state.feats:
+            vals = tuple([fn(st, t, event, m, tmax) for fn, st, m in zip(applies, feats, ms, strict=False)])
+            for st in feats:
                 st.until = _NEG  # the cached value is as of tmax: recompute next time
+            state.umin = _NEG
         # remember the id and the values of this first application (never mutated)
         dedup[eid] = vals
         ids = state.dedup_ids
