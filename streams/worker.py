@@ -125,6 +125,10 @@ class LiveWorker:
 
         self.prepare()
         worker = faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True, redirect_stdouts=False)
+        # Faust's start-up spinner hangs a DEBUG handler on the root logger and lowers it to
+        # DEBUG: every aiokafka/Faust debug call (several per message) then builds a log
+        # record.  A service needs no spinner.
+        worker.spinner = None
         try:
             worker.execute_from_commandline()
         finally:
