@@ -13,7 +13,8 @@ that consumes the whole backlog from the beginning with a fresh consumer group:
 
 Throughput = events / (time the last event was done - time the first event was read),
 so group-join time is not counted; ``events_per_cpu_s`` divides by the CPU time the worker
-process (all threads) used over the same span instead, steadier on a shared machine.  Goal: (c) >= 70% of (a) and >= 2.5x (b).
+process (all threads) used over the same span instead, steadier on a shared machine.
+Goal: (c) >= 70% of (a) and >= 2.5x (b).
 
 Latency: a fresh pipeline worker, then 2,000 events/s produced at a steady pace (event
 time = now) for a while; every 20th event is a ``bench_probe`` that a rule blacklists;
