@@ -31,6 +31,12 @@ by (event time, topic, partition, offset), each source partition kept in offset 
 (:func:`streams.processor.merge_sources`): the order replay uses.  A key's bundles arrive
 in the order they were sent.
 
+Eviction.  Every ``evict_every_batches`` batches an entity agent sweeps its table: a key
+of a partition it owns whose state ``engine.evictable(state, now_ms)`` says may go is
+deleted (a tombstone on the changelog) and dropped from the decoded-state cache.
+``now_ms`` is the worker's event-time watermark (the largest event time its entity agents
+have processed), never the wall clock, as replay does with its own watermark.
+
 Delivery.  At-least-once: the entity agent sends hits and writes state before the batch's
 offsets are acknowledged, and Faust flushes the producer before it commits.  After a crash
 the redelivered events are duplicates for features/ (no state change, same features) and
@@ -196,6 +202,9 @@ class Pipeline:
         self._state_cache: dict[str, dict[bytes, tuple[bytes, Any]]] = {e: {} for e in self.entities}
         # ingest: key -> partition of the repartition topics (murmur2 costs ~4 us a call)
         self._partition_of: dict[str, int] = {}
+        # event-time watermark: the largest event time the entity agents processed (None: none yet)
+        self.watermark_ms: int | None = None
+        self._batches: dict[str, int] = dict.fromkeys(self.entities, 0)
         self.entity_topics: dict[str, Any] = {}
         self.tables: dict[str, Any] = {}
         for entity in self.entities:
@@ -367,6 +376,11 @@ class Pipeline:
             s = self.settings
             async for events in stream.take_events(s.worker_batch_size, s.worker_batch_within_ms / 1000):
                 await self.process_bundles(entity, [event.message.value for event in events])
+                every = s.evict_every_batches
+                if every:
+                    n = self._batches[entity] = self._batches[entity] + 1
+                    if n % every == 0:
+                        await self.evict(entity)
                 await self._drain()
 
         entity_agent.__name__ = f"entity_{entity}"
@@ -381,10 +395,15 @@ class Pipeline:
         """
         by_key: dict[str, list[SourceEvent]] = {}
         total = 0
+        top = self.watermark_ms
+        if top is None:
+            top = -(2**63)
         for payload in bundles:
             for key, topic, partition, offset, ts_ms, event in orjson.loads(payload):
                 item = SourceEvent(event, topic, partition, offset, ts_ms)
                 total += 1
+                if event["ts"] > top:
+                    top = event["ts"]
                 group = by_key.get(key)
                 if group is None:
                     by_key[key] = [item]
@@ -392,6 +411,7 @@ class Pipeline:
                     group.append(item)
         if not by_key:
             return
+        self.watermark_ms = top
         self.metrics.batch_size.labels(agent=f"entity-{entity}").observe(total)
         slice_events = self.settings.worker_batch_size
         chunk: list[tuple[str, list[SourceEvent]]] = []
@@ -510,6 +530,48 @@ class Pipeline:
             m.duplicates.labels(entity=entity).inc(duplicates)
         if late:
             m.late.labels(entity=entity).inc(late)
+
+    def _owned_partitions(self, entity: str) -> set[int] | None:
+        """Partitions of ``entity``'s repartition topic (= of its table) actively assigned to
+        this worker; a standby copy of another worker's partition is never swept."""
+        name = self.entity_topics[entity].get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name}
+
+    async def evict(self, entity: str) -> int:
+        """Delete the keys of ``entity`` whose state is evictable at the watermark.
+
+        Each deletion writes a tombstone to the table's changelog (so a worker recovering
+        the partition drops the key too) and drops the key from the decoded-state cache.
+        Only keys of partitions this worker owns are swept.  Returns how many went.
+        """
+        now_ms = self.watermark_ms
+        if now_ms is None:
+            return 0
+        table = self.tables[entity]
+        cache = self._state_cache[entity]
+        engine = self.processor.engine
+        owned = self._owned_partitions(entity)
+        gone = 0
+        for i, kb in enumerate(list(table.keys())):
+            if i % 1000 == 999:
+                await asyncio.sleep(0)  # heartbeats keep flowing during a long sweep
+            if owned is not None and table.partition_for_key(kb) not in owned:
+                continue
+            raw = table.get(kb)
+            if raw is None:
+                continue
+            hit = cache.get(kb)
+            state = (
+                hit[1] if hit is not None and (hit[0] is raw or hit[0] == raw) else engine.loads(entity, raw)
+            )
+            if engine.evictable(state, now_ms):
+                del table[kb]
+                cache.pop(kb, None)
+                gone += 1
+        if gone:
+            self.metrics.evicted.labels(entity=entity).inc(gone)
+            log.info("evicted %d %s keys at watermark %d", gone, entity, now_ms)
+        return gone
 
     async def _drain(self) -> None:
         """Hand every buffered message to the Kafka client before the batch is acknowledged."""

@@ -12,6 +12,8 @@ bypass_hits_total                           counter    rule_id, mode     hit rec
 bypass_rule_errors_total                    counter    rule_id           rules that failed at run time
 bypass_blacklist_total                      counter    entity            blacklist records emitted
 bypass_batch_size                           histogram  agent             events per agent batch
+bypass_state_evicted_total                  counter    entity            keys dropped from the state
+                                                                         tables as evictable
 bypass_ruleset_info                         gauge      version           1 for the active version
 bypass_ruleset_swaps_total                  counter                      rule sets activated
 bypass_ruleset_rejected_total               counter                      broken sets seen on the topic
@@ -54,6 +56,12 @@ class Metrics:
         self.blacklist = Counter("bypass_blacklist", "blacklist records emitted", ["entity"], registry=r)
         self.batch_size = Histogram(
             "bypass_batch_size", "events per agent batch", ["agent"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.evicted = Counter(
+            "bypass_state_evicted",
+            "keys dropped from the state tables as evictable (tombstone on the changelog)",
+            ["entity"],
+            registry=r,
         )
         self.ruleset_info = Gauge(
             "bypass_ruleset_info", "1 for the active rule-set version", ["version"], registry=r

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     state_cache_keys: int = Field(
         50_000, ge=0, description="decoded entity states kept in memory per entity kind (0 = off)"
     )
+    evict_every_batches: int = Field(
+        100,
+        ge=0,
+        description="entity-agent batches between sweeps dropping evictable keys (0 = never)",
+    )
     table_store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
     consumer_session_timeout_ms: int = Field(
         30_000, ge=1_000, description="consumer-group session timeout of the workers"

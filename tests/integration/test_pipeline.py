@@ -492,9 +492,7 @@ def test_two_workers_split_partitions_and_hot_reload(psettings: Settings, tmp_pa
             time.sleep(0.02)
         assert len(active) == 2, "a worker did not activate u-2"
         delays = [w.metric("bypass_ruleset_publish_to_active_seconds") for w in (one, two)]
-        print(
-            f"\npublish-to-active: {delays} s (seen by the test after {sorted(active.values())} s)"
-        )
+        print(f"\npublish-to-active: {delays} s (seen by the test after {sorted(active.values())} s)")
         assert all(d is not None and 0 <= d < 5 for d in delays)
         # events after the swap use u-2
         later = [
@@ -516,3 +514,107 @@ def test_two_workers_split_partitions_and_hot_reload(psettings: Settings, tmp_pa
     finally:
         for w in (reference, one, two):
             w.stop()
+
+
+EVICTION_RULES = """
+version: "evict-1"
+decisions: {reject: 80, review: 50}
+rules:
+  - id: shared_device
+    entity: device
+    when: device_users_7d >= 2
+    score: 70
+    label: device_farm
+    action: blacklist
+    ttl: 7d
+"""
+
+
+def _reference_hits(settings: Settings, text: str, events: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    """The hits of the in-process Processor over ``events`` (each key's events in the given
+    order, states kept for ever: no eviction)."""
+    import features
+    from streams.envelope import EnvelopeDecoder
+    from streams.processor import Processor, SourceEvent
+    from streams.worker import build_engine
+
+    spec = features.load_spec(FEATURES)
+    processor = Processor(
+        spec, build_engine(spec, settings), rules.load_ruleset(text, spec.schema()), run_id="live"
+    )
+    decoder = EnvelopeDecoder(settings.require_phone_hash_key(), max_bytes=settings.event_max_bytes)
+    states: dict[tuple[str, str], Any] = {}
+    out: set[tuple[Any, ...]] = set()
+    for i, raw in enumerate(events):
+        event = decoder.decode(orjson.dumps(raw))
+        for entity, key in spec.entity_keys(event):
+            result = processor.process(
+                entity, str(key), states.get((entity, str(key))), [SourceEvent(event, "t", 0, i)]
+            )
+            states[(entity, str(key))] = result.state
+            out |= {(h["hit_id"], h["entity"], h["key"], orjson.dumps(h["features"])) for h in result.hits}
+    return out
+
+
+def test_eviction_drops_evictable_keys_only_and_changes_no_result(
+    psettings: Settings, tmp_path: Path
+) -> None:
+    """A device last seen 8 days before the watermark (longest device window: 7 d) and an IP
+    last seen over a day before it (dedup horizon) are deleted - a tombstone each on their
+    table's changelog - while a fresh device and every user (whole-history feature) stay;
+    the hits equal the processor's without any eviction."""
+    s = psettings
+    kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, s.blacklist_topic, s.dlq_topic])
+    assert publish(s, EVICTION_RULES, tmp_path).returncode == 0
+    day = 24 * HOUR
+    phase1 = [
+        ev("ev-1", "login", T0, "u-e1", device_id="d-old", ip="10.9.0.1"),
+        ev("ev-2", "login", T0 + MIN, "u-e2", device_id="d-old", ip="10.9.0.1"),  # hit: 2 users
+    ]
+    phase2 = [
+        ev("ev-3", "login", T0 + 8 * day, "u-e3", device_id="d-new", ip="10.9.0.2"),
+        ev("ev-4", "login", T0 + 8 * day + MIN, "u-e4", device_id="d-new", ip="10.9.0.2"),  # hit
+    ]
+    # after the eviction: d-old again, with a new user; its old users are outside the 7 d
+    # window either way, so the fresh state gives the same (no) hit as the kept one would
+    phase3 = [ev("ev-5", "login", T0 + 8 * day + 2 * MIN, "u-e5", device_id="d-old", ip="10.9.0.1")]
+    worker = Worker(s, tmp_path / "worker.log", evict_every_batches=1)
+    changelog = f"{s.app_id}-entity-device-changelog"
+    try:
+        produce(s, phase1)
+        read_topic(s, s.hits_topic, lambda m: len(m) >= 1, timeout_s=90, settle_s=0.5)
+        produce(s, phase2)
+        read_topic(s, s.hits_topic, lambda m: len(m) >= 2, timeout_s=30, settle_s=0.5)
+
+        def tombstoned(messages: list[Any]) -> set[bytes]:
+            return {m.key() for m in messages if m.value() is None}
+
+        device_log = read_topic(s, changelog, lambda m: b"d-old" in tombstoned(m), timeout_s=30, settle_s=1)
+        assert tombstoned(device_log) == {b"d-old"}  # d-new stays
+        ip_log = read_topic(
+            s,
+            f"{s.app_id}-entity-ip-changelog",
+            lambda m: b"10.9.0.1" in tombstoned(m),
+            timeout_s=30,
+            settle_s=0,
+        )
+        assert tombstoned(ip_log) == {b"10.9.0.1"}
+        user_log = read_topic(s, f"{s.app_id}-entity-user-changelog", lambda m: len(m) >= 4, settle_s=0)
+        assert tombstoned(user_log) == set()  # whole-history feature: never evictable
+        assert (worker.metric("bypass_state_evicted_total", 'entity="device"') or 0) == 1.0
+        assert (worker.metric("bypass_state_evicted_total", 'entity="ip"') or 0) == 1.0
+        assert worker.metric("bypass_state_evicted_total", 'entity="user"') in (None, 0.0)
+
+        produce(s, phase3)
+        device_log = read_topic(
+            s, changelog, lambda msgs: sum(m.key() == b"d-old" for m in msgs) >= 3, timeout_s=30, settle_s=0
+        )
+        # d-old's new state (written after its tombstone) holds only the new event
+        last = [m for m in device_log if m.key() == b"d-old"][-1]
+        assert last.value() is not None
+        hits = values(read_topic(s, s.hits_topic, lambda m: len(m) >= 2, timeout_s=30, settle_s=3))
+        got = {(h["hit_id"], h["entity"], h["key"], orjson.dumps(h["features"])) for h in hits}
+        assert got == _reference_hits(s, EVICTION_RULES, phase1 + phase2 + phase3)
+        assert {(h["key"], h["event_id"]) for h in hits} == {("d-old", "ev-2"), ("d-new", "ev-4")}
+    finally:
+        worker.stop()
