@@ -253,6 +253,10 @@ class Pipeline:
             stream_recovery_delay=0.1,
             web_enabled=False,
             producer_acks=-1,
+            # fewer, larger produce requests: changelog writes, hits and bundles of a batch
+            # go out together (Faust's defaults: no linger, 16 KB batches)
+            producer_linger=0.005,
+            producer_max_batch_size=512 * 1024,
             Table=EntityTable,
         )
         # Faust pauses every stream while its producer buffer holds more than 100 messages
