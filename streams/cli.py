@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from features.errors import BypassError
 
@@ -69,3 +70,14 @@ def main(argv: list[str] | None = None) -> Any:
     except BypassError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
+    except ValidationError as exc:
+        _explain_validation_error(exc)
+        sys.exit(1)
+
+
+def _explain_validation_error(exc: ValidationError) -> None:
+    """A settings error names the BYPASS_* variable and what it accepts; no stack trace."""
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"])
+        name = f"BYPASS_{field.upper()}" if exc.title == "Settings" else field
+        click.echo(f"error: invalid setting {name}: {err['msg']}", err=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_serializer
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from features.errors import ConfigError
@@ -40,10 +40,12 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
     )
-    kafka_security_protocol: str = Field(
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL"
     )
-    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512"
+    )
     kafka_sasl_username: str | None = Field(None, description="SASL user name")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret)")
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL")
@@ -98,7 +100,9 @@ class Settings(BaseSettings):
     )
     replay_batch_size: int = Field(5_000, ge=1, description="replay: messages read per consume() call")
     replay_checkpoint_s: float = Field(30.0, gt=0, description="replay: seconds between checkpoints")
-    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG | INFO | WARNING | ERROR"
+    )
 
     # --- Live worker (streams/) -------------------------------------------
     event_max_bytes: int = Field(65_536, ge=256, description="size limit of one raw event message")
@@ -113,7 +117,9 @@ class Settings(BaseSettings):
         ge=0,
         description="entity-agent batches between sweeps dropping evictable keys (0 = never)",
     )
-    table_store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
+    table_store: Literal["memory://", "rocksdb://"] = Field(
+        "memory://", description="Faust table store: memory:// or rocksdb://"
+    )
     consumer_session_timeout_ms: int = Field(
         30_000, ge=1_000, description="consumer-group session timeout of the workers"
     )
@@ -137,21 +143,45 @@ class Settings(BaseSettings):
             raise ValueError("at least one raw topic is required")
         return tuple(value)
 
-    def masked(self) -> dict[str, Any]:
-        """All settings as ``BYPASS_*`` names -> printable values, secrets masked."""
-        out: dict[str, Any] = {}
+    def _as_text(self, mask: bool) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                value = "**********" if value.get_secret_value() else ""
+            text: str | None
+            if value is None:
+                text = None
+            elif isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                text = ("**********" if secret else "") if mask else secret
             elif isinstance(value, tuple):
-                value = ",".join(value)
-            elif isinstance(value, Path):
-                value = str(value)
-            elif name.endswith("_url") and isinstance(value, str):
-                value = mask_url(value)
-            out[f"BYPASS_{name.upper()}"] = value
+                text = ",".join(value)
+            elif mask and name.endswith("_url") and isinstance(value, str):
+                text = mask_url(value)
+            else:
+                text = str(value)
+            out[f"BYPASS_{name.upper()}"] = text
         return out
+
+    def masked(self) -> dict[str, Any]:
+        """All settings as ``BYPASS_*`` names -> printable values, secrets masked."""
+        return dict(self._as_text(mask=True))
+
+    def to_env(self) -> dict[str, str]:
+        """``BYPASS_*`` environment for a child process that must see these exact settings.
+
+        Secrets are in clear here, by necessity: pass the result to ``subprocess`` only,
+        never to a log.
+        """
+        return {name: text for name, text in self._as_text(mask=False).items() if text is not None}
+
+    @model_serializer(mode="wrap")
+    def _serialize_masked(self, handler: Any) -> Any:
+        """``model_dump()`` / ``model_dump_json()`` mask passwords inside URLs too."""
+        data = handler(self)
+        for name in ("clickhouse_url", "redis_url"):
+            if isinstance(data.get(name), str):
+                data[name] = mask_url(data[name])
+        return data
 
     def __repr_args__(self) -> Any:  # keep repr() secret-safe too
         return list(self.masked().items())

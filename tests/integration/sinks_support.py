@@ -77,17 +77,9 @@ def start_in_thread(runner: Any) -> ThreadedRunner:
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
-    """Environment running ``bypass`` against ``settings`` (every non-secret field)."""
+    """Environment running ``bypass`` against exactly ``settings``."""
     env = dict(os.environ)
-    for name, value in settings.masked().items():
-        if value is None or value == "**********":
-            continue
-        env[name] = str(value)
-    env["BYPASS_CLICKHOUSE_PASSWORD"] = settings.clickhouse_password.get_secret_value()
-    if settings.phone_hash_key is not None:
-        env["BYPASS_PHONE_HASH_KEY"] = settings.phone_hash_key.get_secret_value()
-    env["BYPASS_REDIS_URL"] = settings.redis_url
-    env["BYPASS_CLICKHOUSE_URL"] = settings.clickhouse_url
+    env.update(settings.to_env())
     return env
 
 

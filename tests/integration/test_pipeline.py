@@ -107,12 +107,7 @@ def _free_port() -> int:
 
 def _env(settings: Settings, **extra: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
-    for name, value in settings.masked().items():
-        if value is None or value == "" or name.endswith(("PASSWORD", "HASH_KEY")):
-            continue
-        env[name] = str(value)
-    if settings.phone_hash_key is not None:
-        env["BYPASS_PHONE_HASH_KEY"] = settings.phone_hash_key.get_secret_value()
+    env.update(settings.to_env())
     env.update({f"BYPASS_{k.upper()}": str(v) for k, v in extra.items()})
     return env
 
