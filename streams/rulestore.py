@@ -145,7 +145,7 @@ def _catch_up(
     and the partitions not read to the end before ``timeout_s``; the client stays
     assigned, positioned after what it read, so a follower can go on polling it.
     """
-    parts = _partitions(client, topic)
+    parts = _partitions(client, topic, timeout_s)
     pending: set[int] = set()
     for p in parts:
         low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
@@ -180,7 +180,15 @@ def read_versions(settings: Settings, *, timeout_s: float = 15.0) -> list[RuleSe
     """Every record on the rules topic, in publish order (empty when the topic is empty/missing)."""
     client = _reader(settings)
     try:
-        records, pending = _catch_up(client, settings.rules_topic, timeout_s, _parse_quietly)
+        try:
+            records, pending = _catch_up(client, settings.rules_topic, timeout_s, _parse_quietly)
+        except KafkaException as exc:
+            raise PublishError(
+                f"cannot read {settings.rules_topic!r}: Kafka at {settings.kafka_bootstrap} does not "
+                f"answer ({exc.args[0]}). Is the broker up (`bypass stack status`) and "
+                "BYPASS_KAFKA_BOOTSTRAP right?",
+                version=None,
+            ) from None
         if pending:
             raise PublishError(
                 f"timed out reading {settings.rules_topic!r} at {settings.kafka_bootstrap}",
