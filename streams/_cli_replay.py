@@ -70,6 +70,18 @@ result as a run without the stop. Malformed messages are counted (and sent to
 the dead-letter topic only with --dlq).
 
 \b
+When replay can differ from live (the one case): one entity's events that sit in
+different partitions or topics (a device's or an IP's events come from many users'
+partitions) and reach the live worker out of event-time order. Live applies them in
+arrival order, replay in event-time order, so the features computed for those events
+(counts included: each is computed over the events applied before it) and any
+lateness rejection can differ. Only events closer in time than the live consumer's
+cross-partition skew are affected: normally milliseconds to seconds, but up to the
+span of a backlog the live worker was catching up on (or more with compressed
+simulated time). `bypass replay` on the same range shows the difference with
+--compare.
+
+\b
 Finding the range in Kafka: offsets are looked up by Kafka message timestamp,
 which the bypass producer SDK sets to the event time; a margin of
 BYPASS_REPLAY_SKEW_MS (default 1 h) on both sides absorbs producers whose

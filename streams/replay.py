@@ -44,19 +44,22 @@ offset order, as here, and within one ingest batch the live agent merges the par
 by event time exactly like this merge (``streams.processor.merge_sources``). The one
 case where they can differ: events of one entity that sit in *different* partitions or
 topics, arrive out of event-time order, and fall into *different* live ingest batches.
-Live applies them in arrival order, replay in event-time order. Only order-dependent
-features can then differ: ``max_speed`` (speed between consecutive logins), ``since``
-(time since the previous matching event), ``sequence`` steps, and lateness rejection (an
-event older than the entity's newest by more than ``allowed_lateness_ms`` can be rejected
-on one path and accepted on the other). Windowed counts, sums, distincts and geo spreads over the
-same set of events are equal. How large: only pairs of one entity's events whose event
-times are closer than the cross-partition skew of the live consumer can swap - the skew
-is how far the live worker's read positions in the partitions were apart in event time
-(normally milliseconds to seconds; while a lagging worker catches up on a backlog it can
-reach the backlog's span). Only hits on such events (and on later events whose ``since``
-/ ``max_speed`` / ``sequence`` value involves them) can change. With the SDK's Kafka key
-(the user id), one user's events on one topic share a partition, so within one topic this
-concerns the device / ip entities, and users only across topics.
+Live applies them in arrival order, replay in event-time order. Every feature value
+computed *for such an event* can then differ, because each is computed over the events
+applied before it: in live, an event that arrives before an older one of the same entity
+does not see that older one in its window (a count or distinct is lower), and the
+order-dependent features differ too: ``max_speed`` (speed between consecutive logins),
+``since``, ``sequence`` steps, and lateness rejection (an event older than the entity's
+newest by more than ``allowed_lateness_ms`` can be rejected on one path and accepted on
+the other). Once both events are applied, the window contents agree again. How large:
+only pairs of one entity's events whose event times are closer than the cross-partition
+skew of the live consumer can swap - the skew is how far the live worker's read
+positions in the partitions were apart in event time (normally milliseconds to seconds;
+while a lagging worker catches up on a backlog it can reach the backlog's span). Only
+hits on such events (and on later events whose ``since`` / ``max_speed`` / ``sequence``
+value involves them) can change. With the SDK's Kafka key (the user id), one user's
+events on one topic share a partition, so within one topic this concerns the device / ip
+entities, and users only across topics.
 
 Output, ``run_id`` and ``hit_id``
 ---------------------------------

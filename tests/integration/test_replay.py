@@ -702,5 +702,7 @@ def test_help_explains_the_options(stack: Any, rsettings: Settings) -> None:
         "--dlq",
         "backtest",
         "checkpoint",
+        "can differ from live",
+        "cross-partition skew",
     ):
         assert word in done.stdout

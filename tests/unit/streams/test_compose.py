@@ -127,3 +127,12 @@ def test_own_services_wait_for_the_parts_they_use(compose: dict[str, Any]) -> No
     assert {"kafka", "redis"} <= set(services["sink-redis"]["depends_on"])
     for part in ("kafka", "clickhouse", "redis"):
         assert "healthcheck" in services[part], f"{part} has no healthcheck to wait for"
+
+
+def test_the_clickhouse_writer_starts_only_after_the_schema_is_migrated(compose: dict[str, Any]) -> None:
+    # regression: `bypass sink clickhouse` refuses a database without the schema, and no
+    # service ran `bypass clickhouse migrate`, so the writer restarted in a loop
+    services = compose["services"]
+    assert services["migrate"]["command"] == ["bypass", "clickhouse", "migrate"]
+    needs = services["sink-clickhouse"]["depends_on"]
+    assert needs["migrate"]["condition"] == "service_completed_successfully"
