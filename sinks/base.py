@@ -32,11 +32,13 @@ class SinkBackpressureError(SinkError):
 
 
 class RecordError(SinkError):
-    """A record does not fit the schema; ``fields['reason']`` says why. It goes to the DLQ."""
+    """A record does not fit the schema. It goes to the DLQ: ``fields['reason']`` a short
+    code (``bypass.reason``; :mod:`sinks.dlq` lists them), the message the human text
+    (``bypass.error``), ``fields['field']`` the offending field when there is one."""
 
     @property
     def reason(self) -> str:
-        return str(self.fields.get("reason", self.message))
+        return str(self.fields.get("reason", "invalid_record"))
 
 
 class SourceRecord(NamedTuple):

@@ -78,13 +78,13 @@ _MAX_MS = 9_999_999_999_999
 
 def decode_object(value: bytes | None) -> dict[str, Any]:
     if value is None:
-        raise RecordError("record has no value (tombstone)", reason="empty value")
+        raise RecordError("record has no value (tombstone)", reason="empty_value")
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise RecordError(f"value is not JSON: {exc}", reason=f"invalid json: {exc}") from None
+        raise RecordError(f"value is not JSON: {exc}", reason="not_json") from None
     if not isinstance(obj, dict):
-        raise RecordError("value is not a JSON object", reason=f"not an object: {type(obj).__name__}")
+        raise RecordError(f"value is not a JSON object (got {type(obj).__name__})", reason="not_object")
     return obj
 
 
@@ -92,33 +92,31 @@ def _str(obj: Mapping[str, Any], name: str, *, required: bool = True, nonempty: 
     value = obj.get(name)
     if value is None:
         if required:
-            raise RecordError(f"field {name!r} is missing", reason=f"missing field: {name}", field=name)
+            raise RecordError(f"field {name!r} is missing", reason="missing_field", field=name)
         return ""
     if not isinstance(value, str):
         raise RecordError(
             f"field {name!r} must be a string, got {type(value).__name__}",
-            reason=f"wrong type: {name} must be a string",
+            reason="wrong_type",
             field=name,
         )
     if nonempty and not value:
-        raise RecordError(f"field {name!r} is empty", reason=f"empty field: {name}", field=name)
+        raise RecordError(f"field {name!r} is empty", reason="bad_value", field=name)
     return value
 
 
 def _int(obj: Mapping[str, Any], name: str, *, lo: int | None = None, hi: int | None = None) -> int:
     value = obj.get(name)
     if value is None:
-        raise RecordError(f"field {name!r} is missing", reason=f"missing field: {name}", field=name)
+        raise RecordError(f"field {name!r} is missing", reason="missing_field", field=name)
     if isinstance(value, bool) or not isinstance(value, int):
         raise RecordError(
             f"field {name!r} must be an integer, got {type(value).__name__}",
-            reason=f"wrong type: {name} must be an integer",
+            reason="wrong_type",
             field=name,
         )
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise RecordError(
-            f"field {name!r} = {value} is out of range", reason=f"out of range: {name}", field=name
-        )
+        raise RecordError(f"field {name!r} = {value} is out of range", reason="bad_value", field=name)
     return value
 
 
@@ -130,24 +128,20 @@ def _bool(obj: Mapping[str, Any], name: str) -> bool:
     value = obj.get(name)
     if not isinstance(value, bool):
         if value is None:
-            raise RecordError(f"field {name!r} is missing", reason=f"missing field: {name}", field=name)
-        raise RecordError(
-            f"field {name!r} must be true or false", reason=f"wrong type: {name} must be a bool", field=name
-        )
+            raise RecordError(f"field {name!r} is missing", reason="missing_field", field=name)
+        raise RecordError(f"field {name!r} must be true or false", reason="wrong_type", field=name)
     return value
 
 
 def _float(obj: Mapping[str, Any], name: str) -> float:
     value = obj.get(name)
     if value is None:
-        raise RecordError(f"field {name!r} is missing", reason=f"missing field: {name}", field=name)
+        raise RecordError(f"field {name!r} is missing", reason="missing_field", field=name)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RecordError(
-            f"field {name!r} must be a number", reason=f"wrong type: {name} must be a number", field=name
-        )
+        raise RecordError(f"field {name!r} must be a number", reason="wrong_type", field=name)
     result = float(value)
     if not math.isfinite(result):
-        raise RecordError(f"field {name!r} is not finite", reason=f"not finite: {name}", field=name)
+        raise RecordError(f"field {name!r} is not finite", reason="bad_value", field=name)
     return result
 
 
@@ -162,9 +156,7 @@ def split_features(features: Any) -> tuple[dict[str, float | None], dict[str, st
     if features is None:
         return {}, {}
     if not isinstance(features, dict):
-        raise RecordError(
-            "field 'features' must be an object", reason="wrong type: features must be an object"
-        )
+        raise RecordError("field 'features' must be an object", reason="wrong_type", field="features")
     numbers: dict[str, float | None] = {}
     texts: dict[str, str] = {}
     for name, value in features.items():
@@ -285,10 +277,10 @@ def _hit_row_checked(obj: Mapping[str, Any]) -> dict[str, Any]:
     numbers, texts = split_features(obj.get("features"))
     decision = obj.get("decision")
     if decision is not None and not isinstance(decision, str):
-        raise RecordError("field 'decision' must be a string", reason="wrong type: decision must be a string")
+        raise RecordError("field 'decision' must be a string", reason="wrong_type", field="decision")
     label = obj.get("label")
     if label is not None and not isinstance(label, str):
-        raise RecordError("field 'label' must be a string", reason="wrong type: label must be a string")
+        raise RecordError("field 'label' must be a string", reason="wrong_type", field="label")
     return {
         "hit_id": _str(obj, "hit_id", nonempty=True),
         "event_id": _str(obj, "event_id", nonempty=True),
@@ -323,7 +315,7 @@ def blacklist_row(obj: Mapping[str, Any], record: SourceRecord) -> dict[str, Any
     if not isinstance(rule_ids, list) or not all(isinstance(r, str) for r in rule_ids):
         raise RecordError(
             "field 'rule_ids' must be a list of strings",
-            reason="wrong type: rule_ids must be a list of strings",
+            reason="wrong_type",
         )
     return {
         "entity": _str(obj, "entity", nonempty=True),
@@ -480,7 +472,7 @@ class ClickHouseSink:
         self._retry_after = retry_after
         self._batches: dict[str, _TableBatch] = {}
         self._types: dict[str, Any] = {}
-        self.rejected: list[tuple[SourceRecord, str]] = []
+        self.rejected: list[tuple[SourceRecord, RecordError]] = []
         self.inserted_rows = 0
         self.inserts = 0
 
@@ -497,7 +489,7 @@ class ClickHouseSink:
     def add(self, record: SourceRecord) -> None:
         kind = self._topics.get(record.topic)
         if kind is None:
-            raise RecordError(f"no table for topic {record.topic!r}", reason=f"unknown topic: {record.topic}")
+            raise RecordError(f"no table for topic {record.topic!r}", reason="unknown_topic")
         obj = decode_object(record.value)
         batch = self._batch(kind)
         if kind == "hits":
@@ -567,9 +559,10 @@ class ClickHouseSink:
                 self._types.pop(batch.table, None)  # the table may have changed: ask again
                 raise
             if hi - lo == 1:
-                reason = f"rejected by ClickHouse (code {code}): {_first_line(exc)}"
-                self.rejected.append((batch.record(lo), reason[:500]))
-                log.warning("%s: row from %s rejected: %s", batch.table, batch.records[lo][:3], reason[:300])
+                text = f"rejected by ClickHouse (code {code}): {_first_line(exc)}"[:500]
+                error = RecordError(text, reason="rejected_by_clickhouse", code=code, table=batch.table)
+                self.rejected.append((batch.record(lo), error))
+                log.warning("%s: row from %s rejected: %s", batch.table, batch.records[lo][:3], text[:300])
                 return 0
         mid = (lo + hi) // 2
         return self._insert_isolating(batch, lo, mid, f"{token}/a") + self._insert_isolating(
@@ -581,7 +574,7 @@ class ClickHouseSink:
         it; raise SinkBackpressureError keeping the rest. Returns the rows written.
 
         Rows ClickHouse refuses for their data (a constraint, a value it cannot parse) are
-        isolated by bisection and listed in ``rejected`` (record, reason) for the DLQ, so one
+        isolated by bisection and listed in ``rejected`` (record, RecordError) for the DLQ, so one
         bad row never blocks the writer; any other failure is backpressure."""
         written = 0
         for kind in list(batches):
@@ -602,8 +595,9 @@ class ClickHouseSink:
         self.inserted_rows += written
         return written
 
-    def take_rejected(self) -> list[tuple[SourceRecord, str]]:
-        """The rows ClickHouse refused since the last call: (record, reason)."""
+    def take_rejected(self) -> list[tuple[SourceRecord, RecordError]]:
+        """The rows ClickHouse refused since the last call: (record, error with reason
+        ``rejected_by_clickhouse`` and the ClickHouse message)."""
         out, self.rejected = self.rejected, []
         return out
 

@@ -106,20 +106,22 @@ def entry_from_record(obj: dict[str, Any]) -> BlacklistEntry:
     def text(name: str) -> str:
         value = obj.get(name)
         if not isinstance(value, str) or not value:
-            raise RecordError(f"field {name!r} must be a non-empty string", reason=f"bad field: {name}")
+            raise RecordError(f"field {name!r} must be a non-empty string", reason="bad_value", field=name)
         if "|" in value and name != "event_id":
-            raise RecordError(f"field {name!r} must not contain '|'", reason=f"bad field: {name}")
+            raise RecordError(f"field {name!r} must not contain '|'", reason="bad_value", field=name)
         return value
 
     rule_ids = obj.get("rule_ids")
     if not isinstance(rule_ids, list) or not all(isinstance(r, str) and r and "," not in r for r in rule_ids):
-        raise RecordError("field 'rule_ids' must be a list of rule ids", reason="bad field: rule_ids")
+        raise RecordError("field 'rule_ids' must be a list of rule ids", reason="bad_value", field="rule_ids")
     expires_at = obj.get("expires_at")
     if isinstance(expires_at, bool) or not isinstance(expires_at, int) or expires_at <= 0:
-        raise RecordError("field 'expires_at' must be epoch milliseconds", reason="bad field: expires_at")
+        raise RecordError(
+            "field 'expires_at' must be epoch milliseconds", reason="bad_value", field="expires_at"
+        )
     key = obj.get("key")
     if not isinstance(key, str):
-        raise RecordError("field 'key' must be a string", reason="bad field: key")
+        raise RecordError("field 'key' must be a string", reason="wrong_type", field="key")
     return BlacklistEntry(
         entity=text("entity"),
         key=key,

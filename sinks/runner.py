@@ -3,7 +3,8 @@
 The loop (one thread, one confluent-kafka consumer with manual commits)::
 
     consume up to the batch size ──▶ sink.add(record)
-                                      └─ RecordError ──▶ DLQ (original bytes + reason headers)
+                                      └─ RecordError ──▶ DLQ (original bytes + the headers
+                                                         of sinks.dlq: reason code, error text)
     batch full or old enough ──▶ DLQ delivered? ──▶ sink.flush() ──▶ commit offsets
                                                      └─ SinkBackpressureError: pause the
                                                         partitions, back off, retry the same
@@ -37,15 +38,10 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from sinks.base import RecordError, Sink, SinkBackpressureError, SourceRecord
+from sinks.dlq import dlq_headers
 
 log = logging.getLogger(__name__)
 
-# DLQ headers written by the sinks
-H_REASON = "bypass.reason"
-H_TOPIC = "bypass.source_topic"
-H_PARTITION = "bypass.source_partition"
-H_OFFSET = "bypass.source_offset"
-H_SINK = "bypass.sink"
 
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -153,15 +149,21 @@ class SinkRunner:
         if err is not None:
             self._dlq_errors.append(str(err))
 
-    def dead_letter(self, record: SourceRecord, reason: str, headers: list[tuple[str, bytes]] | None) -> None:
+    def dead_letter(
+        self, record: SourceRecord, error: RecordError, headers: list[tuple[str, bytes]] | None
+    ) -> None:
+        """The record's original bytes to the DLQ, with the headers of :mod:`sinks.dlq`
+        (``bypass.reason`` the error's code, ``bypass.error`` its message, ``bypass.sink``)."""
         hdrs = list(headers or [])
-        hdrs += [
-            (H_REASON, reason.encode()),
-            (H_TOPIC, record.topic.encode()),
-            (H_PARTITION, str(record.partition).encode()),
-            (H_OFFSET, str(record.offset).encode()),
-            (H_SINK, self.name.encode()),
-        ]
+        hdrs += dlq_headers(
+            error.reason,
+            error.message,
+            record.topic,
+            record.partition,
+            record.offset,
+            timestamp_ms=record.timestamp_ms,
+            sink=self.name,
+        )
         while True:
             try:
                 self.dlq_producer.produce(
@@ -176,13 +178,14 @@ class SinkRunner:
                 self.dlq_producer.poll(0.1)
         self.stats.dead_lettered += 1
         log.warning(
-            "%s: %s[%d]@%d -> %s: %s",
+            "%s: %s[%d]@%d -> %s: %s (%s)",
             self.name,
             record.topic,
             record.partition,
             record.offset,
             self.dlq_topic,
-            reason,
+            error.reason,
+            error.message,
         )
 
     # --- flushing -----------------------------------------------------------
@@ -198,8 +201,8 @@ class SinkRunner:
         take_rejected = getattr(self.sink, "take_rejected", None)
         rejected = take_rejected() if take_rejected is not None else []
         if rejected:  # rows the target refused for their data: dead-letter them before the commit
-            for record, reason in rejected:
-                self.dead_letter(record, reason, None)
+            for record, error in rejected:
+                self.dead_letter(record, error, None)
             if self.dlq_producer.flush(10) or self._dlq_errors:
                 errors, self._dlq_errors = self._dlq_errors, []
                 raise SinkBackpressureError(
@@ -413,5 +416,5 @@ class SinkRunner:
         try:
             self.sink.add(record)
         except RecordError as exc:
-            self.dead_letter(record, exc.reason, msg.headers())
+            self.dead_letter(record, exc, msg.headers())
         self._next_offsets[(topic, partition)] = offset + 1

@@ -13,7 +13,7 @@ from sinks_support import bypass, produce, read_all, sink_settings, spawn, start
 from sinks._sample import sample_blacklist, sample_hit
 from sinks.clickhouse import ClickHouseSink, connect
 from sinks.clickhouse_schema import migrate
-from sinks.runner import H_OFFSET, H_REASON, H_SINK, H_TOPIC
+from sinks.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_REASON, H_SINK, H_TOPIC
 from streams._cli_sink import build_runner
 from streams.settings import Settings
 
@@ -190,14 +190,17 @@ def test_malformed_hit_goes_to_dlq_with_its_reason(ch_settings: Settings) -> Non
     finally:
         running.close()
     dead = read_all(ch_settings, ch_settings.dlq_topic)
-    reasons = sorted(dict(m.headers())[H_REASON].decode() for m in dead)
-    assert reasons[0].startswith("invalid json: ")
-    assert reasons[1:] == ["missing field: rule_id", "wrong type: event_ts must be an integer"]
+    # the worker's contract: bypass.reason a code, bypass.error the text, dotted coordinates
+    found = sorted((dict(m.headers())[H_REASON].decode(), dict(m.headers())[H_ERROR].decode()) for m in dead)
+    assert [reason for reason, _ in found] == ["missing_field", "not_json", "wrong_type"]
+    assert found[0][1] == "field 'rule_id' is missing"
+    assert found[1][1].startswith("value is not JSON: ")
+    assert found[2][1] == "field 'event_ts' must be an integer, got str"
     for m in dead:
         headers = dict(m.headers())
         assert headers[H_TOPIC].decode() == ch_settings.hits_topic
         assert headers[H_SINK] == b"sink-clickhouse"
-        assert int(headers[H_OFFSET]) >= 0
+        assert int(headers[H_PARTITION]) >= 0 and int(headers[H_OFFSET]) >= 0
     assert b"not json" in [m.value() for m in dead]
 
 
@@ -226,5 +229,7 @@ def test_row_refused_by_clickhouse_is_isolated_and_dead_lettered(ch_settings: Se
     dead = read_all(ch_settings, ch_settings.dlq_topic)
     assert len(dead) == 1
     headers = dict(dead[0].headers())
-    assert headers[H_REASON].decode().startswith("rejected by ClickHouse (code 469)")
+    assert headers[H_REASON] == b"rejected_by_clickhouse"
+    assert headers[H_ERROR].decode().startswith("rejected by ClickHouse (code 469)")
+    assert headers[H_SINK] == b"sink-clickhouse"
     assert b'"score":5000.0' in dead[0].value()

@@ -8,7 +8,8 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from sinks.base import RecordError, SinkBackpressureError, SourceRecord
-from sinks.runner import H_OFFSET, H_REASON, SinkRunner
+from sinks.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_REASON, H_SINK, H_TIMESTAMP, H_TOPIC
+from sinks.runner import SinkRunner
 
 
 class _Msg:
@@ -91,7 +92,7 @@ class _Sink:
 
     def add(self, record: SourceRecord) -> None:
         if record.value == b"bad":
-            raise RecordError("bad record", reason="bad: test")
+            raise RecordError("bad record: no good", reason="bad_test")
         self.buf.append(record)
 
     def flush(self) -> int:
@@ -186,7 +187,11 @@ def test_bad_record_goes_to_dlq_with_reason_and_its_offset_is_committed() -> Non
     assert stats.dead_lettered == 1
     topic, value, headers = producer.sent[0]
     assert topic == "dlq" and value == b"bad"
-    assert headers[H_REASON] == b"bad: test" and headers[H_OFFSET] == b"2"
+    # the worker's header contract (sinks.dlq): a code, the text, dotted source coordinates
+    assert headers[H_REASON] == b"bad_test" and headers[H_ERROR] == b"bad record: no good"
+    assert (headers[H_TOPIC], headers[H_PARTITION], headers[H_OFFSET]) == (b"t", b"0", b"2")
+    assert headers[H_TIMESTAMP] == b"1002" and headers[H_SINK] == b"test"
+    assert not any(name.startswith("bypass.source_") for name in headers)
     assert sink.written == [[0, 1, 3, 4]]
     assert consumer.commits[-1] == [("t", 0, 5)]
 
