@@ -53,6 +53,11 @@ volumes (not for raw events). Read with ``uniqExactMerge(hits)``.
 
 ``risk_blacklist`` - the blacklist entries from ``bypass.blacklist``, one row per
 (entity, key, label, rule-set version, event id); redelivery collapses.
+
+TTL (``BYPASS_CLICKHOUSE_TTL_DAYS`` = N, 0 keeps everything): hits and the rollup
+expire N days after their event time / hour; a blacklist entry N days after it
+*expires* (``expires_at``), never while it is still active - counting from its
+event time would delete entries whose rule's ttl is longer than N days.
 """
 
 from __future__ import annotations
@@ -189,11 +194,12 @@ SETTINGS non_replicated_deduplication_window = 10000
     ),
 )
 
-# Tables whose TTL follows the setting ``clickhouse_ttl_days`` -> time column.
+# Tables whose TTL follows the setting ``clickhouse_ttl_days`` -> the time column it counts
+# from (a blacklist entry: from the end of its validity, so no active entry is deleted).
 TTL_TABLES: dict[str, str] = {
     "risk_hits": "event_time",
     "risk_hits_hourly": "hour",
-    "risk_blacklist": "event_time",
+    "risk_blacklist": "expires_at",
 }
 
 _MIGRATIONS_TABLE = """
@@ -222,7 +228,8 @@ def applied_versions(client: Any, database: str) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
-def _ttl_expression(column: str, ttl_days: int) -> str:
+def ttl_expression(column: str, ttl_days: int) -> str:
+    """The TTL expression, written as ClickHouse prints it back in ``create_table_query``."""
     if column == "hour":
         return f"hour + toIntervalDay({ttl_days})"
     return f"toDateTime({column}) + toIntervalDay({ttl_days})"
@@ -241,6 +248,10 @@ def _current_ttl(client: Any, database: str, table: str) -> str | None:
     return (match.group(1) or match.group(2) or "").strip()
 
 
+def _squeeze(expression: str) -> str:
+    return re.sub(r"\s+", "", expression)
+
+
 def reconcile_ttl(client: Any, database: str, ttl_days: int) -> list[str]:
     """Make each table's TTL match ``ttl_days`` (0 = keep forever). Returns changed tables."""
     changed: list[str] = []
@@ -253,10 +264,10 @@ def reconcile_ttl(client: Any, database: str, ttl_days: int) -> list[str]:
                 client.command(f"ALTER TABLE {database}.{table} REMOVE TTL")
                 changed.append(table)
             continue
-        wanted = f"toIntervalDay({ttl_days})"
-        if wanted not in current.replace(" ", ""):
+        wanted = ttl_expression(column, ttl_days)
+        if _squeeze(current) != _squeeze(wanted):  # other days or another column: replace it
             client.command(
-                f"ALTER TABLE {database}.{table} MODIFY TTL {_ttl_expression(column, ttl_days)}",
+                f"ALTER TABLE {database}.{table} MODIFY TTL {wanted}",
                 settings={"materialize_ttl_after_modify": 0},
             )
             changed.append(table)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from typing import Any
@@ -67,6 +68,31 @@ def test_migrate_cli_is_idempotent_and_versioned(ch_settings: Settings) -> None:
     assert "toIntervalDay(30)" in ddl
     again = bypass(ch_settings.model_copy(update={"clickhouse_ttl_days": 30}), "clickhouse", "migrate")
     assert "TTL set" not in again.stdout
+
+
+def _ttl_of(client: Any, db: str, table: str) -> str:
+    ddl = str(client.query(f"SHOW CREATE TABLE {db}.{table}").result_rows[0][0])
+    match = re.search(r"^TTL (.*)$", ddl, re.M)
+    return match.group(1).strip() if match else ""
+
+
+def test_blacklist_ttl_counts_from_expires_at_not_event_time(ch_settings: Settings) -> None:
+    # a rule's blacklist ttl may be longer than BYPASS_CLICKHOUSE_TTL_DAYS: an entry still
+    # active must not be deleted, so its TTL starts when it expires
+    client = _client(ch_settings)
+    db = ch_settings.clickhouse_database
+    # a database migrated by the earlier code (TTL from event_time) is corrected by migrate
+    client.command(f"ALTER TABLE {db}.risk_blacklist MODIFY TTL toDateTime(event_time) + toIntervalDay(7)")
+    result = migrate(client, db, ttl_days=7)
+    assert "risk_blacklist" in result.ttl_changed
+    assert _ttl_of(client, db, "risk_blacklist") == "toDateTime(expires_at) + toIntervalDay(7)"
+    assert _ttl_of(client, db, "risk_hits") == "toDateTime(event_time) + toIntervalDay(7)"
+    assert migrate(client, db, ttl_days=7).ttl_changed == ()  # idempotent
+    assert "risk_blacklist" in migrate(client, db, ttl_days=90).ttl_changed
+    assert _ttl_of(client, db, "risk_blacklist") == "toDateTime(expires_at) + toIntervalDay(90)"
+    assert "risk_blacklist" in migrate(client, db, ttl_days=0).ttl_changed
+    assert _ttl_of(client, db, "risk_blacklist") == ""
+    assert migrate(client, db, ttl_days=0).ttl_changed == ()
 
 
 def test_redelivered_hits_are_stored_exactly_once_by_hit_id(ch_settings: Settings) -> None:
