@@ -9,7 +9,8 @@
 -- (tests/integration/test_queries_sql.py runs every one of them).
 
 -- name: top_rules_today
--- Rules with the most distinct hits since midnight UTC, from the hourly rollup.
+-- Rules with the most distinct hits since midnight UTC (live run only: replays and
+-- backtests write their own run_id), from the hourly rollup.
 SELECT
     rule_id,
     mode,
@@ -17,7 +18,7 @@ SELECT
     uniqExactMerge(counted_hits) AS counted,
     uniqExactMerge(entities)     AS entities
 FROM risk_hits_hourly
-WHERE hour >= toStartOfDay(now('UTC'))
+WHERE hour >= toStartOfDay(now('UTC')) AND run_id = 'live'
 GROUP BY rule_id, mode
 ORDER BY hits DESC, rule_id, mode
 LIMIT 20;
