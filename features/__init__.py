@@ -27,7 +27,17 @@ application (``status == "duplicate"``), even after later events or a snapshot/r
 Bounded memory: below ``cap`` entries per (key, feature) results are exact; above it
 each aggregation degrades as its docstring says (time buckets for count/sum/min/max,
 the ``cap`` most recent values for distinct, the most recent points for geo_spread and
-max_speed); the remembered event ids are capped too. ``engine.evictable(state, now_ms)``
+max_speed). The remembered event ids are bounded too, without ever applying an event
+twice: a key remembers at most ``cap`` ids; past that it forgets the ids with the oldest
+event times (down to ``cap - cap // 4``) and keeps a mark, the newest time it forgot
+(``EntityState.dedup_mark``, kept in snapshots). A not remembered event at or before the
+mark may be a redelivery: it is rejected (``status == "late_rejected"``, the reason says
+so, counted in ``late_rejected`` and ``dedup_rejected``), never applied. The mark stays
+below the key's newest event time, so a new event at or after it is always applied,
+unless more than ``cap`` events of the key share that very millisecond (then further new
+ones at that millisecond are rejected until a newer one arrives); while at most
+``cap - cap // 4`` of a key's events lie within the dedup horizon, nothing is forgotten
+for space. ``engine.evictable(state, now_ms)``
 says when a key holds nothing that can still matter (nothing inside its longest window,
 the dedup horizon or the lateness); keys of an entity with a whole-history feature (no
 window) are never evictable once they saw an event.

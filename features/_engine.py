@@ -21,7 +21,7 @@ APPLIED = "applied"
 DUPLICATE = "duplicate"
 LATE_REJECTED = "late_rejected"
 
-_FORMAT = 1  # snapshot format version
+_FORMAT = 2  # snapshot format version (1: no forgotten-id mark; still loaded)
 
 
 class ApplyResult:
@@ -47,9 +47,13 @@ class EntityState:
     """The state of one entity key: plain data only (times, counters, lists, dicts).
 
     ``tmax``: newest applied event time; ``late_rejected``: how many events were rejected
-    as too late; ``dedup``: event id -> feature values of its first application (a tuple)
-    for the ids within the dedup horizon (``dedup_ids`` / ``dedup_ts``: the ids and their
-    times, in application order, a queue whose live part starts at ``dedup_head``);
+    (too old for the allowed lateness, or not provably new: see ``dedup_mark``);
+    ``dedup``: event id -> feature values of its first application (a tuple) for the
+    remembered ids (``dedup_ids`` / ``dedup_ts``: the ids and their times, a queue whose
+    live part starts at ``dedup_head``); ``dedup_mark``: the newest event time among the
+    ids forgotten to keep the id memory within its bound (``_NEG`` if none was): an event
+    whose id is not remembered and whose time is at or before it may be a redelivery, so
+    it is rejected; ``dedup_rejected``: how many were (also counted in ``late_rejected``);
     ``feats``: one state object per feature; ``vals`` / ``umin``: see below.
     """
 
@@ -57,6 +61,8 @@ class EntityState:
         "dedup",
         "dedup_head",
         "dedup_ids",
+        "dedup_mark",
+        "dedup_rejected",
         "dedup_ts",
         "entity",
         "feats",
@@ -74,6 +80,8 @@ class EntityState:
         self.dedup_ids: list[str] = []  # a queue: [dedup_head:] are live
         self.dedup_ts: list[int] = []  # their event times (parallel to dedup_ids)
         self.dedup_head = 0
+        self.dedup_mark = _NEG
+        self.dedup_rejected = 0
         self.feats = feats
         # per feature: its value for an in-order event that does not match it (a copy of
         # its state's ``val``), valid while the event time is before ``umin`` (at most
@@ -157,10 +165,27 @@ class FeatureEngine:
     """Applies events to per-entity state; pure and deterministic (event time only).
 
     ``cap``: entries per (entity key, feature) before a feature degrades (see each
-    aggregation's bound in ``features._aggs``); also bounds the remembered event ids.
+    aggregation's bound in ``features._aggs``); also the most event ids one key remembers.
     ``allowed_lateness_ms``: an event older than the key's newest by more is rejected.
     ``dedup_horizon_ms``: how long (event time) applied event ids are remembered, so a
     redelivered event is a no-op; must be at least the allowed lateness.
+
+    Redelivery guarantee: no event id is ever applied twice to a key's state (ids past the
+    horizon are older than the allowed lateness, so rejected anyway). A key remembers the
+    ids of the events applied within the dedup horizon, at most ``cap`` of them (a hot key's
+    id memory stays bounded); when it would hold more, it forgets the ids with the oldest
+    event times (whole milliseconds at a time) down to ``cap - cap // 4`` and raises its
+    ``dedup_mark`` to the newest time it forgot. An event whose id is remembered is a
+    "duplicate" (the values of its first application); one whose id is not remembered is
+    applied only if its time is after the mark (and within the allowed lateness), otherwise
+    it cannot be told apart from a redelivery and is "late_rejected" (reason says so;
+    counted in the state's ``late_rejected`` and ``dedup_rejected``). The mark stays below
+    the key's newest event time, so a new event at or after the newest time is always
+    applied (never rejected), unless more than ``cap`` distinct events of the key share that
+    newest millisecond: then it forgets some of those and new events at that very
+    millisecond are rejected until a newer one arrives. While at most ``cap - cap // 4`` of
+    a key's events lie within the dedup horizon of its newest, nothing is forgotten for
+    space and the mark is never set (results are exact as without the bound).
     """
 
     def __init__(
@@ -188,6 +213,8 @@ class FeatureEngine:
         self.cap = cap
         self.allowed_lateness_ms = allowed_lateness_ms
         self.dedup_horizon_ms = dedup_horizon_ms
+        self.id_cap = cap  # the most event ids a key remembers
+        self.id_keep = cap - cap // 4  # how many it keeps when it must forget some
         self._plans = {e: _Plan(spec.features_of(e), cap, allowed_lateness_ms) for e in spec.entities}
 
     def _plan(self, entity: str) -> _Plan:
@@ -215,7 +242,8 @@ class FeatureEngine:
         computed as of its own time over what was applied so far); an event id already
         applied within the dedup horizon is a "duplicate": the state is unchanged and the
         features are those of its first application; an event older than the key's newest
-        by more than the allowed lateness is "late_rejected" (counted in the state).
+        by more than the allowed lateness is "late_rejected" (counted in the state), and
+        so is a not remembered one at or before the key's ``dedup_mark`` (see the class).
         """
         try:
             plan = self._plans[entity]
@@ -245,6 +273,16 @@ class FeatureEngine:
                 LATE_REJECTED,
                 f"event time {t} is {tmax - t} ms older than the key's newest event ({tmax}); "
                 f"allowed lateness is {self.allowed_lateness_ms} ms",
+            )
+        if t <= state.dedup_mark:
+            state.late_rejected += 1
+            state.dedup_rejected += 1
+            return ApplyResult(
+                {},
+                LATE_REJECTED,
+                f"event id {eid!r} is not remembered and its time {t} is at or before "
+                f"{state.dedup_mark}, the newest time of the ids this key forgot to stay within "
+                f"{self.id_cap} remembered ids: it may be a redelivery, so it is not applied",
             )
         if plan.type_only:
             ty = event.get("type")
@@ -302,10 +340,11 @@ class FeatureEngine:
         tss.append(t)
         horizon = tmax - self.dedup_horizon_ms  # ids of events at or after it are kept
         dh = state.dedup_head
-        if tss[dh] < horizon or len(tss) - dh > self.cap:
+        if tss[dh] < horizon:
+            # past the horizon: a redelivery would be older than the allowed lateness
+            # (the horizon is at least the lateness), so rejected anyway: no mark needed
             n = len(tss)
-            cap = self.cap
-            while dh < n and (tss[dh] < horizon or n - dh > cap):
+            while dh < n and tss[dh] < horizon:
                 del dedup[ids[dh]]
                 dh += 1
             if dh > 2 and 2 * dh > n:
@@ -313,7 +352,51 @@ class FeatureEngine:
                 del tss[:dh]
                 dh = 0
             state.dedup_head = dh
+        if len(tss) - dh > self.id_cap:
+            self._forget_ids(state, horizon)
         return ApplyResult(dict(zip(plan.names, vals, strict=False)), APPLIED)
+
+    def _forget_ids(self, state: EntityState, horizon: int) -> None:
+        """Bring the remembered ids of a key that holds more than ``id_cap`` down to
+        ``id_keep``: drop those past the horizon, then the oldest by event time, whole
+        milliseconds at a time and never the key's newest millisecond unless it alone
+        holds more than ``id_cap``; ``dedup_mark`` becomes the newest time forgotten.
+        Runs once per ``cap // 4`` applied events at most: O(log cap) amortized."""
+        dedup = state.dedup
+        tmax = state.tmax
+        live: list[tuple[int, int, str]] = []  # (event time, application order, id)
+        for i, (eid, t) in enumerate(
+            zip(state.dedup_ids[state.dedup_head :], state.dedup_ts[state.dedup_head :], strict=True)
+        ):
+            if t < horizon:
+                del dedup[eid]
+            else:
+                live.append((t, i, eid))
+        drop = len(live) - self.id_keep
+        if drop > 0:
+            live.sort()
+            n = len(live)
+            newest = n  # live[newest:] are the ids at tmax
+            while newest and live[newest - 1][0] == tmax:
+                newest -= 1
+            if drop <= newest:
+                cut = live[drop - 1][0]
+                while drop < newest and live[drop][0] == cut:
+                    drop += 1  # the whole millisecond
+            elif n - newest > self.id_cap:
+                cut = tmax  # more than id_cap ids at the newest millisecond alone
+            else:
+                drop = newest  # keep the newest millisecond whole (at most id_cap ids)
+                cut = live[drop - 1][0] if drop else _NEG
+            if drop:
+                for _t, _i, eid in live[:drop]:
+                    del dedup[eid]
+                del live[:drop]
+                if cut > state.dedup_mark:
+                    state.dedup_mark = cut
+        state.dedup_ids = [eid for _t, _i, eid in live]
+        state.dedup_ts = [t for t, _i, _eid in live]
+        state.dedup_head = 0
 
     def evictable(self, state: EntityState, now_ms: int) -> bool:
         """True when dropping this key's state changes no future result.
@@ -335,7 +418,7 @@ class FeatureEngine:
         plan = self._plan(state.entity)
         tmax = state.tmax
         if tmax == _NEG:
-            return orjson.dumps([_FORMAT, None, state.late_rejected])
+            return orjson.dumps([_FORMAT, None, state.late_rejected])  # never forgot an id
         dedup: list[Any] = []
         dh = state.dedup_head
         for eid, t in zip(state.dedup_ids[dh:], state.dedup_ts[dh:], strict=True):
@@ -345,7 +428,20 @@ class FeatureEngine:
         feats = {
             key: lg.dump(st, tmax) for key, lg, st in zip(plan.keys, plan.logics, state.feats, strict=True)
         }
-        return orjson.dumps([_FORMAT, tmax, state.late_rejected, plan.layout, dedup, feats])
+        if state.dedup_mark == _NEG:
+            return orjson.dumps([_FORMAT, tmax, state.late_rejected, plan.layout, dedup, feats])
+        return orjson.dumps(
+            [
+                _FORMAT,
+                tmax,
+                state.late_rejected,
+                plan.layout,
+                dedup,
+                feats,
+                tmax - state.dedup_mark,
+                state.dedup_rejected,
+            ]
+        )
 
     def loads(self, entity: str, data: bytes) -> EntityState:
         """Restore a snapshot made by ``dumps``.
@@ -353,11 +449,16 @@ class FeatureEngine:
         A feature whose parameters changed since the snapshot (a different state key)
         starts empty instead of misreading old state; remembered event ids are kept,
         but if the feature list changed their remembered values are replaced by None.
+        Snapshot formats: 2 (``[2, tmax, late_rejected, layout, ids, feats]`` plus
+        ``tmax - dedup_mark, dedup_rejected`` when the key forgot ids for space) and 1 (no
+        mark: a format-1 key holding ``cap`` ids or more may have forgotten some, so its
+        mark is set conservatively to its oldest remembered id's time plus the allowed
+        lateness, at most its newest time). More ids than ``cap`` are trimmed on load.
         """
         plan = self._plan(entity)
         try:
             raw = orjson.loads(data)
-            if not isinstance(raw, list) or raw[0] != _FORMAT:
+            if not isinstance(raw, list) or raw[0] not in (1, _FORMAT):
                 raise StateError(
                     f"state snapshot of {entity!r}: unknown format {raw[0] if raw else raw!r}",
                     entity=entity,
@@ -376,6 +477,16 @@ class FeatureEngine:
                     st.dedup_ids.append(eid)
                     st.dedup_ts.append(tmax - int(d))
                 st.dedup[eid] = tuple(vals) if same_layout else nulls
+            if len(raw) > 6:
+                st.dedup_mark = tmax - int(raw[6])
+                st.dedup_rejected = int(raw[7])
+            elif raw[0] == 1 and st.dedup_ts and len(st.dedup_ts) >= self.id_cap:
+                # the old format forgot ids for space in application order without a
+                # mark: any it forgot was applied before the oldest remembered one, so at
+                # most that one's time plus the allowed lateness
+                st.dedup_mark = min(st.dedup_ts[0] + self.allowed_lateness_ms, tmax)
+            if len(st.dedup_ts) > self.id_cap:  # a snapshot made with a larger cap
+                self._forget_ids(st, tmax - self.dedup_horizon_ms)
             feats = raw[5]
             for i, (key, lg) in enumerate(zip(plan.keys, plan.logics, strict=True)):
                 blob = feats.get(key)

@@ -268,3 +268,150 @@ def test_degraded_state_with_late_events_and_restores_stays_consistent(case: dic
         for fs in s.feats:
             if hasattr(fs, "ts"):
                 assert len(fs.ts) - fs.h <= 8 + 2
+
+
+# ------------------------------------------------------------------ the remembered ids
+
+COUNT_ALL = spec_of({"name": "n", "entity": "user", "agg": "count"})
+
+
+def test_redelivery_above_the_cap_is_not_applied_twice() -> None:
+    # regression: the remembered ids were trimmed to `cap` without a trace, so with more
+    # than `cap` events inside the dedup horizon a redelivered old event was applied again
+    engine = FeatureEngine(COUNT_ALL, cap=16, allowed_lateness_ms=H, dedup_horizon_ms=24 * H)
+    s = engine.new_state("user")
+    for i in range(20):
+        assert engine.apply("user", s, ev(i, T0 + i)).status == APPLIED
+    again = engine.apply("user", s, ev(0, T0))
+    assert again.status == LATE_REJECTED
+    assert "may be a redelivery" in (again.reason or "")
+    assert s.late_rejected == s.dedup_rejected == 1
+    # a remembered id still answers with its first values, the count stays exact
+    assert engine.apply("user", s, ev(19, T0 + 19)).features == {"n": 20}
+    assert engine.apply("user", s, ev(20, T0 + 20)).features == {"n": 21}
+    # the mark survives a snapshot/restore
+    restored = engine.loads("user", engine.dumps(s))
+    assert restored.dedup_mark == s.dedup_mark
+    assert restored.dedup_rejected == 1
+    assert engine.apply("user", restored, ev(1, T0 + 1)).status == LATE_REJECTED
+    assert engine.apply("user", restored, ev(21, T0 + 21)).features == {"n": 22}
+
+
+def test_new_events_at_the_newest_millisecond_are_applied_up_to_the_cap() -> None:
+    #   T0 ... T0+9 (one event each)   T0+10: 12 events (more than keep = 6, at most cap)
+    # forgetting for space never reaches T0+10 while it holds at most `cap` ids: every new
+    # event there is applied; past `cap` at one millisecond, new ones there are rejected
+    engine = FeatureEngine(COUNT_ALL, cap=8, allowed_lateness_ms=H, dedup_horizon_ms=24 * H)
+    s = engine.new_state("user")
+    for i in range(10):
+        engine.apply("user", s, ev(i, T0 + i))
+    for i in range(10, 18):
+        assert engine.apply("user", s, ev(i, T0 + 10)).status == APPLIED
+        assert s.dedup_mark < T0 + 10
+        assert len(s.dedup) <= 8
+    assert engine.apply("user", s, ev(18, T0 + 10)).status == APPLIED  # the 9th: over the cap
+    assert s.dedup_mark == T0 + 10
+    assert len(s.dedup) <= 8
+    assert engine.apply("user", s, ev(19, T0 + 10)).status == LATE_REJECTED
+    assert engine.apply("user", s, ev(20, T0 + 11)).features == {"n": 20}  # exact: 0..18 and 20
+
+
+def test_old_format_snapshots_load_with_a_conservative_mark() -> None:
+    engine = FeatureEngine(COUNT_ALL, cap=8, allowed_lateness_ms=5, dedup_horizon_ms=24 * H)
+    s = engine.new_state("user")
+    for i in range(6):
+        engine.apply("user", s, ev(i, T0 + 10 * i))
+    blob = engine.dumps(s)
+    assert blob.startswith(b"[2,")
+    old = b"[1," + blob[3:]  # format 1 is the same without the mark
+    assert engine.dumps(engine.loads("user", old)) == blob  # fewer than cap ids: no mark
+    # a format-1 snapshot with `cap` ids may have forgotten some before its oldest id
+    for i in range(6, 8):
+        engine.apply("user", s, ev(i, T0 + 10 * i))
+    full = engine.loads("user", b"[1," + engine.dumps(s)[3:])
+    assert full.dedup_mark == T0 + 5  # oldest remembered (T0) + lateness
+    # a snapshot made with a larger cap is trimmed on load, keeping a mark
+    big = FeatureEngine(COUNT_ALL, cap=32, allowed_lateness_ms=5, dedup_horizon_ms=24 * H)
+    b = big.new_state("user")
+    for i in range(20):
+        big.apply("user", b, ev(i, T0 + i))
+    small = engine.loads("user", big.dumps(b))
+    assert len(small.dedup) <= 8
+    assert small.dedup_mark < T0 + 19
+    assert engine.apply("user", small, ev(0, T0 + 0)).status == LATE_REJECTED
+    assert engine.apply("user", small, ev(19, T0 + 19)).features == {"n": 20}
+    with pytest.raises(StateError, match="unknown format"):
+        engine.loads("user", b"[3," + blob[3:])
+
+
+@st.composite
+def redelivery_streams(draw: st.DrawFn) -> dict[str, Any]:
+    lateness = draw(st.sampled_from([0, 3, 20]))
+    n = draw(st.integers(1, 90))
+    events: list[dict[str, Any]] = []
+    tmax = T0
+    restore: set[int] = set()
+    for i in range(n):
+        kind = draw(st.sampled_from(["next", "same", "same", "late", "dup", "dup"]))
+        if kind == "dup" and events:
+            events.append(dict(draw(st.sampled_from(events))))
+        else:
+            if kind == "late":
+                ts = tmax - draw(st.integers(0, lateness + 2))
+            elif kind == "same":
+                ts = tmax
+            else:
+                ts = tmax + draw(st.sampled_from([0, 1, 2, 7]))
+            tmax = max(tmax, ts)
+            user = draw(st.sampled_from(["u1", "u1", "u1", "u2"]))
+            events.append({"event_id": f"e{i}", "type": "a", "ts": ts, "user_id": user})
+        if draw(st.integers(0, 9)) == 0:
+            restore.add(i)
+    return {"lateness": lateness, "events": events, "restore": restore}
+
+
+@settings(max_examples=150, deadline=None)
+@given(redelivery_streams(), st.sampled_from([8, 9, 12]))
+def test_no_event_id_is_ever_applied_twice_with_a_tiny_cap(case: dict[str, Any], cap: int) -> None:
+    # every id is applied at most once per key (the count feature agrees with the applied
+    # ids), at most `cap` ids are remembered, and a new event at or after the key's newest
+    # time is applied unless more than `cap` new events of the key share that millisecond
+    lateness = case["lateness"]
+    engine = FeatureEngine(COUNT_ALL, cap=cap, allowed_lateness_ms=lateness, dedup_horizon_ms=10**9)
+    states: dict[str, Any] = {}
+    applied: dict[str, list[str]] = {}
+    firsts: dict[tuple[str, str], dict[str, Any]] = {}
+    at_newest: dict[str, int] = {}  # distinct ids applied at the key's newest millisecond
+    for i, e in enumerate(case["events"]):
+        key = e["user_id"]
+        s = states.setdefault(key, engine.new_state("user"))
+        seen = e["event_id"] in applied.setdefault(key, [])
+        tmax = s.tmax
+        out = engine.apply("user", s, e)
+        if out.status == APPLIED:
+            assert not seen, (i, e)
+            applied[key].append(e["event_id"])
+            firsts[(key, e["event_id"])] = out.features
+            if e["ts"] > tmax:
+                at_newest[key] = 1
+            elif e["ts"] == tmax:
+                at_newest[key] += 1
+            if e["ts"] >= tmax:
+                assert out.features["n"] == len(applied[key])  # in order: the exact count
+        elif out.status == DUPLICATE:
+            assert seen
+            assert out.features == firsts[(key, e["event_id"])]
+        else:
+            assert out.status == LATE_REJECTED
+            if not seen and e["ts"] >= tmax:
+                # in order and new: rejected only past `cap` ids at the newest millisecond
+                assert e["ts"] == tmax, (i, e, out.reason)
+                assert at_newest[key] > cap, (i, e, out.reason)
+        assert len(s.dedup) <= cap
+        assert len(s.dedup_ids) - s.dedup_head == len(s.dedup)
+        assert s.dedup_mark <= s.tmax
+        if i in case["restore"]:
+            states = {k: engine.loads("user", engine.dumps(v)) for k, v in states.items()}
+    for key, s in states.items():
+        last = engine.apply("user", s, {"event_id": "last", "ts": s.tmax + 1, "user_id": key})
+        assert last.features["n"] == len(applied[key]) + 1
