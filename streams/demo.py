@@ -518,7 +518,7 @@ class Demo:
             console.print("errors, one by one:\n" + "\n".join(lines), highlight=False)
         if result.unmapped_labels:
             console.print(
-                "labels that detect no simulated scenario (entities): "
+                "labels that detect no simulated scenario (entities; counted in (any)): "
                 + ", ".join(f"{k} ({v})" for k, v in result.unmapped_labels.items()),
                 highlight=False,
             )

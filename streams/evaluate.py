@@ -14,6 +14,12 @@ For a scenario ``s`` with truth set ``T`` (its entities) and flagged set ``F`` (
 ``recall = |F ∩ T| / |T|``; undefined (``None``) when the denominator is 0. A normal
 entity flagged with a scenario's label is a false positive of that scenario; an entity
 of another scenario flagged with it is one too (the label was wrong).
+
+The overall row ``(any)`` asks "bad or not": its truth is every bad entity, its flagged
+set every entity flagged with *any* label - including labels that detect no scenario
+(``login_spread``, ``takeover_cashout`` ...), which are false positives there unless the
+entity is bad under some scenario. Those labels are also listed in ``unmapped_labels``;
+the per-scenario rows ignore them.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ class ScenarioScore:
 @dataclass(frozen=True)
 class Evaluation:
     scores: tuple[ScenarioScore, ...]  # sorted by scenario
-    overall: ScenarioScore  # any scenario label vs any bad entity ("bad or not")
+    overall: ScenarioScore  # any label (mapped or not) vs any bad entity ("bad or not")
     unmapped_labels: Mapping[str, int]  # flags whose label detects no scenario: label -> entities
 
     def by_scenario(self) -> dict[str, ScenarioScore]:
@@ -148,7 +154,7 @@ def evaluate(
     names = sorted(set(truth_by) | set(labels))
     scores = tuple(_score(s, truth_by.get(s, set()), flagged_by.get(s, set())) for s in names)
     all_truth = set().union(*truth_by.values()) if truth_by else set()
-    all_flagged = set().union(*flagged_by.values()) if flagged_by else set()
+    all_flagged = set().union(*flagged_by.values(), *unmapped.values())
     overall = _score("(any)", all_truth, all_flagged)
     return Evaluation(
         scores=scores,

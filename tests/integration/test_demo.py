@@ -80,6 +80,8 @@ def test_demo_runs_to_the_end_and_prints_computed_quality(stack: Any, tmp_path: 
         f"SELECT DISTINCT entity, key, label FROM {database}.risk_hits FINAL WHERE counted AND NOT suppressed"  # noqa: S608
     ).result_rows
     result = evaluate(truth, [(str(e), str(k), str(label)) for e, k, label in flags])
+    # "(any)" counts every flagged entity, whatever its label (mapped to a scenario or not)
+    assert result.overall.flagged == len({(str(e), str(k)) for e, k, _ in flags})
     printed = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip("│ ").split("│")]

@@ -46,8 +46,10 @@ def test_precision_and_recall_per_scenario() -> None:
     travel = by["impossible_travel"]
     assert travel.flagged == 0 and travel.precision is None and travel.recall == 0.0
     assert result.unmapped_labels == {"vip_whitelist_probe": 1}
-    # overall: 7 bad entities, flagged 7 distinct (u1 u2 u3 u50 d1 u9 ip), 6 of them bad
-    assert (result.overall.truth, result.overall.flagged, result.overall.true_positives) == (7, 7, 6)
+    # overall: 7 bad entities, flagged 8 distinct (u1 u2 u3 u50 d1 u9 ip, and u7 by the
+    # label that maps to no scenario), 6 of them bad
+    assert (result.overall.truth, result.overall.flagged, result.overall.true_positives) == (7, 8, 6)
+    assert result.overall.false_positives == (("user", "u50"), ("user", "u7"))
     assert [r["scenario"] for r in result.rows()] == [
         "account_resale",
         "credential_stuffing",
@@ -55,6 +57,27 @@ def test_precision_and_recall_per_scenario() -> None:
         "impossible_travel",
         "(any)",
     ]
+
+
+def test_overall_counts_entities_flagged_by_unmapped_labels() -> None:
+    # regression: entities flagged only by labels of no scenario (login_spread,
+    # takeover_cashout) were left out of "(any)", inflating its precision
+    flags = [
+        ("user", "u1", "account_resale"),
+        ("user", "u60", "login_spread"),  # normal: a false positive overall
+        ("user", "u61", "takeover_cashout"),  # normal: a false positive overall
+        ("user", "u9", "takeover_cashout"),  # bad (impossible_travel): a true positive overall
+    ]
+    result = evaluate(TRUTH, flags)
+    overall = result.overall
+    assert (overall.flagged, overall.true_positives) == (4, 2)
+    assert overall.precision == pytest.approx(2 / 4)
+    assert overall.false_positives == (("user", "u60"), ("user", "u61"))
+    assert result.unmapped_labels == {"login_spread": 1, "takeover_cashout": 2}
+    # the per-scenario rows are unchanged by those labels
+    by = result.by_scenario()
+    assert (by["account_resale"].flagged, by["account_resale"].precision) == (1, 1.0)
+    assert by["impossible_travel"].flagged == 0 and by["impossible_travel"].recall == 0.0
 
 
 def test_entity_kind_matters() -> None:
@@ -111,3 +134,8 @@ def test_matches_a_brute_force_count(
         assert score.recall == (tp / len(t) if t else None)
         assert score.true_positives + len(score.false_positives) == score.flagged
         assert score.true_positives + len(score.missed) == score.truth
+    all_truth = {ek for ek, _ in truth}
+    all_flagged = {ek for ek, _ in flags}  # "other" maps to no scenario and still counts here
+    overall = result.overall
+    assert (overall.truth, overall.flagged) == (len(all_truth), len(all_flagged))
+    assert overall.true_positives == len(all_truth & all_flagged)
