@@ -31,9 +31,18 @@ def hits() -> None:
 @hits.command()
 @click.option("--since", default="1d", show_default=True, help="duration (1d, 6h, 30m) or ISO time")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--run-id", default="", help="only this run (live, or a replay's run id); default all")
+@click.option(
+    "--run-id",
+    default="live",
+    show_default=True,
+    help="only this run: live, or a replay's run id; 'all' counts every run together",
+)
 def top(since: str, limit: int, run_id: str) -> None:
-    """Rules with the most hits since --since (exact distinct hits, hourly rollup)."""
+    """Rules with the most hits since --since (exact distinct hits, hourly rollup).
+
+    Counts the live labels by default, so backtests and replays written to ClickHouse
+    never inflate them; --run-id picks one replay, --run-id all counts everything.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -43,7 +52,9 @@ def top(since: str, limit: int, run_id: str) -> None:
     settings = Settings()
     since_ms = parse_since(since, now_ms=time.time_ns() // 1_000_000)
     try:
-        rows = top_rules(_client(settings), since_ms=since_ms, limit=limit, run_id=run_id)
+        rows = top_rules(
+            _client(settings), since_ms=since_ms, limit=limit, run_id="" if run_id == "all" else run_id
+        )
     except ClickHouseUnavailableError:
         raise
     except Exception as exc:
