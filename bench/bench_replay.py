@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _common import stack_parts
 
 BUDGET_S = 240
 QUICK_BUDGET_S = 120
@@ -165,26 +166,8 @@ def _measure(bootstrap: str, ch_url: str, n_events: int) -> list[dict[str, Any]]
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    from streams.stack import Stack
-
-    bootstrap = os.environ.get("BYPASS_KAFKA_BOOTSTRAP")
-    ch_url = os.environ.get("BYPASS_CLICKHOUSE_URL")
-    with tempfile.TemporaryDirectory(prefix="bench-replay-stack-") as tmp:
-        stack = None
-        if not (bootstrap and ch_url):
-            external = {"redis": "redis://127.0.0.1:1/0"}
-            if bootstrap:
-                external["kafka"] = bootstrap
-            if ch_url:
-                external["clickhouse"] = ch_url
-            stack = Stack(Path(tmp) / "stack", external=external, die_with_parent=True, health_timeout_s=60)
-            addresses = stack.up().addresses
-            bootstrap, ch_url = addresses["kafka"], addresses["clickhouse"]
-        try:
-            return _measure(bootstrap, ch_url, 30_000 if quick else 100_000)
-        finally:
-            if stack is not None:
-                stack.down(purge=True)
+    with stack_parts("kafka", "clickhouse") as parts:
+        return _measure(parts.addresses["kafka"], parts.addresses["clickhouse"], 30_000 if quick else 100_000)
 
 
 if __name__ == "__main__":

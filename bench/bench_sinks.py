@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+from _common import stack_parts
 
 BUDGET_S = 170
 QUICK_BUDGET_S = 90
@@ -254,32 +254,12 @@ def _lag(
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    from streams.stack import Stack
-
-    bootstrap = os.environ.get("BYPASS_KAFKA_BOOTSTRAP")
-    ch_url = os.environ.get("BYPASS_CLICKHOUSE_URL")
-    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp:
-        stack = None
-        if not (bootstrap and ch_url):
-            external = {"redis": "redis://127.0.0.1:1/0"}
-            if bootstrap:
-                external["kafka"] = bootstrap
-            if ch_url:
-                external["clickhouse"] = ch_url
-            stack = Stack(Path(tmp) / "stack", external=external, die_with_parent=True, health_timeout_s=60)
-            addresses = stack.up().addresses
-            bootstrap, ch_url = addresses["kafka"], addresses["clickhouse"]
-        ch_pid = None
-        if stack is not None:
-            ch_pid = next((p.pid for p in stack.status() if p.name == "clickhouse"), None)
-        try:
-            results = _throughput(bootstrap, ch_url, 100_000 if quick else 300_000, ch_pid)
-            results += _lag(bootstrap, ch_url, rate=1000 if quick else 2000, seconds=5 if quick else 10)
-            if not quick:
-                results += _lag(bootstrap, ch_url, rate=2000, seconds=8, batch_ms=200)
-        finally:
-            if stack is not None:
-                stack.down(purge=True)
+    with stack_parts("kafka", "clickhouse") as parts:
+        bootstrap, ch_url = parts.addresses["kafka"], parts.addresses["clickhouse"]
+        results = _throughput(bootstrap, ch_url, 100_000 if quick else 300_000, parts.pid("clickhouse"))
+        results += _lag(bootstrap, ch_url, rate=1000 if quick else 2000, seconds=5 if quick else 10)
+        if not quick:
+            results += _lag(bootstrap, ch_url, rate=2000, seconds=8, batch_ms=200)
     return results
 
 
