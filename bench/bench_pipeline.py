@@ -115,24 +115,17 @@ def _settings() -> Any:
 def _faust_app(name: str) -> Any:
     import faust
 
-    from streams.app import faust_broker_url
+    from streams.app import faust_base_options
 
     s = _settings()
     datadir = Path(s.state_dir) / name
     datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         s.app_id,
-        broker=faust_broker_url(s.kafka_bootstrap),
+        **faust_base_options(s),
         store="memory://",
         datadir=str(datadir),
-        processing_guarantee="at_least_once",
         topic_partitions=PARTITIONS,
-        broker_session_timeout=s.consumer_session_timeout_ms / 1000,
-        broker_rebalance_timeout=s.consumer_rebalance_timeout_ms / 1000,
-        broker_heartbeat_interval=s.consumer_heartbeat_interval_ms / 1000,
-        consumer_auto_offset_reset="earliest",
-        stream_recovery_delay=0.1,
-        web_enabled=False,
     )
 
 

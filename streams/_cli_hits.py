@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -15,6 +16,20 @@ def _client(settings: Settings) -> Any:
     from streams._cli_clickhouse import clickhouse_client
 
     return clickhouse_client(settings, database=check_identifier(settings.clickhouse_database))
+
+
+def _query(run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one analyst query; a failure says what to check instead of a traceback."""
+    from streams._cli_clickhouse import ClickHouseUnavailableError
+
+    try:
+        return run(*args, **kwargs)
+    except ClickHouseUnavailableError:
+        raise
+    except Exception as exc:
+        raise ClickHouseUnavailableError(
+            f"query failed: {exc}. Did you run `bypass clickhouse migrate`?"
+        ) from exc
 
 
 def _fmt_features(numbers: dict[str, Any], texts: dict[str, Any]) -> str:
@@ -47,20 +62,12 @@ def top(since: str, limit: int, run_id: str) -> None:
     from rich.table import Table
 
     from sinks.analytics import parse_since, top_rules
-    from streams._cli_clickhouse import ClickHouseUnavailableError
 
     settings = Settings()
     since_ms = parse_since(since, now_ms=time.time_ns() // 1_000_000)
-    try:
-        rows = top_rules(
-            _client(settings), since_ms=since_ms, limit=limit, run_id="" if run_id == "all" else run_id
-        )
-    except ClickHouseUnavailableError:
-        raise
-    except Exception as exc:
-        raise ClickHouseUnavailableError(
-            f"query failed: {exc}. Did you run `bypass clickhouse migrate`?"
-        ) from exc
+    rows = _query(
+        top_rules, _client(settings), since_ms=since_ms, limit=limit, run_id="" if run_id == "all" else run_id
+    )
     table = Table(title=f"top rules since {since} (hour-aligned)")
     for col, justify in [
         ("rule", "left"),
@@ -98,17 +105,9 @@ def entity(entity: str, key: str, limit: int, run_id: str) -> None:
     from rich.table import Table
 
     from sinks.analytics import entity_history
-    from streams._cli_clickhouse import ClickHouseUnavailableError
 
     settings = Settings()
-    try:
-        rows = entity_history(_client(settings), entity, key, limit=limit, run_id=run_id)
-    except ClickHouseUnavailableError:
-        raise
-    except Exception as exc:
-        raise ClickHouseUnavailableError(
-            f"query failed: {exc}. Did you run `bypass clickhouse migrate`?"
-        ) from exc
+    rows = _query(entity_history, _client(settings), entity, key, limit=limit, run_id=run_id)
     table = Table(title=f"hits of {entity} {key}")
     for col in (
         "event time",

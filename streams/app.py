@@ -134,6 +134,21 @@ def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
 
+def faust_base_options(s: Settings) -> dict[str, Any]:
+    """Faust options every bypass Faust app shares (the worker and the benchmark baselines):
+    broker, consumer-group timeouts from settings, at-least-once, earliest offsets."""
+    return {
+        "broker": faust_broker_url(s.kafka_bootstrap),
+        "processing_guarantee": "at_least_once",
+        "broker_session_timeout": s.consumer_session_timeout_ms / 1000,
+        "broker_rebalance_timeout": s.consumer_rebalance_timeout_ms / 1000,
+        "broker_heartbeat_interval": s.consumer_heartbeat_interval_ms / 1000,
+        "consumer_auto_offset_reset": "earliest",
+        "stream_recovery_delay": 0.1,
+        "web_enabled": False,
+    }
+
+
 def _credentials(settings: Settings) -> Any:
     proto = settings.kafka_security_protocol.upper()
     if proto == "PLAINTEXT":
@@ -238,20 +253,13 @@ class Pipeline:
         datadir.mkdir(parents=True, exist_ok=True)
         app = faust.App(
             s.app_id,
-            broker=faust_broker_url(s.kafka_bootstrap),
+            **faust_base_options(s),
             broker_credentials=_credentials(s),
             store=s.table_store,
             datadir=str(datadir),
-            processing_guarantee="at_least_once",
             topic_partitions=s.topic_partitions,
             topic_replication_factor=s.topic_replication,
             table_standby_replicas=s.table_standby_replicas,
-            broker_session_timeout=s.consumer_session_timeout_ms / 1000,
-            broker_rebalance_timeout=s.consumer_rebalance_timeout_ms / 1000,
-            broker_heartbeat_interval=s.consumer_heartbeat_interval_ms / 1000,
-            consumer_auto_offset_reset="earliest",
-            stream_recovery_delay=0.1,
-            web_enabled=False,
             producer_acks=-1,
             # fewer, larger produce requests: changelog writes, hits and bundles of a batch
             # go out together (Faust's defaults: no linger, 16 KB batches)

@@ -208,6 +208,13 @@ def _alive(pid: int) -> bool:
     return True  # pragma: no cover
 
 
+def _known_part(parts: dict[str, _Part], name: str) -> _Part:
+    part = parts.get(name)
+    if part is None:
+        raise StackError(f"{name} is not part of this stack: run `bypass stack up` first", part=name)
+    return part
+
+
 def _is_ours(part: _Part) -> bool:
     """True when ``part.pid`` still runs the process that was started (not a reused pid)."""
     if part.pid is None or not _alive(part.pid):
@@ -504,9 +511,7 @@ class Stack:
         self._check_local(name)
         with self._locked():
             parts = self._load()
-            part = parts.get(name)
-            if part is None:
-                raise StackError(f"{name} is not part of this stack: run `bypass stack up` first", part=name)
+            part = _known_part(parts, name)
             stopped = part.pid is not None and self._stop(part)
             part.pid = part.start_ticks = None
             self._save(parts)
@@ -517,9 +522,7 @@ class Stack:
         self._check_local(name)
         with self._locked():
             parts = self._load()
-            part = parts.get(name)
-            if part is None:
-                raise StackError(f"{name} is not part of this stack: run `bypass stack up` first", part=name)
+            part = _known_part(parts, name)
             if _is_ours(part):
                 return False
             self._check_ports(name, part.ports, pinned=True)
