@@ -103,26 +103,44 @@ class EntityTable(faust.Table):  # type: ignore[type-arg]
         return partition
 
 
-def tune_fetch_wait(max_wait_ms: int) -> None:
-    """Cap the broker-side fetch wait of Faust's consumers at ``max_wait_ms``.
+def tune_faust_consumer(settings: Settings) -> None:
+    """Fix two things in the aiokafka consumer Faust's driver instantiates (this process only).
 
-    faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500`` for its aiokafka consumer.
-    A broker that holds a fetch for the whole wait when the partition has no new record yet
-    (Tansu does) then adds up to 1.5 s per hop, and the pipeline has two hops (raw topic,
-    repartition topic).  This wraps the consumer class Faust's driver instantiates; it
-    affects this process only.
+    - **Fetch wait.** faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500``.  A broker
+      that holds a fetch for the whole wait when the partition has no new record yet (Tansu
+      does) then adds up to 1.5 s per hop, and the pipeline has two hops (raw topic,
+      repartition topic): capped at ``BYPASS_CONSUMER_FETCH_MAX_WAIT_MS``.
+    - **End offsets.** Faust restores a table by reading its changelog up to the end offsets
+      ListOffsets reports when the partitions are assigned.  Tansu reports the base offset
+      of the last record batch + 1, so a restart restored states older than their last
+      write while the stream went on from the committed offsets: events applied before the
+      crash were missing from the state and their redeliveries were rejected as late.  The
+      end offsets are checked with a fetch (:func:`streams.kafka.end_offsets`).
     """
     import types
 
     import aiokafka
     import faust.transport.drivers.aiokafka as driver
 
+    from streams import kafka
+
+    max_wait_ms = settings.consumer_fetch_max_wait_ms
     real = aiokafka.AIOKafkaConsumer
 
     class _Consumer(real):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", max_wait_ms)), max_wait_ms)
             super().__init__(*args, **kwargs)
+
+        async def end_offsets(self, partitions: Any) -> Any:
+            reported = await super().end_offsets(partitions)
+            checked = await asyncio.get_running_loop().run_in_executor(
+                None,
+                kafka.end_offsets,
+                settings,
+                {(tp.topic, tp.partition): off for tp, off in reported.items()},
+            )
+            return {tp: checked[(tp.topic, tp.partition)] for tp in reported}
 
     shim = types.SimpleNamespace(**vars(aiokafka))
     shim.AIOKafkaConsumer = _Consumer
@@ -248,7 +266,7 @@ class Pipeline:
     # --- app ----------------------------------------------------------------
     def _build_app(self, datadir: Path | None) -> faust.App:
         s = self.settings
-        tune_fetch_wait(s.consumer_fetch_max_wait_ms)
+        tune_faust_consumer(s)
         datadir = datadir or (Path(s.state_dir) / "faust")
         datadir.mkdir(parents=True, exist_ok=True)
         app = faust.App(

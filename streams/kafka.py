@@ -9,6 +9,7 @@ does and does not do).
     ensure_topics(settings, names, partitions=None, compacted=False)
     producer(settings, **extra)                      -> Producer
     consumer(settings, group_id=None, **extra)       -> Consumer
+    end_offsets(settings, reported)                  -> the true end offset of partitions
 
 ``extra`` keys are librdkafka option names, either dotted (``**{"linger.ms": 5}``) or
 with underscores (``linger_ms=5``); they override the defaults. Python callbacks keep
@@ -17,17 +18,21 @@ their names (``error_cb``, ``on_delivery``, ``logger`` ...).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from features.errors import BypassError
 from streams.settings import Settings
 
-__all__ = ["KafkaSetupError", "admin", "consumer", "ensure_topics", "producer"]
+__all__ = ["KafkaSetupError", "admin", "consumer", "end_offsets", "ensure_topics", "producer"]
+
+log = logging.getLogger("bypass.kafka")
 
 # How long admin calls wait for the broker before giving up (seconds).
 ADMIN_TIMEOUT_S = 15.0
@@ -133,3 +138,53 @@ def ensure_topics(
                 topic=name,
             ) from exc
     return created
+
+
+def end_offsets(
+    settings: Settings, reported: Mapping[tuple[str, int], int], timeout_s: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The end offset (last offset + 1) of each ``(topic, partition)``, checked by a fetch.
+
+    ``reported`` is what ListOffsets (``latest``) answered.  Apache Kafka answers the end;
+    Tansu answers the base offset of the partition's last record batch + 1, too low as soon
+    as that batch holds several records.  A fetch response's high watermark is right on
+    both, so this fetches from ``reported - 1`` (the last batch, or nothing on Kafka) and
+    returns ``max(reported, fetch high watermark)``.  A partition reported empty (0) is
+    left as it is; one that does not answer within ``timeout_s`` keeps its reported value
+    (logged).
+    """
+    out = dict(reported)
+    todo = {tp: off for tp, off in reported.items() if off > 0}
+    if not todo:
+        return out
+    client = consumer(
+        settings,
+        group_id=f"{settings.app_id}-end-offsets",
+        enable_partition_eof=True,
+        fetch_wait_max_ms=20,
+        auto_offset_reset="latest",
+    )
+    try:
+        client.assign([TopicPartition(t, p, off - 1) for (t, p), off in todo.items()])
+        pending = set(todo)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            msg = client.poll(0.1)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                continue
+            tp = (msg.topic(), msg.partition())
+            if tp in pending:
+                pending.discard(tp)
+                _low, high = client.get_watermark_offsets(TopicPartition(*tp), cached=True)
+                if high is not None and high > out[tp]:
+                    out[tp] = high
+        if pending:
+            log.warning(
+                "end offsets of %s not checked within %.0f s; kept as reported", sorted(pending), timeout_s
+            )
+    finally:
+        client.close()
+    return out

@@ -48,6 +48,9 @@ faust-streaming 0.15 / aiokafka 0.14 (other areas depend on these facts):
   are all there, offsets 0..11). Do not stop reading at that "end": to read a topic
   to its end use ``enable.partition.eof=True`` and stop at the PARTITION_EOF event
   (fetch responses carry the right end), or until polls come back empty.
+  ``streams.kafka.end_offsets`` gives the true ends; the worker's Faust consumer uses it
+  (``streams.app.tune_faust_consumer``), since Faust restores a table's changelog only up
+  to the end ListOffsets reports.
 - Consumer-group join waits about HALF THE SESSION TIMEOUT, with confluent-kafka and
   with aiokafka/Faust alike; the rebalance timeout makes no difference. confluent-kafka:
   default 45 s session -> about 23 s (!), ``session.timeout.ms=6000`` -> 3 s, ``1000`` ->

@@ -55,6 +55,28 @@ def test_kafka_round_trip_with_a_consumer_group(settings: Settings, names) -> No
     assert sum(tp.offset for tp in committed) == len(sent)
 
 
+def test_end_offsets_are_the_true_ends_after_batched_produces(settings: Settings, names) -> None:  # type: ignore[no-untyped-def]
+    """Faust restores tables up to these ends (streams.app.tune_faust_consumer): they must be
+    last offset + 1 even when the last record batch holds many records (Tansu's ListOffsets
+    answers that batch's base offset + 1)."""
+    kafka.ensure_topics(settings, [names.raw_topic], partitions=3)
+    producer = kafka.producer(settings, linger_ms=50)
+    sizes = {0: 1, 1: 37, 2: 0}
+    for rounds in range(2):
+        for partition, n in sizes.items():
+            for i in range(n):
+                producer.produce(names.raw_topic, f"{rounds}-{i}".encode(), partition=partition)
+        assert producer.flush(10) == 0
+    tps = [(names.raw_topic, p) for p in sizes]
+    client = kafka.consumer(settings)
+    try:
+        reported = {tp: client.get_watermark_offsets(TopicPartition(*tp), timeout=10)[1] for tp in tps}
+    finally:
+        client.close()
+    ends = kafka.end_offsets(settings, reported)
+    assert ends == {(names.raw_topic, p): 2 * n for p, n in sizes.items()}
+
+
 def test_compacted_topic_is_accepted(settings: Settings, names) -> None:  # type: ignore[no-untyped-def]
     from confluent_kafka.admin import ConfigResource
 
