@@ -386,7 +386,8 @@ def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
     assert publish(s, USER_RULES.format(version="u-1"), tmp_path).returncode == 0
     events = _sim_events(seed=3)
     reference = Worker(ref, tmp_path / "ref.log")
-    crashing = Worker(s, tmp_path / "crash-1.log")
+    # tiny batches: the backlog takes the crashing worker long enough to be killed mid-stream
+    crashing = Worker(s, tmp_path / "crash-1.log", worker_batch_size=5)
     restarted = None
     try:
         produce(s, events)
@@ -394,9 +395,14 @@ def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
         first = read_topic(s, s.hits_topic, lambda m: len(m) >= 1, timeout_s=90, settle_s=0)
         assert first, "the worker emitted no hit"
         crashing.kill()
+        before = _hits_by_id(read_topic(s, s.hits_topic, lambda m: True, timeout_s=30, settle_s=1))
         restarted = Worker(s, tmp_path / "crash-2.log")
         want = _hits_by_id(read_topic(ref, ref.hits_topic, lambda m: len(m) > 20, timeout_s=120, settle_s=4))
         assert len(want) > 20
+        assert len(before) < len(want), "the worker was not killed mid-stream"
+        deadline = time.monotonic() + 90
+        while "Worker ready" not in restarted.text() and time.monotonic() < deadline:
+            time.sleep(0.2)
         got = _hits_by_id(
             read_topic(
                 s,
@@ -406,12 +412,16 @@ def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
                 settle_s=3,
             )
         )
-        assert set(got) == set(want)
+        missing = [want[h] for h in set(want) - set(got)]
+        unexpected = [got[h] for h in set(got) - set(want)]
+        assert not missing and not unexpected, (
+            f"{len(missing)} hits missing, {len(unexpected)} unexpected; e.g. {(missing + unexpected)[:3]}"
+        )
         for hit_id, record in want.items():
             assert got[hit_id] == record
         assert "Worker ready" in restarted.text()
         redelivered = restarted.metric("bypass_events_duplicate_total", 'entity="user"')
-        print(f"\nredelivered after SIGKILL (no-ops): {redelivered} user events")
+        print(f"\nhits before the kill {len(before)} of {len(want)}; redelivered (no-ops): {redelivered}")
     finally:
         reference.stop()
         crashing.stop()
