@@ -79,8 +79,8 @@ DLQ_HEADERS = (
 BUNDLE_MAX_BYTES = 512 * 1024
 
 #: A message an agent produced: topic, key, value, partition (None: the key's default
-#: partition), headers.
-Outgoing = tuple[str, bytes, bytes, int | None, list[tuple[str, bytes]] | None]
+#: partition).
+Outgoing = tuple[str, bytes, bytes, int | None]
 
 
 def bundle_partition(key: bytes, partitions: int) -> int:
@@ -242,8 +242,7 @@ class Pipeline:
         # event-time watermark: the largest event time the entity agents processed (None: none yet)
         self.watermark_ms: int | None = None
         self._batches: dict[str, int] = dict.fromkeys(self.entities, 0)
-        # messages an agent produced in its current batch, per agent: (topic, key, value,
-        # partition or None for the key's default partition, headers); _drain sends them
+        # the messages each agent produced in its current batch (Outgoing); _drain sends them
         self._outbox: dict[str, list[Outgoing]] = {"ingest": []}
         # write table states straight to the store + changelog (see process_keys)
         self._direct_tables = settings.table_store == "memory://"
@@ -408,7 +407,7 @@ class Pipeline:
             for (entity, partition), parts in bundles.items():
                 topic = self.entity_topics[entity].get_topic_name()
                 for payload in _pack(parts):
-                    out.append((topic, entity.encode(), payload, partition, None))
+                    out.append((topic, entity.encode(), payload, partition))
             await self._drain("ingest")
 
     # --- entity agents --------------------------------------------------------
@@ -534,7 +533,7 @@ class Pipeline:
                     # what ``table[kb] = raw`` does, minus Faust's per-message buffer:
                     # the store, then the changelog record to the key's partition
                     data[kb] = raw
-                    out.append((changelog, kb, raw, table.partition_for_key(kb), None))
+                    out.append((changelog, kb, raw, table.partition_for_key(kb)))
                 else:
                     table[kb] = raw
             if raw is not None and cache_cap:
@@ -545,7 +544,7 @@ class Pipeline:
             if result.hits or result.blacklist:
                 kafka_key = blacklist_key(entity, result.key).encode()
                 for record, source in zip(result.hits, result.hit_sources, strict=True):
-                    out.append((hits_name, kafka_key, dumps(record), None, None))
+                    out.append((hits_name, kafka_key, dumps(record), None))
                     hit_counts[(record["rule_id"], record["mode"])] += 1
                     if record.get("error"):
                         error_counts[record["rule_id"]] += 1
@@ -553,7 +552,7 @@ class Pipeline:
                         latencies.append(now - source.timestamp_ms / 1000)
                 for record in result.blacklist:
                     bl_key = blacklist_key(record["entity"], record["key"]).encode()
-                    out.append((bl_name, bl_key, dumps(record), None, None))
+                    out.append((bl_name, bl_key, dumps(record), None))
                     blacklist_counts[record["entity"]] += 1
             for source, reason in result.late:
                 log.info(
@@ -639,8 +638,8 @@ class Pipeline:
         if out:
             self._outbox[agent] = []
             send = self.app.producer.send
-            for topic, key, value, partition, headers in out:
-                await send(topic, key, value, partition, None, headers)
+            for topic, key, value, partition in out:
+                await send(topic, key, value, partition, None, None)
         buffer = self.app.producer.buffer
         while buffer.size:
             await buffer.flush_atmost(None)  # type: ignore[arg-type]
