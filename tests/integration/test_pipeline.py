@@ -371,17 +371,57 @@ def _hits_by_id(messages: list[Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
-    psettings: Settings, tmp_path: Path
-) -> None:
-    s = psettings
-    ref = s.model_copy(
+def _reference(s: Settings) -> Settings:
+    """Settings of a reference worker: its own group, hits and blacklist topics, same input."""
+    return s.model_copy(
         update={
             "app_id": s.app_id + "_ref",
             "hits_topic": s.hits_topic + ".ref",
             "blacklist_topic": s.blacklist_topic + ".ref",
         }
     )
+
+
+def _read_reference(ref: Settings) -> dict[str, dict[str, Any]]:
+    """Every hit of the reference run, by id (read until it has been quiet for 4 s)."""
+    return _hits_by_id(read_topic(ref, ref.hits_topic, lambda m: len(m) > 20, timeout_s=120, settle_s=4))
+
+
+def _read_as_many(s: Settings, want: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The hits on ``s.hits_topic`` by id, once there are at least as many distinct ids as in
+    ``want`` and the topic has been quiet for 3 s."""
+    return _hits_by_id(
+        read_topic(
+            s,
+            s.hits_topic,
+            lambda m: len({orjson.loads(x.value())["hit_id"] for x in m}) >= len(want),
+            timeout_s=120,
+            settle_s=3,
+        )
+    )
+
+
+def _wait_metric(
+    worker: Worker, names: tuple[str, ...], labels: str, at_least: float, timeout_s: float = 90
+) -> None:
+    """Wait until the sum of ``names`` (each with ``labels``) on ``worker`` reaches ``at_least``."""
+
+    def total() -> float:
+        return sum(worker.metric(name, labels) or 0 for name in names)
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if total() >= at_least:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{names}{{{labels}}} never reached {at_least}: {total()}")
+
+
+def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
+    psettings: Settings, tmp_path: Path
+) -> None:
+    s = psettings
+    ref = _reference(s)
     kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, ref.hits_topic])
     assert publish(s, USER_RULES.format(version="u-1"), tmp_path).returncode == 0
     events = _sim_events(seed=3)
@@ -397,21 +437,13 @@ def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
         crashing.kill()
         before = _hits_by_id(read_topic(s, s.hits_topic, lambda m: True, timeout_s=30, settle_s=1))
         restarted = Worker(s, tmp_path / "crash-2.log")
-        want = _hits_by_id(read_topic(ref, ref.hits_topic, lambda m: len(m) > 20, timeout_s=120, settle_s=4))
+        want = _read_reference(ref)
         assert len(want) > 20
         assert len(before) < len(want), "the worker was not killed mid-stream"
         deadline = time.monotonic() + 90
         while "Worker ready" not in restarted.text() and time.monotonic() < deadline:
             time.sleep(0.2)
-        got = _hits_by_id(
-            read_topic(
-                s,
-                s.hits_topic,
-                lambda m: len({orjson.loads(x.value())["hit_id"] for x in m}) >= len(want),
-                timeout_s=120,
-                settle_s=3,
-            )
-        )
+        got = _read_as_many(s, want)
         missing = [want[h] for h in set(want) - set(got)]
         unexpected = [got[h] for h in set(got) - set(want)]
         assert not missing and not unexpected, (
@@ -429,15 +461,6 @@ def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
             restarted.stop()
 
 
-def _wait_metric(worker: Worker, name: str, labels: str, at_least: float, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (worker.metric(name, labels) or 0) >= at_least:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{name}{{{labels}}} never reached {at_least}: {worker.metric(name, labels)}")
-
-
 def test_restart_restores_every_state_from_the_changelog(psettings: Settings, tmp_path: Path) -> None:
     """A worker stopped cleanly after half the events, then a new one for the second half:
     the new worker's states come from the changelog (and the few redeliveries Faust's last
@@ -446,13 +469,7 @@ def test_restart_restores_every_state_from_the_changelog(psettings: Settings, tm
     true end.  (Tansu answers ListOffsets with the base offset of the last record batch + 1;
     trusting it restored states older than their last write.)"""
     s = psettings
-    ref = s.model_copy(
-        update={
-            "app_id": s.app_id + "_ref",
-            "hits_topic": s.hits_topic + ".ref",
-            "blacklist_topic": s.blacklist_topic + ".ref",
-        }
-    )
+    ref = _reference(s)
     kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, ref.hits_topic])
     assert publish(s, USER_RULES.format(version="u-1"), tmp_path).returncode == 0
     events = _sim_events(seed=7, duration_s=20)
@@ -461,32 +478,16 @@ def test_restart_restores_every_state_from_the_changelog(psettings: Settings, tm
     second = reference = None
     try:
         produce(s, events[:half])
-        _wait_metric(first, "bypass_events_in_total", f'topic="{s.raw_topics[0]}"', half)
+        _wait_metric(first, ("bypass_events_in_total",), f'topic="{s.raw_topics[0]}"', half)
         applied = 'entity="user"'
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done = sum(
-                first.metric(m, applied) or 0
-                for m in ("bypass_events_applied_total", "bypass_events_late_total")
-            )
-            if done >= half:
-                break
-            time.sleep(0.2)
+        _wait_metric(first, ("bypass_events_applied_total", "bypass_events_late_total"), applied, half)
         first.stop()  # SIGTERM: Faust flushes and commits
         assert first.proc.returncode == 0
         second = Worker(s, tmp_path / "second.log")
         produce(s, events[half:])
         reference = Worker(ref, tmp_path / "ref.log")
-        want = _hits_by_id(read_topic(ref, ref.hits_topic, lambda m: len(m) > 20, timeout_s=120, settle_s=4))
-        got = _hits_by_id(
-            read_topic(
-                s,
-                s.hits_topic,
-                lambda m: len({orjson.loads(x.value())["hit_id"] for x in m}) >= len(want),
-                timeout_s=120,
-                settle_s=3,
-            )
-        )
+        want = _read_reference(ref)
+        got = _read_as_many(s, want)
         assert set(got) == set(want)
         for hit_id, record in want.items():
             assert got[hit_id] == record
@@ -501,13 +502,7 @@ def test_restart_restores_every_state_from_the_changelog(psettings: Settings, tm
 
 def test_two_workers_split_partitions_and_hot_reload(psettings: Settings, tmp_path: Path) -> None:
     s = psettings
-    ref = s.model_copy(
-        update={
-            "app_id": s.app_id + "_ref",
-            "hits_topic": s.hits_topic + ".ref",
-            "blacklist_topic": s.blacklist_topic + ".ref",
-        }
-    )
+    ref = _reference(s)
     kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, ref.hits_topic])
     assert publish(s, USER_RULES.format(version="u-1"), tmp_path).returncode == 0
     # a broken set is never published, and says why
@@ -527,16 +522,8 @@ def test_two_workers_split_partitions_and_hot_reload(psettings: Settings, tmp_pa
     two = Worker(s, tmp_path / "w2.log")
     try:
         produce(s, events)
-        want = _hits_by_id(read_topic(ref, ref.hits_topic, lambda m: len(m) > 20, timeout_s=120, settle_s=4))
-        got = _hits_by_id(
-            read_topic(
-                s,
-                s.hits_topic,
-                lambda m: len({orjson.loads(x.value())["hit_id"] for x in m}) >= len(want),
-                timeout_s=120,
-                settle_s=3,
-            )
-        )
+        want = _read_reference(ref)
+        got = _read_as_many(s, want)
         assert got == want
         raw_topic = s.raw_topics[0]
         seen = [w.metric("bypass_events_in_total", f'topic="{raw_topic}"') or 0.0 for w in (one, two)]
