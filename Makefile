@@ -40,7 +40,7 @@ stack-status: $(VENV)/.installed
 	$(BYPASS) stack status
 
 demo: $(VENV)/.installed
-	$(PY) -m streams.demo $(if $(KEEP),--keep,)
+	$(PY) -m streams.local.demo $(if $(KEEP),--keep,)
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py

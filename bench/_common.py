@@ -24,7 +24,7 @@ _UNUSED = {"kafka": "127.0.0.1:1", "clickhouse": "http://127.0.0.1:1", "redis": 
 @dataclass(frozen=True)
 class Parts:
     addresses: dict[str, str]
-    stack: Any = None  # streams.stack.Stack when this benchmark started its own parts
+    stack: Any = None  # streams.local.stack.Stack when this benchmark started its own parts
 
     def pid(self, part: str) -> int | None:
         """The pid of a part this benchmark started (None for an external one)."""
@@ -39,7 +39,7 @@ def stack_parts(*needed: str) -> Iterator[Parts]:
     if all(part in given for part in needed):
         yield Parts(given)
         return
-    from streams.stack import Stack
+    from streams.local.stack import Stack
 
     external = {part: given.get(part, _UNUSED[part]) for part in _ENV if part in given or part not in needed}
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:

@@ -1,6 +1,6 @@
 """bench_pipeline: the live Faust pipeline against two plain Faust agents, same broker, one run.
 
-Workload: simulated traffic (``streams.simulate``, example feature spec) pre-produced to a
+Workload: simulated traffic (``streams.local.simulate``, example feature spec) pre-produced to a
 4-partition raw topic with the SDK (key = user id); then, one after the other, each
 variant runs as its own worker process (``python bench/bench_pipeline.py --child ...``)
 that consumes the whole backlog from the beginning with a fresh consumer group:
@@ -22,7 +22,7 @@ latency = time the blacklist record is read back - time the probe was handed to 
 producer; the reader waits on fetches like bypass's own consumers
 (BYPASS_CONSUMER_FETCH_MAX_WAIT_MS).  Goal: p99 < 500 ms.
 
-Runs a private Tansu broker (``streams.stack``) unless BYPASS_KAFKA_BOOTSTRAP is set.
+Runs a private Tansu broker (``streams.local.stack``) unless BYPASS_KAFKA_BOOTSTRAP is set.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def _settings() -> Any:
 def _faust_app(name: str) -> Any:
     import faust
 
-    from streams.app import faust_base_options
+    from streams.live.app import faust_base_options
 
     s = _settings()
     datadir = Path(s.state_dir) / name
@@ -195,7 +195,7 @@ def child_naive(expected: int) -> None:
 
 
 def child_pipeline(expected: dict[str, int]) -> None:
-    from streams.worker import LiveWorker
+    from streams.live.worker import LiveWorker
 
     worker = LiveWorker(_settings())
     m = worker.metrics
@@ -237,7 +237,7 @@ def child_pipeline(expected: dict[str, int]) -> None:
 
 def child_serve() -> None:
     """A plain live worker (latency run)."""
-    from streams.worker import LiveWorker
+    from streams.live.worker import LiveWorker
 
     LiveWorker(_settings()).run()
 
@@ -323,10 +323,10 @@ def _expected(events: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _throughput(bootstrap: str, state: Path, phone_key: str, quick: bool) -> list[dict[str, Any]]:
-    from streams import kafka
+    from streams.core import kafka
+    from streams.local.simulate import SimConfig, Simulator
     from streams.producer import EventProducer
     from streams.settings import Settings
-    from streams.simulate import SimConfig, Simulator
 
     run = secrets.token_hex(3)
     raw = f"bench{run}.events"
@@ -397,10 +397,10 @@ def _latency(
 ) -> list[dict[str, Any]]:
     from confluent_kafka import OFFSET_END, TopicPartition
 
-    from streams import kafka
+    from streams.core import kafka
+    from streams.local.simulate import SimConfig, Simulator
     from streams.producer import EventProducer
     from streams.settings import Settings
-    from streams.simulate import SimConfig, Simulator
 
     run = secrets.token_hex(3)
     prefix = f"lat{run}"
@@ -511,7 +511,7 @@ def _latency(
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    from streams.stack import Stack
+    from streams.local.stack import Stack
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         state = Path(tmp)

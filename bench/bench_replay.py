@@ -1,6 +1,6 @@
 """bench_replay: ``bypass replay`` throughput end to end, on one core.
 
-Workload: simulated traffic (``streams.simulate``: normal users plus the four abuse
+Workload: simulated traffic (``streams.local.simulate``: normal users plus the four abuse
 scenarios; ~2,000 users) already on a 4-partition raw topic of a real Kafka-protocol broker
 (Tansu), replayed over its whole range (auto warm-up) with the example feature spec
 (11 features over user, device and ip) and the example rule set (``examples/rules.yaml``).
@@ -61,7 +61,7 @@ def _settings(bootstrap: str, ch_url: str, tmp: Path, tag: str) -> Any:
 def _produce(settings: Any, events: list[dict[str, Any]]) -> None:
     from confluent_kafka import Producer
 
-    from streams import kafka
+    from streams.core import kafka
 
     topic = settings.raw_topics[0]
     kafka.ensure_topics(settings, [topic], partitions=4)
@@ -104,7 +104,7 @@ def _replay(settings: Any, t1: int, t2: int, out: str, tmp: Path) -> tuple[float
 def _measure(bootstrap: str, ch_url: str, n_events: int) -> list[dict[str, Any]]:
     from sinks.clickhouse import connect
     from sinks.clickhouse_schema import migrate
-    from streams.simulate import SimConfig, Simulator
+    from streams.local.simulate import SimConfig, Simulator
 
     tag = secrets.token_hex(4)
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmpdir:

@@ -57,7 +57,7 @@ def _settings(bootstrap: str, ch_url: str, tag: str, **overrides: Any) -> Any:
 def _writer(settings: Any) -> Any:
     from sinks.clickhouse import ClickHouseSink, connect
     from sinks.clickhouse_schema import migrate
-    from streams._cli_sink import build_runner
+    from streams.cli.sink import build_runner
 
     client = connect(settings.clickhouse_url)
     migrate(client, settings.clickhouse_database)
@@ -74,7 +74,7 @@ def _writer(settings: Any) -> Any:
 def _produce(settings: Any, values: list[bytes]) -> None:
     from confluent_kafka import Producer
 
-    from streams import kafka
+    from streams.core import kafka
 
     kafka.ensure_topics(settings, [settings.hits_topic, settings.blacklist_topic, settings.dlq_topic])
     producer = Producer({**settings.kafka_config(), "linger.ms": 20, "batch.num.messages": 10000})
@@ -89,7 +89,7 @@ def _produce(settings: Any, values: list[bytes]) -> None:
 
 
 def _hit(i: int, **kwargs: Any) -> dict[str, Any]:
-    """``sample_hit`` with the extra fields ``streams.processor.hit_record`` also writes."""
+    """``sample_hit`` with the extra fields ``streams.core.processor.hit_record`` also writes."""
     from sinks._sample import sample_hit
 
     hit = sample_hit(i, **kwargs)
@@ -186,7 +186,7 @@ def _lag(
     stop = threading.Event()
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     thread.start()
-    from streams import kafka
+    from streams.core import kafka
 
     kafka.ensure_topics(settings, [settings.hits_topic])
     producer = Producer({**settings.kafka_config(), "linger.ms": 5})

@@ -1,6 +1,6 @@
 """bench_stack: how fast the local stack starts and stops, and how much memory each part holds.
 
-Workload: a fresh ``streams.stack.Stack`` in a private tmp state dir (nothing shared with a
+Workload: a fresh ``streams.local.stack.Stack`` in a private tmp state dir (nothing shared with a
 running stack), ``up()`` from cold (first run creates the ClickHouse data dir), then the
 resident memory (RSS) of each part right after ``up``, then ``down()``; repeated. Also
 times the CLI end to end (``bypass stack up`` in a fresh process, the way a developer
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from streams.stack import PARTS, Stack  # noqa: E402
+from streams.local.stack import PARTS, Stack  # noqa: E402
 
 BUDGET_S = 90
 QUICK_BUDGET_S = 40

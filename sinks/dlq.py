@@ -13,7 +13,7 @@ Kafka client or faust.
     bypass.source.timestamp     the record's timestamp, epoch ms (when known)
     bypass.sink                 the sink that refused it (sinks only)
 
-Reason codes written by the sinks (the ingest codes of :mod:`streams.envelope` -
+Reason codes written by the sinks (the ingest codes of :mod:`streams.core.envelope` -
 ``not_json``, ``missing_field`` ... - mean the same thing there):
 
     empty_value             a tombstone (no value)

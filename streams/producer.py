@@ -10,7 +10,7 @@
 - confluent-kafka, idempotent producer (``enable.idempotence``, acks=all);
 - Kafka key = the user id, so one user's events stay in order on one partition;
 - Kafka message timestamp = the event's ``ts`` (replay finds offsets by time);
-- the envelope is validated before sending (:class:`streams.envelope.InvalidEventError`
+- the envelope is validated before sending (:class:`streams.core.envelope.InvalidEventError`
   with the reason), so an invalid event never reaches the topic;
 - delivery errors are surfaced: every ``send`` may take an ``on_delivery(error, event)``
   callback, and :meth:`EventProducer.flush` returns a :class:`DeliveryReport` whose
@@ -30,8 +30,8 @@ import orjson
 from confluent_kafka import KafkaException
 
 from features.errors import BypassError
-from streams import kafka
-from streams.envelope import validate
+from streams.core import kafka
+from streams.core.envelope import validate
 from streams.settings import Settings, get_settings
 
 __all__ = ["DeliveryError", "DeliveryReport", "EventProducer"]
@@ -127,7 +127,7 @@ class EventProducer:
         checked = validate(dict(event))
         value = orjson.dumps(checked)
         if len(value) > self.settings.event_max_bytes:
-            from streams.envelope import InvalidEventError
+            from streams.core.envelope import InvalidEventError
 
             raise InvalidEventError(
                 f"the event is {len(value)} bytes, above the limit of {self.settings.event_max_bytes}",

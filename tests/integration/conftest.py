@@ -9,7 +9,7 @@ Fixtures:
        set in the environment (``BYPASS_CLICKHOUSE_USER`` / ``_PASSWORD`` too);
     2. else testcontainers, when a Docker engine answers (Apache Kafka KRaft,
        ClickHouse server, Redis);
-    3. else the local stack (``streams.stack``: Tansu, chdb served on loopback,
+    3. else the local stack (``streams.local.stack``: Tansu, chdb served on loopback,
        redis-server) under a private tmp state dir, stopped at session end.
 
     ``BYPASS_TEST_STACK=local`` forces 3 (for example after ``eval "$(bypass stack up)"``
@@ -31,7 +31,7 @@ Fixtures:
 ``settings`` (per test)
     ``stack.settings(**names.overrides(), state_dir=<tmp_path>/state)``.
 
-Tansu facts to remember (details in ``streams.stack``): a consumer-group join waits about
+Tansu facts to remember (details in ``streams.local.stack``): a consumer-group join waits about
 half the SESSION timeout (confluent-kafka and Faust alike; the rebalance timeout does not
 matter): use 1-3 s session timeouts in tests; ``offsets_for_times`` always answers
 offset 0; the ListOffsets high watermark is too low after multi-record batches (read to
@@ -51,8 +51,8 @@ from typing import Any
 
 import pytest
 
+from streams.local.stack import ENV_NAMES, PARTS, Stack
 from streams.settings import Settings
-from streams.stack import ENV_NAMES, PARTS, Stack
 
 _HERE = Path(__file__).parent
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams import kafka
+from streams.core import kafka
 from streams.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""``python -m streams.demo`` end to end on the session stack (the parts are external to it).
+"""``python -m streams.local.demo`` end to end on the session stack (the parts are external to it).
 
 Checks that the demo runs to the end by itself, stops the processes it started, and that
 the precision/recall it prints are the ones computed from ClickHouse and the truth file it
@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams._cli_clickhouse import clickhouse_client
-from streams.evaluate import evaluate, read_truth
+from streams.cli.clickhouse import clickhouse_client
+from streams.local.evaluate import evaluate, read_truth
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_demo_runs_to_the_end_and_prints_computed_quality(stack: Any, tmp_path: 
     env = {**os.environ, **stack.env(), "BYPASS_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
     args = ["--users", "300", "--rate", "500", "--duration", "12", "--time-scale", "7200", "--seed", "3"]
     done = subprocess.run(
-        [sys.executable, "-m", "streams.demo", *args],
+        [sys.executable, "-m", "streams.local.demo", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -23,10 +23,10 @@ import pytest
 from confluent_kafka import KafkaError, Producer, TopicPartition
 
 import rules
-from streams import kafka
+from streams.core import kafka
+from streams.local.simulate import SimConfig, Simulator
 from streams.producer import EventProducer
 from streams.settings import Settings
-from streams.simulate import SimConfig, Simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURES = ROOT / "examples" / "features.yaml"
@@ -598,9 +598,9 @@ def _reference_hits(settings: Settings, text: str, events: list[dict[str, Any]])
     """The hits of the in-process Processor over ``events`` (each key's events in the given
     order, states kept for ever: no eviction)."""
     import features
-    from streams.envelope import EnvelopeDecoder
-    from streams.processor import Processor, SourceEvent
-    from streams.worker import build_engine
+    from streams.core.envelope import EnvelopeDecoder
+    from streams.core.processor import Processor, SourceEvent
+    from streams.live.worker import build_engine
 
     spec = features.load_spec(FEATURES)
     processor = Processor(

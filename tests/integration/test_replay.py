@@ -2,7 +2,7 @@
 
 The "live" reference hits are computed two ways: by the live worker (``bypass worker``
 as a subprocess, reading its ``bypass.hits`` topic) and, for the cheaper tests, by
-running the shared :class:`streams.processor.Processor` directly over everything on the
+running the shared :class:`streams.core.processor.Processor` directly over everything on the
 topics in the live merge order.
 """
 
@@ -20,8 +20,9 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from streams import kafka
-from streams.envelope import EnvelopeDecoder
+from streams.core import kafka
+from streams.core.envelope import EnvelopeDecoder
+from streams.local.simulate import SimConfig, Simulator
 from streams.producer import EventProducer
 from streams.replay import (
     Replay,
@@ -32,7 +33,6 @@ from streams.replay import (
     load_checkpoint,
 )
 from streams.settings import Settings
-from streams.simulate import SimConfig, Simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
@@ -90,9 +90,9 @@ def direct_hits(
     settings: Settings, topic: str | list[str], rules_text: str, run_id: str = "live"
 ) -> list[dict[str, Any]]:
     """The shared Processor over the whole topic(s), merged in the live order, one key at a time."""
-    from streams.processor import KeyBatch, Processor, SourceEvent, merge_sources
-    from streams.rulestore import load_for_spec, load_spec
-    from streams.worker import build_engine
+    from streams.core.processor import KeyBatch, Processor, SourceEvent, merge_sources
+    from streams.core.rulestore import load_for_spec, load_spec
+    from streams.live.worker import build_engine
 
     spec = load_spec(settings)
     processor = Processor(spec, build_engine(spec, settings), load_for_spec(rules_text, spec), run_id=run_id)
@@ -223,7 +223,7 @@ def test_several_topics_are_merged_by_event_time(rsettings: Settings, names: Any
 
 def test_replay_equals_the_live_worker(stack: Any, rsettings: Settings, names: Any, tmp_path: Path) -> None:
     """Run the real live pipeline (``bypass worker``) over a scenario, then replay the same range."""
-    from streams.rulestore import publish_ruleset
+    from streams.core.rulestore import publish_ruleset
 
     events = scenario(seed=11, users=80, rate=60, duration_s=30)
     for topic in (names.hits_topic, names.blacklist_topic, names.dlq_topic):
@@ -555,7 +555,7 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def test_rules_version_from_the_rules_topic(rsettings: Settings, names: Any, tmp_path: Path) -> None:
-    from streams.rulestore import publish_ruleset
+    from streams.core.rulestore import publish_ruleset
 
     events = scenario(seed=21, users=60, rate=40, duration_s=30)
     produce(rsettings, names.raw_topic, events, partitions=2)

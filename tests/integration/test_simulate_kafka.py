@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.simulate import SimConfig, Simulator
+from streams.local.simulate import SimConfig, Simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import clickhouse_connect
 import redis
 from confluent_kafka import TopicPartition
 
-from streams import kafka
+from streams.core import kafka
 from streams.settings import Settings
 
 
@@ -56,7 +56,7 @@ def test_kafka_round_trip_with_a_consumer_group(settings: Settings, names) -> No
 
 
 def test_end_offsets_are_the_true_ends_after_batched_produces(settings: Settings, names) -> None:  # type: ignore[no-untyped-def]
-    """Faust restores tables up to these ends (streams.app.tune_faust_consumer): they must be
+    """Faust restores tables up to these ends (streams.live.app.tune_faust_consumer): they must be
     last offset + 1 even when the last record batch holds many records (Tansu's ListOffsets
     answers that batch's base offset + 1)."""
     kafka.ensure_topics(settings, [names.raw_topic], partitions=3)

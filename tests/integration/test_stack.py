@@ -20,9 +20,9 @@ import clickhouse_connect
 import pytest
 import redis
 
-from streams import kafka
+from streams.core import kafka
+from streams.local.stack import Stack, StackError
 from streams.settings import Settings
-from streams.stack import Stack, StackError
 
 
 def _procs_under(state_dir: Path) -> list[int]:
@@ -267,7 +267,7 @@ def test_port_taken_after_the_check_is_reported_from_the_part_log(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # another program grabs the port between our check and the part's bind
-    monkeypatch.setattr("streams.stack._port_free", lambda port: True)
+    monkeypatch.setattr("streams.local.stack._port_free", lambda port: True)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.errors import BypassError
-from streams.envelope import (
+from streams.core.envelope import (
     EnvelopeDecoder,
     InvalidEvent,
     InvalidEventError,

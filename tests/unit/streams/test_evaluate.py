@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.errors import ConfigError
-from streams.evaluate import DEFAULT_LABELS, evaluate, read_truth
+from streams.local.evaluate import DEFAULT_LABELS, evaluate, read_truth
 
 TRUTH = [
     {"entity": "user", "key": "u1", "scenario": "account_resale"},

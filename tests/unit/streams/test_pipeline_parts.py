@@ -6,10 +6,10 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams.app import BUNDLE_MAX_BYTES, _pack, bundle_partition, faust_broker_url
-from streams.envelope import InvalidEventError
+from streams.core.envelope import InvalidEventError
+from streams.core.rulestore import RuleSetRecord
+from streams.live.app import BUNDLE_MAX_BYTES, _pack, bundle_partition, faust_broker_url
 from streams.producer import DeliveryError, DeliveryReport, EventProducer
-from streams.rulestore import RuleSetRecord
 from streams.settings import Settings
 
 

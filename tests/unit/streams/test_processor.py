@@ -1,4 +1,4 @@
-"""streams.processor: the one core shared by the live agents and replay.
+"""streams.core.processor: the one core shared by the live agents and replay.
 
 These tests use the real rules/ and (when present) the real features/ engine over the
 example feature spec; the record formats are the issue-5 contract.
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import rules
-from streams.processor import KeyBatch, Processor, SourceEvent, blacklist_key, merge_sources
+from streams.core.processor import KeyBatch, Processor, SourceEvent, blacklist_key, merge_sources
 
 features = pytest.importorskip("features")
 SPEC_PATH = Path(__file__).resolve().parents[3] / "examples" / "features.yaml"

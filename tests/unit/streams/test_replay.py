@@ -317,8 +317,8 @@ def test_compare_counts_added_and_removed_per_rule() -> None:
 @given(st.lists(st.lists(st.integers(0, 20), max_size=10), min_size=1, max_size=5), st.integers(0, 1000))
 def test_merge_equals_the_live_ingest_merge(tss: list[list[int]], seed: int) -> None:
     """Replay's streaming merge gives the order the live ingest agent uses for a batch
-    (``streams.processor.merge_sources``), so both paths apply a key's events alike."""
-    from streams.processor import SourceEvent, merge_sources
+    (``streams.core.processor.merge_sources``), so both paths apply a key's events alike."""
+    from streams.core.processor import SourceEvent, merge_sources
 
     streams = _streams(tss)
     ours = [r.sort_key for r in _merge_all(streams, random.Random(seed))]

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from streams.rulestore import PublishError, read_versions
+from streams.core.rulestore import PublishError, read_versions
 from streams.settings import Settings
 
 

@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from features.errors import ConfigError
-from streams.envelope import validate
-from streams.simulate import (
+from streams.core.envelope import validate
+from streams.local.simulate import (
     DEFAULT_START_MS,
     HOUR_MS,
     MIN_SPAN_MS,
@@ -90,7 +90,7 @@ def test_start_only_shifts_event_times() -> None:
 def test_string_output_is_byte_identical(tmp_path: Any) -> None:
     runner = CliRunner()
     args = ["--users", "300", "--rate", "50/s", "--duration", "60s", "--seed", "3"]
-    from streams._cli_simulate import simulate
+    from streams.cli.simulate import simulate
 
     for name in ("a", "b"):
         result = runner.invoke(simulate, [*args, "--out-file", str(tmp_path / name / "events.jsonl")])

@@ -1,4 +1,4 @@
-"""streams.stack without starting any part: state files, external parts, port and binary faults."""
+"""streams.local.stack without starting any part: state files, external parts, port and binary faults."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from streams.local.stack import Stack, StackError, external_from_settings
 from streams.settings import Settings
-from streams.stack import Stack, StackError, external_from_settings
 
 
 def test_external_parts_are_the_addresses_given_explicitly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +70,7 @@ def test_down_and_status_with_nothing_started(tmp_path: Path) -> None:
 
 
 def test_cli_down_with_nothing_running_exits_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from streams._cli_stack import stack
+    from streams.cli.stack import stack
 
     monkeypatch.setenv("BYPASS_STATE_DIR", str(tmp_path))
     result = CliRunner().invoke(stack, ["down"])

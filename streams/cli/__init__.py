@@ -18,18 +18,18 @@ from features.errors import BypassError
 
 # verb -> "module:attribute" of a click command or group
 _VERBS: dict[str, str] = {
-    "worker": "streams._cli_worker:worker",
-    "produce": "streams._cli_produce:produce",
-    "settings": "streams._cli_settings:settings",
-    "features": "streams._cli_features:features",
-    "rules": "streams._cli_rules:rules",
-    "replay": "streams._cli_replay:replay",
-    "stack": "streams._cli_stack:stack",
-    "simulate": "streams._cli_simulate:simulate",
-    "hits": "streams._cli_hits:hits",
-    "lists": "streams._cli_lists:lists",
-    "sink": "streams._cli_sink:sink",
-    "clickhouse": "streams._cli_clickhouse:clickhouse",
+    "worker": "streams.cli.worker:worker",
+    "produce": "streams.cli.produce:produce",
+    "settings": "streams.cli.settings:settings",
+    "features": "streams.cli.features:features",
+    "rules": "streams.cli.rules:rules",
+    "replay": "streams.cli.replay:replay",
+    "stack": "streams.cli.stack:stack",
+    "simulate": "streams.cli.simulate:simulate",
+    "hits": "streams.cli.hits:hits",
+    "lists": "streams.cli.lists:lists",
+    "sink": "streams.cli.sink:sink",
+    "clickhouse": "streams.cli.clickhouse:clickhouse",
 }
 
 

@@ -1,6 +1,6 @@
 """Synthetic traffic with ground truth: normal users plus four kinds of abuse.
 
-``bypass simulate`` (see ``streams._cli_simulate``) drives this module; the logic here
+``bypass simulate`` (see ``streams.cli.simulate``) drives this module; the logic here
 is deterministic and testable without Kafka.
 
 Determinism

@@ -1,4 +1,4 @@
-"""``bypass simulate``: synthetic traffic with ground truth (see ``streams.simulate``)."""
+"""``bypass simulate``: synthetic traffic with ground truth (see ``streams.local.simulate``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.simulate import (
+from streams.local.simulate import (
     DEFAULT_START_MS,
     Mix,
     SimConfig,
@@ -25,7 +25,7 @@ from streams.simulate import (
     parse_rate,
     parse_start_ms,
 )
-from streams.simulate import (
+from streams.local.simulate import (
     pace as pace_events,
 )
 
@@ -62,7 +62,7 @@ def _to_jsonl(events: Iterator[dict[str, Any]], out: IO[bytes]) -> None:
 
 
 def _to_kafka(events: Iterator[dict[str, Any]], topic: str | None) -> str:
-    from streams import kafka
+    from streams.core import kafka
     from streams.producer import EventProducer
     from streams.settings import get_settings
 
@@ -153,7 +153,7 @@ def simulate(
     cross-partition reordering times the scale (the demo uses 6 h).
 
     \b
-    --mix names (per user, see streams.simulate.Mix): resale, travel, farms, stuffing;
+    --mix names (per user, see streams.local.simulate.Mix): resale, travel, farms, stuffing;
     evasive = share of resale actors and stuffing campaigns that stay under the usual
     rules (still bad, in the truth); lookalikes = benign users who look bad (VPN exits
     abroad, big families on one device; not in the truth).

@@ -1,4 +1,4 @@
-"""``bypass stack up | down | status``: the local stack of real parts (see ``streams.stack``).
+"""``bypass stack up | down | status``: the local stack of real parts (see ``streams.local.stack``).
 
 ``up`` prints ``export BYPASS_*=...`` lines on stdout, so ``eval "$(bypass stack up)"``
 points the shell at the stack; every status message goes to stderr.
@@ -10,8 +10,8 @@ import shlex
 
 import click
 
+from streams.local.stack import ENV_NAMES, PARTS, Stack, external_from_settings
 from streams.settings import Settings
-from streams.stack import ENV_NAMES, PARTS, Stack, external_from_settings
 
 
 def _stack(**kwargs: object) -> tuple[Stack, Settings]:

@@ -32,7 +32,7 @@ def produce(events_file: str, topic: str | None, skip_invalid: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from streams.envelope import InvalidEventError
+    from streams.core.envelope import InvalidEventError
     from streams.producer import EventProducer
     from streams.settings import get_settings
 

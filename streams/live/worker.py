@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import ConfigError
-from streams import kafka
-from streams.metrics import Metrics
-from streams.processor import Processor
-from streams.rulestore import RuleSetRecord, RulesFollower, load_for_spec, load_spec
+from streams.core import kafka
+from streams.core.processor import Processor
+from streams.core.rulestore import RuleSetRecord, RulesFollower, load_for_spec, load_spec
+from streams.live.metrics import Metrics
 from streams.settings import Settings
 
 __all__ = ["LiveWorker", "build_engine", "empty_ruleset", "list_provider", "run_worker"]
@@ -66,12 +66,12 @@ def list_provider(settings: Settings) -> Any:
 
 class LiveWorker:
     """One worker: the shared Processor (run_id ``live``), a RulesFollower swapping its rule
-    set, Prometheus metrics, and the Faust :class:`streams.app.Pipeline`."""
+    set, Prometheus metrics, and the Faust :class:`streams.live.app.Pipeline`."""
 
     def __init__(
         self, settings: Settings, *, metrics: Metrics | None = None, datadir: Path | None = None
     ) -> None:
-        from streams.app import Pipeline
+        from streams.live.app import Pipeline
 
         self.settings = settings
         self.spec = load_spec(settings)

@@ -1,8 +1,8 @@
 """Replay and backfill: re-run the raw topics over ``[T1, T2)`` through the live code path.
 
-``bypass replay`` (CLI in ``streams._cli_replay``) reads the raw topics with its own
+``bypass replay`` (CLI in ``streams.cli.replay``) reads the raw topics with its own
 confluent-kafka consumer and feeds the events, merged into the order the live pipeline
-applies them, to the very same :class:`streams.processor.Processor` the Faust agents
+applies them, to the very same :class:`streams.core.processor.Processor` the Faust agents
 use (same envelope decoder, same features/ engine, same rules/ rule set). Same events +
 same rule set -> same hits, with the same ``hit_id`` s.
 
@@ -41,7 +41,7 @@ grouped by key like the live agents do.
 
 Live applies one entity's events in *arrival* order: within one source partition that is
 offset order, as here, and within one ingest batch the live agent merges the partitions
-by event time exactly like this merge (``streams.processor.merge_sources``). The one
+by event time exactly like this merge (``streams.core.processor.merge_sources``). The one
 case where they can differ: events of one entity that sit in *different* partitions or
 topics, arrive out of event-time order, and fall into *different* live ingest batches.
 Live applies them in arrival order, replay in event-time order. Every feature value
@@ -819,9 +819,9 @@ class Replay:
 
     def _load_core(self, params: dict[str, Any], checkpoint: Checkpoint | None) -> tuple[Any, Any, Any, Any]:
         """spec, engine, ruleset, processor: built by the live worker's own helpers."""
-        from streams.processor import Processor
-        from streams.rulestore import load_for_spec, load_spec
-        from streams.worker import build_engine, list_provider
+        from streams.core.processor import Processor
+        from streams.core.rulestore import load_for_spec, load_spec
+        from streams.live.worker import build_engine, list_provider
 
         s = self.settings
         spec = load_spec(s)
@@ -848,7 +848,7 @@ class Replay:
 
     def _rules_text(self, params: dict[str, Any]) -> tuple[str, str]:
         """The rule-set YAML to replay with: --rules FILE, --rules-version V, or the latest."""
-        from streams.rulestore import read_versions
+        from streams.core.rulestore import read_versions
 
         if params.get("rules_file"):
             path = Path(params["rules_file"])
@@ -879,7 +879,7 @@ class Replay:
 
     # -- kafka -----------------------------------------------------------
     def _consumer(self, run_id: str) -> Any:
-        from streams.kafka import consumer
+        from streams.core.kafka import consumer
 
         group = f"{self.settings.app_id}-replay-{run_id}"
         if group == self.settings.app_id:  # pragma: no cover - impossible by construction
@@ -947,8 +947,8 @@ class Replay:
     def run(self) -> ReplaySummary:
         from confluent_kafka import KafkaError, TopicPartition
 
-        from streams.envelope import EnvelopeDecoder, InvalidEventError
-        from streams.processor import KeyBatch, SourceEvent
+        from streams.core.envelope import EnvelopeDecoder, InvalidEventError
+        from streams.core.processor import KeyBatch, SourceEvent
 
         settings = self.settings
         params, checkpoint = self._resolve()
@@ -1040,7 +1040,7 @@ class Replay:
 
             output = self._open_output(params, checkpoint, run_id)
             if params.get("dlq"):
-                from streams.kafka import producer
+                from streams.core.kafka import producer
 
                 dlq_producer = producer(settings)
 
@@ -1361,7 +1361,7 @@ class Replay:
             )
 
     def _send_dlq(self, producer: Any, rec: Record, run_id: str) -> None:
-        """The live DLQ format (``streams.app.DLQ_HEADERS``) plus ``bypass.run_id``."""
+        """The live DLQ format (``streams.live.app.DLQ_HEADERS``) plus ``bypass.run_id``."""
         headers = list(rec.headers or [])
         headers += [
             ("bypass.reason", (rec.reason or "invalid").encode()),

@@ -1,8 +1,8 @@
 """Serve the chdb (ClickHouse 26.9) engine on loopback HTTP and native ports.
 
-Run by ``streams.stack`` as a child process::
+Run by ``streams.local.stack`` as a child process::
 
-    python -m streams._chdb_server --config-dir DIR --data-dir DATA
+    python -m streams.local.chdb_server --config-dir DIR --data-dir DATA
 
 ``DIR`` holds the ``config.xml`` (listen host and ports) that the embedded server reads
 from its working directory. The listeners live while one long ``_chdb.query`` call runs;
@@ -23,7 +23,7 @@ _SERVE = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams._chdb_server")
+    parser = argparse.ArgumentParser(prog="python -m streams.local.chdb_server")
     parser.add_argument("--config-dir", required=True, help="directory holding config.xml")
     parser.add_argument("--data-dir", required=True, help="ClickHouse data directory")
     args = parser.parse_args(argv)

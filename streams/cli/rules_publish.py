@@ -24,7 +24,7 @@ def publish(rules_file: str) -> None:
     the command exits 1. Versions are immutable: an edited rule set needs a new `version:`.
     """
     import rules
-    from streams.rulestore import publish_ruleset
+    from streams.core.rulestore import publish_ruleset
     from streams.settings import get_settings
 
     path = Path(rules_file)

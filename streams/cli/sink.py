@@ -32,7 +32,7 @@ def _stop_on_signals() -> threading.Event:
 
 def build_runner(settings: Settings, sink: Any, topics: list[str], name: str, **kwargs: Any) -> Any:
     from sinks.runner import SinkRunner
-    from streams import kafka
+    from streams.core import kafka
 
     kafka.ensure_topics(settings, [*topics, settings.dlq_topic])
     consumer = kafka.consumer(
@@ -65,7 +65,7 @@ def build_runner(settings: Settings, sink: Any, topics: list[str], name: str, **
 def _wait_for_clickhouse(settings: Settings, stop: threading.Event) -> Any:
     """A client, retrying with back-off while ClickHouse is down (None if stopped meanwhile)."""
     from features.errors import BypassError
-    from streams._cli_clickhouse import clickhouse_client
+    from streams.cli.clickhouse import clickhouse_client
 
     delay = 0.5
     while True:
@@ -83,7 +83,7 @@ def _check_schema(client: Any, database: str) -> None:
 
     An unreachable ClickHouse is not an error here: the writer starts and retries."""
     from sinks.clickhouse_schema import MIGRATIONS, applied_versions, check_identifier
-    from streams._cli_clickhouse import ClickHouseUnavailableError
+    from streams.cli.clickhouse import ClickHouseUnavailableError
 
     check_identifier(database)
     try:

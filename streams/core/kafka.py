@@ -2,7 +2,7 @@
 
 Every process of bypass builds its Kafka clients here, from ``Settings.kafka_config()``,
 so security options (SASL/SSL) are applied in one place. The helpers work against
-Apache Kafka and against Tansu (the local broker, see ``streams.stack`` for what Tansu
+Apache Kafka and against Tansu (the local broker, see ``streams.local.stack`` for what Tansu
 does and does not do).
 
     admin(settings)                                  -> AdminClient

@@ -35,7 +35,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from features.errors import BypassError, ConfigError
-from streams import kafka
+from streams.core import kafka
 from streams.settings import Settings
 
 __all__ = [

@@ -23,7 +23,7 @@ def worker() -> None:
     The worker starts with the latest rule set on the rules topic and switches to each
     version published later (`bypass rules publish`). Stop it with Ctrl-C or SIGTERM.
     """
+    from streams.live.worker import run_worker
     from streams.settings import get_settings
-    from streams.worker import run_worker
 
     run_worker(get_settings())

@@ -1,18 +1,18 @@
 """``make demo``: the whole analyzer end to end on the local stack, in one command.
 
-    python -m streams.demo [--keep] [--users N] [--rate R] [--duration D] [--seed S]
+    python -m streams.local.demo [--keep] [--users N] [--rate R] [--duration D] [--seed S]
 
-1. brings up the local stack (``streams.stack``: Tansu, ClickHouse from chdb, Redis);
+1. brings up the local stack (``streams.local.stack``: Tansu, ClickHouse from chdb, Redis);
 2. migrates ClickHouse and publishes ``examples/rules.yaml`` (``bypass clickhouse migrate``,
    ``bypass rules publish``);
 3. starts ``bypass worker``, ``bypass sink clickhouse`` and ``bypass sink redis`` as child
    processes and waits until the worker has the rule set active;
-4. simulates about a minute of traffic with ground truth (``streams.simulate``) into the
+4. simulates about a minute of traffic with ground truth (``streams.local.simulate``) into the
    raw topic through the producer SDK, with a progress bar;
 5. waits until the worker applied every event and the ClickHouse writer caught up, then
    prints: events/s, hits per rule, blacklisted entities (ClickHouse and live in Redis),
    precision and recall per scenario against the simulator's truth (computed by
-   ``streams.evaluate`` from the counted hits in ClickHouse, never asserted), and two
+   ``streams.local.evaluate`` from the counted hits in ClickHouse, never asserted), and two
    analyst queries;
 6. stops everything it started - or, with ``--keep``, leaves it running and prints how
    to query it and how to stop it.
@@ -49,7 +49,7 @@ from rich.table import Table
 
 from features.errors import BypassError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "examples" / "rules.yaml"
 FEATURES_FILE = ROOT / "examples" / "features.yaml"
 LATENESS_MS = 6 * 3_600_000
@@ -197,8 +197,8 @@ class Demo:
         }
 
     def up(self) -> None:
+        from streams.local.stack import Stack, external_from_settings
         from streams.settings import Settings
-        from streams.stack import Stack, external_from_settings
 
         base = Settings()
         self.run_dir = (Path(base.state_dir) / "demo" / self.tag).absolute()
@@ -281,11 +281,11 @@ class Demo:
     # -- traffic ----------------------------------------------------------------
 
     def simulate(self) -> tuple[Any, Counter[str], float]:
-        from streams import kafka
-        from streams._cli_simulate import _progress, write_truth
+        from streams.cli.simulate import _progress, write_truth
+        from streams.core import kafka
+        from streams.local.simulate import SimConfig, Simulator, pace, parse_start_ms
         from streams.producer import EventProducer
         from streams.settings import Settings
-        from streams.simulate import SimConfig, Simulator, pace, parse_start_ms
 
         a = self.args
         span_ms = round(a.duration * a.time_scale * 1000)
@@ -401,8 +401,8 @@ class Demo:
     def report(self, sim: Any, elapsed_s: float, counters: dict[str, float]) -> None:
         from sinks.clickhouse_schema import check_identifier
         from sinks.redis_mirror import redis_client
-        from streams._cli_clickhouse import clickhouse_client
-        from streams.evaluate import evaluate
+        from streams.cli.clickhouse import clickhouse_client
+        from streams.local.evaluate import evaluate
         from streams.settings import Settings
 
         settings = Settings()
@@ -578,7 +578,7 @@ class Demo:
         console.print(f"stopped the worker, both sinks and {started} (logs in {self.run_dir / 'logs'})")
 
     def keep(self) -> None:
-        from streams.stack import ENV_NAMES
+        from streams.local.stack import ENV_NAMES
 
         wanted = {*ENV_NAMES.values(), *self.names(), "BYPASS_FEATURES_SPEC"}
         console.print("\n[bold]left running[/] (--keep). Point a shell at it:")
@@ -612,7 +612,9 @@ def _num(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m streams.local.demo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--keep", action="store_true", help="leave the stack, worker and sinks running")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=500.0, help="events per second")

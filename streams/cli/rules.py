@@ -174,6 +174,6 @@ def diff_cmd(old_file: str, new_file: str, features_file: str | None, as_json: b
 
 
 # `bypass rules publish` lives with the live pipeline (streams/_cli_rules_publish.py).
-from streams._cli_rules_publish import publish  # noqa: E402
+from streams.cli.rules_publish import publish  # noqa: E402
 
 rules.add_command(publish)

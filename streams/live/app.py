@@ -3,13 +3,13 @@
 Topology (``A`` = ``settings.app_id``, ``n`` = ``settings.topic_partitions``)::
 
     raw topics (BYPASS_RAW_TOPICS, key = user id, JSON envelope)
-      │ agent "ingest": decode + validate + hash phones (streams.envelope);
+      │ agent "ingest": decode + validate + hash phones (streams.core.envelope);
       │   invalid -> settings.dlq_topic (original bytes, reason headers)
       │   valid   -> one bundle per (entity kind, partition) and batch
       ▼
     A-entity-<kind>  (n partitions; repartition topic per entity kind of the feature spec)
       │ agent "entity-<kind>": batches (take_events), grouped by key, each key's state
-      │   loaded once from the table, the events applied in order (streams.processor),
+      │   loaded once from the table, the events applied in order (streams.core.processor),
       │   written back once (assigned, never mutated)
       ▼
     table "entity-<kind>" (changelog A-entity-<kind>-changelog, n partitions, standbys)
@@ -28,7 +28,7 @@ over rebuilds exactly the keys it will see.
 
 Order.  Inside a bundle, the events are merged across the source partitions of the batch
 by (event time, topic, partition, offset), each source partition kept in offset order
-(:func:`streams.processor.merge_sources`): the order replay uses.  A key's bundles arrive
+(:func:`streams.core.processor.merge_sources`): the order replay uses.  A key's bundles arrive
 in the order they were sent.
 
 Eviction.  Every ``evict_every_batches`` batches an entity agent sweeps its table: a key
@@ -58,9 +58,9 @@ import faust
 import orjson
 from aiokafka.partitioner import murmur2
 
-from streams.envelope import EnvelopeDecoder, InvalidEventError
-from streams.metrics import Metrics
-from streams.processor import KeyBatch, Processor, SourceEvent, blacklist_key, merge_sources
+from streams.core.envelope import EnvelopeDecoder, InvalidEventError
+from streams.core.processor import KeyBatch, Processor, SourceEvent, blacklist_key, merge_sources
+from streams.live.metrics import Metrics
 from streams.settings import Settings
 
 __all__ = ["DLQ_HEADERS", "EntityTable", "Pipeline", "bundle_partition", "faust_broker_url"]
@@ -69,7 +69,7 @@ log = logging.getLogger("bypass.worker")
 
 #: Header names on a DLQ message (values are UTF-8 bytes).
 DLQ_HEADERS = (
-    "bypass.reason",  # short reason code (streams.envelope): not_json, missing_field, ...
+    "bypass.reason",  # short reason code (streams.core.envelope): not_json, missing_field, ...
     "bypass.error",  # the full message
     "bypass.source.topic",
     "bypass.source.partition",
@@ -119,14 +119,14 @@ def tune_faust_consumer(settings: Settings) -> None:
       of the last record batch + 1, so a restart restored states older than their last
       write while the stream went on from the committed offsets: events applied before the
       crash were missing from the state and their redeliveries were rejected as late.  The
-      end offsets are checked with a fetch (:func:`streams.kafka.end_offsets`).
+      end offsets are checked with a fetch (:func:`streams.core.kafka.end_offsets`).
     """
     import types
 
     import aiokafka
     import faust.transport.drivers.aiokafka as driver
 
-    from streams import kafka
+    from streams.core import kafka
 
     max_wait_ms = settings.consumer_fetch_max_wait_ms
     real = aiokafka.AIOKafkaConsumer
