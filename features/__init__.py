@@ -14,7 +14,15 @@ feature (``_aggs``: one class per aggregation, each docstring giving its exact s
 and its error bound above the cap) and compiles each ``where`` once; an ``EntityState``
 holds plain data only. Spec loading: ``FeatureSpec.from_dict`` is pure; ``load_spec`` is
 the one edge helper that also reads a path or YAML text (PyYAML imported lazily, inside
-it only).
+it only). An aggregation is one class: it describes itself (``agg`` name, accepted keys,
+value type, own checks) and defining it registers it; the spec and the engine only read
+that registry (see ``features._aggs``).
+
+Time (``_time``): the one grammar of durations and instants of bypass, used by the spec
+(``window``, ``within``), the rules (``ttl``) and the command line:
+``parse_duration_ms("1h30m")``, ``parse_time_ms("2026-11-01T10:00:00Z")``, their inverses
+``format_duration`` / ``format_ms``, ``DURATION_HELP`` / ``TIME_HELP`` for help texts;
+``DurationError`` / ``TimeFormatError`` (ConfigErrors) otherwise.
 
 Semantics (issue 3): windows are ``(t - W, t]`` in event time; an event contributes to
 every entity kind whose key field it carries; a late event (older than the key's newest)
@@ -53,16 +61,36 @@ are the remembered event ids of the last 24 h with their first-application value
 
 from features._engine import APPLIED, DUPLICATE, LATE_REJECTED, ApplyResult, EntityState, FeatureEngine
 from features._spec import AGGS, Feature, FeatureSpec, load_spec, parse_duration
-from features.errors import BypassError, ConfigError, EventError, LateEventError, SpecError, StateError
+from features._time import (
+    DURATION_HELP,
+    TIME_HELP,
+    format_duration,
+    format_ms,
+    parse_duration_ms,
+    parse_time_ms,
+)
+from features.errors import (
+    BypassError,
+    ConfigError,
+    DurationError,
+    EventError,
+    LateEventError,
+    SpecError,
+    StateError,
+    TimeFormatError,
+)
 
 __all__ = [
     "AGGS",
     "APPLIED",
     "DUPLICATE",
+    "DURATION_HELP",
     "LATE_REJECTED",
+    "TIME_HELP",
     "ApplyResult",
     "BypassError",
     "ConfigError",
+    "DurationError",
     "EntityState",
     "EventError",
     "Feature",
@@ -71,6 +99,11 @@ __all__ = [
     "LateEventError",
     "SpecError",
     "StateError",
+    "TimeFormatError",
+    "format_duration",
+    "format_ms",
     "load_spec",
     "parse_duration",
+    "parse_duration_ms",
+    "parse_time_ms",
 ]

@@ -1,4 +1,13 @@
-"""Private window logic: one class per aggregation, built from a frozen ``Feature``.
+"""Private window logic: one class per aggregation, each describing itself to the spec.
+
+An aggregation is one ``Logic`` subclass and nothing else: the class declares its
+``agg`` name, the spec keys it takes beyond the common ones (``params``), the rules type
+of its value (``value_type``) and, if it needs them, its own checks (``check``), how far
+back it looks (``span_ms``) and which events can change it (``effective_where``).
+Defining the class registers it (``Logic.__init_subclass__``); the spec (``_spec``)
+validates every feature through that registry and holds no per-aggregation table, and
+the engine builds the logic object through it. ``LOGICS`` is the live, read-only view of
+the registry (``agg`` name -> class); ``unregister`` takes a class back out (tests).
 
 Each logic object is stateless itself; it works on a small mutable per-(entity, feature)
 state object whose snapshot (``dump``) is plain JSON-able data, delta-encoded, and which
@@ -19,12 +28,19 @@ Common vocabulary:
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from features._spec import Feature, make_getter
+from features._paths import Where, make_getter
+from features.errors import SpecError
+
+if TYPE_CHECKING:  # the spec imports this module: only the type, never at run time
+    from features._spec import Feature
 
 _SCALE_BITS = 1074  # every finite double is an integer multiple of 2**-1074
 _NEG = -(1 << 62)  # "minus infinity" for integer times
@@ -33,6 +49,9 @@ _EARTH_KM = 6371.0
 _RAD = math.pi / 180.0
 
 Event = Mapping[str, Any]
+#: Builds the SpecError of one feature: ``err(message, problem)``; the message gets the
+#: ``feature 'name': `` prefix and the error names the feature, like every spec error.
+SpecErr = Callable[[str, str], SpecError]
 
 
 def _num(v: Any) -> Any:
@@ -122,6 +141,47 @@ def distinct_key(v: Any) -> Any:
     return None
 
 
+# ---------------------------------------------------------------- self-description, registry
+
+#: The spec keys an aggregation may take beyond the common ones (``name``, ``entity``,
+#: ``agg``, ``where``): the parameters a ``Feature`` holds (``field``, ``window_ms``,
+#: ``steps``, ``within_ms``) and its ``state_key`` hashes. The spec parses each key the
+#: same way whichever aggregation takes it.
+PARAM_KEYS: tuple[str, ...] = ("field", "window", "steps", "within")
+#: The rules type names a feature value may have (``rules._expr.SCHEMA_TYPES``).
+VALUE_TYPES: tuple[str, ...] = ("any", "float", "int", "number", "str")
+_AGG_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One spec key an aggregation takes: ``key`` (one of ``PARAM_KEYS``), whether the
+    spec must give it, and the value it has when left out (spelled as in the spec, e.g.
+    ``"geo"`` for a field, ``"1h"`` for a duration)."""
+
+    key: str
+    required: bool = False
+    default: Any = None
+
+    def __post_init__(self) -> None:
+        if self.key not in PARAM_KEYS:
+            raise TypeError(f"aggregation parameter {self.key!r}: expected one of {', '.join(PARAM_KEYS)}")
+
+
+FIELD = Param("field", required=True)  # the path of the value (required)
+WINDOW = Param("window")  # the window; left out: the whole history
+
+_REGISTRY: dict[str, type[Logic]] = {}
+#: ``agg`` name -> its class: every aggregation defined so far (live, read-only).
+LOGICS: Mapping[str, type[Logic]] = MappingProxyType(_REGISTRY)
+
+
+def unregister(agg: str) -> None:
+    """Take the aggregation ``agg`` out of the registry (a KeyError if it is not in it).
+    For tests that define an aggregation of their own; specs already loaded keep it."""
+    del _REGISTRY[agg]
+
+
 class State:
     """Base of the per-(key, feature) states. ``val`` is the value as of the key's newest
     event and stays valid for in-order events that do not match the feature while their
@@ -136,9 +196,78 @@ class State:
 
 
 class Logic:
-    """Base of the private aggregator logic objects."""
+    """Base of the aggregations: a self-description the spec reads, and the private logic
+    object the engine builds once per feature.
+
+    A concrete aggregation is a subclass that sets ``agg`` (its ``agg:`` name in the spec);
+    defining it registers it (a TypeError if the description is invalid or the name is
+    taken). It declares, on the class:
+
+    * ``agg``: the name; ``value_type``: the rules type name of its value (``VALUE_TYPES``);
+    * ``params``: the spec keys it takes beyond ``name``, ``entity``, ``agg`` and ``where``
+      (``Param`` objects; default: an optional ``window``); any other key is refused;
+    * ``check(feature, err)``: its own checks of a parsed feature (default: none), raising
+      ``err(message, problem)``, a SpecError naming the feature;
+    * ``span_ms(feature)``: how far back it looks (default: the window; None: the whole
+      history); ``effective_where(feature)``: the ``where`` the engine matches events
+      against (default: the feature's; an aggregation may narrow it to the only events
+      that can change its value, so the engine skips the others).
+
+    Subclasses without ``agg`` (shared bases such as ``Additive``) are not registered.
+
+    The logic part: ``new`` gives an empty state (a ``State``); ``apply(st, t, ev, m,
+    tmax)`` applies one event (``m``: it matches the feature's ``where``) and returns the
+    value as of ``t``; for an in-order event it also sets ``st.val`` (that value) and
+    ``st.until`` (see ``State``); ``dump`` / ``load`` snapshot and restore the state
+    exactly; ``newest`` is the time of the newest retained entry.
+    """
+
+    agg: ClassVar[str]
+    value_type: ClassVar[str] = "any"
+    params: ClassVar[tuple[Param, ...]] = (WINDOW,)
 
     __slots__ = ("cap", "get", "lateness", "name", "window")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "agg" not in cls.__dict__:
+            return  # a shared base, not an aggregation of its own
+        name = cls.agg
+        where = f"aggregation {cls.__module__}.{cls.__qualname__}"
+        if not isinstance(name, str) or not _AGG_NAME.match(name):
+            raise TypeError(f"{where}: agg must be a lower-case name such as 'count', got {name!r}")
+        if name in _REGISTRY:
+            other = _REGISTRY[name]
+            raise TypeError(f"{where}: agg {name!r} is already {other.__module__}.{other.__qualname__}")
+        if cls.value_type not in VALUE_TYPES:
+            raise TypeError(f"{where}: value_type must be one of {', '.join(VALUE_TYPES)}")
+        keys = [p.key for p in cls.params if isinstance(p, Param)]
+        if len(keys) != len(cls.params) or len(set(keys)) != len(keys):
+            raise TypeError(f"{where}: params must be Param objects with distinct keys")
+        _REGISTRY[name] = cls
+
+    @classmethod
+    def param(cls, key: str) -> Param | None:
+        """The parameter ``key`` of this aggregation, or None if it does not take it."""
+        for p in cls.params:
+            if p.key == key:
+                return p
+        return None
+
+    @classmethod
+    def check(cls, feature: Feature, err: SpecErr) -> None:
+        """Checks of this aggregation beyond the parsing of each key: ``raise err(msg,
+        problem)`` to refuse the feature. None by default."""
+
+    @classmethod
+    def span_ms(cls, feature: Feature) -> int | None:
+        """How far back the value looks (ms); None for the whole history."""
+        return feature.window_ms
+
+    @classmethod
+    def effective_where(cls, feature: Feature) -> Where:
+        """The ``where`` the engine matches events against (sorted by path)."""
+        return feature.where
 
     def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
         self.name = feature.name
@@ -189,7 +318,7 @@ class _AddState(State):
 
 
 class Additive(Logic):
-    """``count`` and ``sum``.
+    """The shared logic of ``count`` and ``sum`` (``Count``, ``Sum``).
 
     Exact below the cap. Above it (more than ``cap`` retained entries), entries are merged
     into time buckets of width ``g = ceil((W + L) / (cap // 2))`` ms (doubled if needed), each
@@ -199,11 +328,13 @@ class Additive(Logic):
     below ``cap // 2 + 2`` per key however hot it is.
     """
 
+    IS_COUNT: ClassVar[bool] = False  # each event weighs 1 (else: the numeric field)
+
     __slots__ = ("is_count",)
 
     def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
         super().__init__(feature, cap, lateness_ms)
-        self.is_count = feature.agg == "count"
+        self.is_count = self.IS_COUNT  # copied to a slot: the fastest read on the hot path
 
     def new(self) -> _AddState:
         return _AddState()
@@ -394,6 +525,28 @@ class Additive(Logic):
         return st
 
 
+class Count(Additive):
+    """``count``: how many matching events in the window."""
+
+    agg = "count"
+    value_type = "int"
+    params = (WINDOW,)
+    IS_COUNT = True
+
+    __slots__ = ()
+
+
+class Sum(Additive):
+    """``sum``: the exact sum of the numeric ``field`` of the matching events in the window
+    (an int while every value is an int, else the correctly rounded float)."""
+
+    agg = "sum"
+    value_type = "number"
+    params = (FIELD, WINDOW)
+
+    __slots__ = ()
+
+
 # ---------------------------------------------------------------- min / max
 
 
@@ -411,14 +564,17 @@ class _ExtState(State):
 
 
 class Extreme(Logic):
-    """``min`` and ``max``. Exact below the cap; above it, time buckets as for ``count``:
-    the value is the extreme over a window starting up to ``g`` earlier."""
+    """The shared logic of ``min`` and ``max`` (``Min``, ``Max``). Exact below the cap;
+    above it, time buckets as for ``count``: the value is the extreme over a window
+    starting up to ``g`` earlier."""
+
+    IS_MAX: ClassVar[bool] = False
 
     __slots__ = ("is_max",)
 
     def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
         super().__init__(feature, cap, lateness_ms)
-        self.is_max = feature.agg == "max"
+        self.is_max = self.IS_MAX  # copied to a slot: the fastest read on the hot path
 
     def new(self) -> _ExtState:
         return _ExtState()
@@ -554,6 +710,27 @@ class Extreme(Logic):
         return st
 
 
+class Min(Extreme):
+    """``min``: the smallest numeric ``field`` in the window (None when none)."""
+
+    agg = "min"
+    value_type = "number"
+    params = (FIELD, WINDOW)
+
+    __slots__ = ()
+
+
+class Max(Extreme):
+    """``max``: the largest numeric ``field`` in the window (None when none)."""
+
+    agg = "max"
+    value_type = "number"
+    params = (FIELD, WINDOW)
+    IS_MAX = True
+
+    __slots__ = ()
+
+
 # ---------------------------------------------------------------- last / since
 
 
@@ -578,11 +755,16 @@ class Last(Logic):
     then see a value that is at most ``g`` newer than the exact one.
     """
 
+    agg = "last"
+    value_type = "any"
+    params: ClassVar[tuple[Param, ...]] = (FIELD, WINDOW)  # typed: ``Since`` takes fewer
+    IS_SINCE: ClassVar[bool] = False
+
     __slots__ = ("is_since",)
 
     def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
         super().__init__(feature, cap, lateness_ms)
-        self.is_since = feature.agg == "since"
+        self.is_since = self.IS_SINCE  # copied to a slot: the fastest read on the hot path
 
     @property
     def always(self) -> bool:
@@ -712,6 +894,17 @@ class Last(Logic):
         return st
 
 
+class Since(Last):
+    """``since``: ms from the previous matching event to this one (see ``Last``)."""
+
+    agg = "since"
+    value_type = "int"
+    params = (WINDOW,)
+    IS_SINCE = True
+
+    __slots__ = ()
+
+
 # ---------------------------------------------------------------- distinct
 
 
@@ -738,6 +931,10 @@ class Distinct(Logic):
     exactly ``min(exact, cap)``: never more than the truth, and exact whenever the truth
     is at most ``cap``.
     """
+
+    agg = "distinct"
+    value_type = "int"
+    params = (FIELD, WINDOW)
 
     __slots__ = ()
 
@@ -921,6 +1118,10 @@ class GeoSpread(Logic):
     lower bound of the exact value (exact when the window holds at most that many).
     """
 
+    agg = "geo_spread"
+    value_type = "float"
+    params = (Param("field", default="geo"), WINDOW)
+
     __slots__ = ()
     MAX_POINTS = 256
 
@@ -1059,6 +1260,10 @@ class MaxSpeed(Logic):
     then a lower bound computed over the ``cap`` most recent points (the whole-history
     running maximum stays exact for in-order events).
     """
+
+    agg = "max_speed"
+    value_type = "float"
+    params = (Param("field", default="geo"), WINDOW)
 
     __slots__ = ()
 
@@ -1242,7 +1447,23 @@ class Sequence(Logic):
     may then miss a chain.
     """
 
+    agg = "sequence"
+    value_type = "int"
+    params = (Param("steps", required=True), Param("within", required=True))
+
     __slots__ = ("idx", "last_type", "n", "tid", "within")
+
+    @classmethod
+    def span_ms(cls, feature: Feature) -> int | None:
+        return feature.within_ms  # a chain looks back `within` (no window)
+
+    @classmethod
+    def effective_where(cls, feature: Feature) -> Where:
+        where = feature.where
+        if all(p != "type" for p, _ in where):
+            # only events of a step type can change a sequence: skip the others
+            where = tuple(sorted((*where, ("type", tuple(sorted(set(feature.steps)))))))
+        return where
 
     def __init__(self, feature: Feature, cap: int, lateness_ms: int) -> None:
         super().__init__(feature, cap, lateness_ms)
@@ -1333,17 +1554,3 @@ class Sequence(Logic):
         st.ks = [int(k) for k in data[1]]
         self._rebuild(st)
         return st
-
-
-LOGICS: dict[str, type[Logic]] = {
-    "count": Additive,
-    "sum": Additive,
-    "min": Extreme,
-    "max": Extreme,
-    "last": Last,
-    "since": Last,
-    "distinct": Distinct,
-    "geo_spread": GeoSpread,
-    "max_speed": MaxSpeed,
-    "sequence": Sequence,
-}

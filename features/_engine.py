@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 
 from features._aggs import _NEG, _POS, LOGICS, Logic
-from features._spec import Feature, FeatureSpec, make_matcher
+from features._paths import make_matcher
+from features._spec import Feature, FeatureSpec
 from features.errors import ConfigError, EventError, StateError
 
 APPLIED = "applied"
@@ -127,11 +128,9 @@ class _Plan:
         matchers: list[Callable[[Mapping[str, Any]], bool]] = []
         index: dict[Any, int] = {}
         mi: list[int] = []
-        for f in feats:
-            where = f.where
-            if f.agg == "sequence" and all(p != "type" for p, _ in where):
-                # only events of a step type can change a sequence: skip the others
-                where = tuple(sorted((*where, ("type", tuple(sorted(set(f.steps)))))))
+        for f, lg in zip(feats, self.logics, strict=True):
+            # an aggregation may narrow its `where` to the events that can change it
+            where = type(lg).effective_where(f)
             if not where:
                 mi.append(-1)
                 continue

@@ -4,148 +4,65 @@
 ``load_spec`` is the one edge helper that also accepts YAML/JSON text or a path
 (it imports PyYAML lazily, only when given YAML, so the rest of ``features``
 stays stdlib + orjson).
+
+Nothing here is specific to one aggregation: each aggregation describes itself on its
+class in ``_aggs`` (name, accepted keys, value type, own checks), and this module reads
+that registry (``LOGICS``). It validates the keys every feature has (``name``,
+``entity``, ``agg``, ``where``) and parses each parameter key the same way whichever
+aggregation takes it: ``field`` a dotted path, ``window`` and ``within`` durations in the
+one grammar of ``features._time``, ``steps`` a non-empty list of event types.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from features.errors import SpecError
+from features._aggs import LOGICS, SpecErr
+from features._paths import Getter, Where, make_getter
+from features._time import parse_duration_ms
+from features.errors import DurationError, SpecError
 
-AGGS: tuple[str, ...] = (
-    "count",
-    "distinct",
-    "geo_spread",
-    "last",
-    "max",
-    "max_speed",
-    "min",
-    "sequence",
-    "since",
-    "sum",
-)
+#: The aggregations built in (sorted); a snapshot of the registry when ``features`` is
+#: imported. ``features._aggs.LOGICS`` is the live registry.
+AGGS: tuple[str, ...] = tuple(sorted(LOGICS))
 
-# agg -> the rules type name of its value
-_TYPES: dict[str, str] = {
-    "count": "int",
-    "distinct": "int",
-    "sequence": "int",
-    "since": "int",
-    "sum": "number",
-    "min": "number",
-    "max": "number",
-    "geo_spread": "float",
-    "max_speed": "float",
-    "last": "any",
+_COMMON_KEYS = frozenset({"name", "entity", "agg", "where"})
+# what a spec that leaves out a required parameter is told, per key ({agg}: the agg name)
+_MISSING_HINT: dict[str, str] = {
+    "field": "agg {agg!r} needs the path of the value",
+    "window": "a duration such as 30d",
+    "steps": "a list of event types",
+    "within": "a duration such as 1h",
 }
-
-_NEEDS_FIELD = frozenset({"distinct", "sum", "min", "max", "last"})
-_COMMON_KEYS = frozenset({"name", "entity", "agg", "where", "window"})
-_ALLOWED_KEYS: dict[str, frozenset[str]] = {
-    "count": _COMMON_KEYS,
-    "since": _COMMON_KEYS,
-    "sequence": frozenset({"name", "entity", "agg", "steps", "within", "where"}),
-    **{
-        agg: _COMMON_KEYS | {"field"}
-        for agg in ("distinct", "sum", "min", "max", "last", "geo_spread", "max_speed")
-    },
-}
-
-_DURATION = re.compile(r"^([1-9][0-9]{0,12})([smhd])$")
-_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-Getter = Callable[[Mapping[str, Any]], Any]
-Matcher = Callable[[Mapping[str, Any]], bool]
-
 
 def parse_duration(text: Any, *, feature: str | None = None, what: str = "window") -> int:
-    """``"30d"`` -> milliseconds. Integer + ``s|m|h|d``; anything else is a SpecError."""
-    m = _DURATION.match(text) if isinstance(text, str) else None
-    if m is None:
-        raise SpecError(
-            f"feature {feature!r}: bad duration for {what}: {text!r} "
-            "(expected a positive integer followed by s, m, h or d, e.g. 30d)",
-            feature=feature,
-            problem="bad duration",
-        )
-    return int(m.group(1)) * _UNIT_MS[m.group(2)]
-
-
-def make_getter(path: str) -> Getter:
-    """A fast getter for a dotted path into the envelope; a missing path gives None."""
-    parts = tuple(path.split("."))
-    if len(parts) == 1:
-        (a,) = parts
-
-        def get1(ev: Mapping[str, Any]) -> Any:
-            return ev.get(a)
-
-        return get1
-    if len(parts) == 2:
-        a, b = parts
-
-        def get2(ev: Mapping[str, Any]) -> Any:
-            x = ev.get(a)
-            return x.get(b) if isinstance(x, dict) else None
-
-        return get2
-
-    def getn(ev: Mapping[str, Any]) -> Any:
-        x: Any = ev
-        for p in parts:
-            if not isinstance(x, dict):
-                return None
-            x = x.get(p)
-        return x
-
-    return getn
+    """A spec duration (``window``, ``within``) -> milliseconds: the grammar of
+    ``features._time.parse_duration_ms`` (``30d``, ``1h30m``, ``500ms``, ``2w``, plain
+    milliseconds), more than zero. Anything else (a YAML number too) is a SpecError
+    naming the feature."""
+    try:
+        return parse_duration_ms(text)
+    except DurationError as exc:
+        reason = exc.fields["reason"]
+    raise SpecError(
+        f"feature {feature!r}: bad duration for {what}: {text!r} ({reason})",
+        feature=feature,
+        problem="bad duration",
+    )
 
 
 def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
-
-
-def make_matcher(where: Mapping[str, tuple[Any, ...]]) -> Matcher | None:
-    """Compile a ``where`` mapping (path -> allowed values) once. None means "match all"."""
-    if not where:
-        return None
-    pairs = [(make_getter(p), vals) for p, vals in sorted(where.items())]
-    if len(pairs) == 1:
-        g, vals = pairs[0]
-        if len(vals) == 1:
-            (want,) = vals
-            if isinstance(want, str):
-
-                def match_str(ev: Mapping[str, Any]) -> bool:
-                    return bool(g(ev) == want)
-
-                return match_str
-
-    def match(ev: Mapping[str, Any]) -> bool:
-        for g, vals in pairs:
-            x = g(ev)
-            if x is None or not _in(x, vals):
-                return False
-        return True
-
-    return match
-
-
-def _in(x: Any, vals: tuple[Any, ...]) -> bool:
-    for v in vals:
-        # booleans only equal booleans (JSON true is not 1)
-        if x == v and (isinstance(x, bool) == isinstance(v, bool)):
-            return True
-    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +73,15 @@ class Feature:
     entity: str
     agg: str
     field: str | None = None
-    where: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    where: Where = ()
     window_ms: int | None = None
     steps: tuple[str, ...] = ()
     within_ms: int | None = None
 
     @property
     def type_name(self) -> str:
-        """The rules type name of this feature's value."""
-        return _TYPES[self.agg]
+        """The rules type name of this feature's value (its aggregation's ``value_type``)."""
+        return LOGICS[self.agg].value_type
 
     @property
     def state_key(self) -> str:
@@ -183,8 +100,9 @@ class Feature:
         return digest
 
     def span_ms(self) -> int | None:
-        """How far back this feature looks: its window, or ``within`` for sequences."""
-        return self.within_ms if self.agg == "sequence" else self.window_ms
+        """How far back this feature looks, as its aggregation says: its window (``within``
+        for sequences); None for the whole history."""
+        return LOGICS[self.agg].span_ms(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,8 +235,9 @@ def _parse_feature(item: Any, i: int, entities: Mapping[str, str]) -> Feature:
     agg = item.get("agg")
     if agg is None:
         raise err("missing field 'agg'", "missing field")
-    if agg not in AGGS:
-        raise err(f"unknown agg {agg!r} (expected one of: {', '.join(AGGS)})", "unknown agg")
+    logic = LOGICS.get(agg) if isinstance(agg, str) else None
+    if logic is None:
+        raise err(f"unknown agg {agg!r} (expected one of: {', '.join(sorted(LOGICS))})", "unknown agg")
     entity = item.get("entity")
     if entity is None:
         raise err("missing field 'entity'", "missing field")
@@ -327,21 +246,60 @@ def _parse_feature(item: Any, i: int, entities: Mapping[str, str]) -> Feature:
             f"unknown entity {entity!r} (declared entities: {', '.join(entities)})",
             "unknown entity",
         )
-    extra = set(item) - _ALLOWED_KEYS[agg]
+    allowed = _COMMON_KEYS | {p.key for p in logic.params}
+    extra = set(item) - allowed
     if extra:
         raise err(
             f"unexpected key(s) {sorted(map(str, extra))} for agg {agg!r} "
-            f"(allowed: {', '.join(sorted(_ALLOWED_KEYS[agg]))})",
+            f"(allowed: {', '.join(sorted(allowed))})",
             "unexpected key",
         )
-    fld = item.get("field")
-    if agg in _NEEDS_FIELD and fld is None:
-        raise err(f"missing field 'field' (agg {agg!r} needs the path of the value)", "missing field")
-    if agg in ("geo_spread", "max_speed") and fld is None:
-        fld = "geo"
+
+    def given(key: str) -> Any:
+        """The spec's value of a parameter (its default when left out; None when the
+        aggregation does not take it); a SpecError when a required one is missing."""
+        p = logic.param(key)
+        if p is None:
+            return None
+        v = item.get(key)
+        if v is None:
+            if p.required:
+                hint = _MISSING_HINT[key].format(agg=agg)
+                raise err(f"missing field {key!r} ({hint})", "missing field")
+            v = p.default
+        return v
+
+    # keys in a fixed order (so the first problem reported does not depend on the agg)
+    fld = given("field")
     if fld is not None and (not isinstance(fld, str) or not _PATH.match(fld)):
         raise err(f"bad 'field' {fld!r} (expected a dotted path such as attrs.amount)", "bad field")
-    where_raw = item.get("where") or {}
+    where = _parse_where(item.get("where") or {}, err)
+    window = given("window")
+    window_ms = None if window is None else parse_duration(window, feature=name, what="window")
+    raw_steps = given("steps")
+    steps: tuple[str, ...] = ()
+    if raw_steps is not None:
+        if not isinstance(raw_steps, list) or not raw_steps or not all(isinstance(s, str) for s in raw_steps):
+            raise err(f"'steps' must be a non-empty list of event types, got {raw_steps!r}", "bad steps")
+        steps = tuple(raw_steps)
+    within = given("within")
+    within_ms = None if within is None else parse_duration(within, feature=name, what="within")
+    feature = Feature(
+        name=name,
+        entity=entity,
+        agg=agg,
+        field=fld,
+        where=where,
+        window_ms=window_ms,
+        steps=steps,
+        within_ms=within_ms,
+    )
+    logic.check(feature, err)
+    return feature
+
+
+def _parse_where(where_raw: Any, err: SpecErr) -> Where:
+    """``where``: path -> a scalar or a non-empty list of scalars; sorted by path."""
     if not isinstance(where_raw, Mapping):
         raise err(f"'where' must map path -> value or list of values, got {where_raw!r}", "bad where")
     where: list[tuple[str, tuple[Any, ...]]] = []
@@ -355,31 +313,7 @@ def _parse_feature(item: Any, i: int, entities: Mapping[str, str]) -> Feature:
             )
         where.append((p, vals))
     where.sort(key=lambda pv: pv[0])
-    window_ms = None
-    if item.get("window") is not None:
-        window_ms = parse_duration(item["window"], feature=name, what="window")
-    steps: tuple[str, ...] = ()
-    within_ms = None
-    if agg == "sequence":
-        raw_steps = item.get("steps")
-        if raw_steps is None:
-            raise err("missing field 'steps' (a list of event types)", "missing field")
-        if not isinstance(raw_steps, list) or not raw_steps or not all(isinstance(s, str) for s in raw_steps):
-            raise err(f"'steps' must be a non-empty list of event types, got {raw_steps!r}", "bad steps")
-        steps = tuple(raw_steps)
-        if item.get("within") is None:
-            raise err("missing field 'within' (a duration such as 1h)", "missing field")
-        within_ms = parse_duration(item["within"], feature=name, what="within")
-    return Feature(
-        name=name,
-        entity=entity,
-        agg=agg,
-        field=fld,
-        where=tuple(where),
-        window_ms=window_ms,
-        steps=steps,
-        within_ms=within_ms,
-    )
+    return tuple(where)
 
 
 def load_spec(source: Any) -> FeatureSpec:

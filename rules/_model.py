@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
+from features import DURATION_HELP, DurationError, parse_duration_ms
 from features.errors import BypassError
 from rules._expr import (
     CompiledExpr,
@@ -53,8 +54,6 @@ MAX_SCORE: Final = 1_000_000
 MAX_PRIORITY: Final = 1_000_000
 
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
-_DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")
-_UNIT_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 class Problem(NamedTuple):
@@ -98,11 +97,14 @@ class EvaluationError(BypassError):
 
 
 def parse_duration(text: str) -> int:
-    """``"30d"`` -> milliseconds. Integer + ``s|m|h|d``, as in the feature spec."""
-    m = _DURATION.match(text.strip()) if isinstance(text, str) else None
-    if m is None:
-        raise ValueError(f"bad duration {_brief(text)}")
-    return int(m.group(1)) * _UNIT_MS[m.group(2)]
+    """``"30d"`` -> milliseconds, in the one duration grammar of ``features``
+    (``parse_duration_ms``: ``30d``, ``12h``, ``1h30m``, ``2w``, ``500ms``, plain ms), as
+    in the feature spec. Zero is returned as 0 (the caller decides); a ValueError for
+    anything else, so the rule-set loader reports it with the rule id and position."""
+    try:
+        return parse_duration_ms(text, allow_zero=True)
+    except DurationError as exc:
+        raise ValueError(f"bad duration {_brief(text)}: {exc.fields['reason']}") from None
 
 
 def hit_id(event_id: str, rule_id: str, ruleset_version: str) -> str:
@@ -720,7 +722,7 @@ class _Validator:
                     rule_id,
                     (*base, "ttl"),
                     f"bad ttl {_brief(raw['ttl'])}",
-                    "use a positive integer + s, m, h or d, e.g. 30d",
+                    f"use {DURATION_HELP}, more than zero",
                 )
                 ttl_ms = None
         elif action == "blacklist":

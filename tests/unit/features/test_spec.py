@@ -84,9 +84,11 @@ def test_durations() -> None:
     assert parse_duration("24h") == 86_400_000
     assert parse_duration("15m") == 900_000
     assert parse_duration("1s") == 1000
-    for bad in ("1.5h", "1 h", "h", "", "1w", None):
-        with pytest.raises(SpecError):
+    assert parse_duration("1w") == 7 * 86_400_000  # the one grammar of features._time
+    for bad in ("1.5h", "1 h", "h", "", "1y", "0d", "1m1h", None, 30):
+        with pytest.raises(SpecError, match="feature 'f': bad duration for window") as info:
             parse_duration(bad, feature="f")
+        assert info.value.fields == {"feature": "f", "problem": "bad duration"}
 
 
 def test_example_spec_schema_and_windows() -> None:
