@@ -9,30 +9,30 @@ bypass the projection).
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from features import parse_duration_ms, parse_time_ms
 from features.errors import ConfigError
 
-_UNITS_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+if TYPE_CHECKING:
+    from sinks.clickhouse_schema import QueryClient
 
 
 def parse_since(text: str, *, now_ms: int) -> int:
-    """``1d`` / ``6h`` / ``30m`` / ``45s`` / ``2w`` (before now) or an ISO time -> epoch ms."""
-    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
-    if m:
-        return now_ms - int(m.group(1)) * _UNITS_MS[m.group(2)]
+    """A duration before now (``1d``, ``6h``, ``1h30m``: the one grammar of
+    ``features.parse_duration_ms``) or an instant (``features.parse_time_ms``: ISO 8601,
+    epoch ms, ``now-1d``) -> epoch ms."""
     try:
-        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return now_ms - parse_duration_ms(text)
+    except ConfigError:
+        pass
+    try:
+        return parse_time_ms(text, now_ms=now_ms)
+    except ConfigError:
         raise ConfigError(
-            f"--since {text!r}: use a duration like 1d, 6h, 30m or an ISO time like 2025-11-23T00:00:00Z",
+            f"--since {text!r}: use a duration like 1d, 6h, 1h30m or a time like 2025-11-23T00:00:00Z",
             option="--since",
         ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 TOP_RULES_SQL = """
@@ -65,13 +65,15 @@ LIMIT {limit:UInt32}
 """
 
 
-def top_rules(client: Any, *, since_ms: int, limit: int = 20, run_id: str = "") -> list[dict[str, Any]]:
+def top_rules(
+    client: QueryClient, *, since_ms: int, limit: int = 20, run_id: str = ""
+) -> list[dict[str, Any]]:
     result = client.query(TOP_RULES_SQL, parameters={"since_ms": since_ms, "limit": limit, "run_id": run_id})
     return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
 def entity_history(
-    client: Any, entity: str, key: str, *, limit: int = 50, run_id: str = ""
+    client: QueryClient, entity: str, key: str, *, limit: int = 50, run_id: str = ""
 ) -> list[dict[str, Any]]:
     result = client.query(
         ENTITY_HISTORY_SQL, parameters={"entity": entity, "key": key, "limit": limit, "run_id": run_id}

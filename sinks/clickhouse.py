@@ -8,11 +8,13 @@ it holds, so an in-process retry of the same batch is dropped by ClickHouse;
 across restarts (a batch re-read with other boundaries) the
 ReplacingMergeTree keyed by ``hit_id`` collapses the copies.
 
-Hits (the volume) are checked in Python (``hit_values``: one flat type check per
-record, the field-by-field path naming the problem otherwise), held column by
-column and inserted in the Native format: no text for the server to parse
-(JSONEachRow cost it ~1.5x the CPU per row), ``event_time`` sent as DateTime64(3)
-ticks (epoch ms). Blacklist entries (a trickle) go as JSONEachRow lines.
+The record contracts and their checks are those of :mod:`sinks.records`. Hits (the
+volume) are checked in Python (``hit_values``: one flat type check per record, equivalent
+to :func:`sinks.records.check_hit`, which names the problem when the flat check fails),
+held column by column and inserted in the Native format: no text for the server to
+parse (JSONEachRow cost it ~1.5x the CPU per row), ``event_time`` sent as DateTime64(3)
+ticks (epoch ms). Blacklist entries (a trickle) go as JSONEachRow lines, checked by
+:func:`sinks.records.check_blacklist`.
 """
 
 from __future__ import annotations
@@ -21,42 +23,54 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
 from urllib.parse import urlparse
 
 import orjson
 
 from sinks.base import RecordError, SinkBackpressureError, SourceRecord
+from sinks.records import HIT_FIELDS, MAX_MS, MIN_MS, check_blacklist, check_hit, decode_object
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 log = logging.getLogger(__name__)
 
-HIT_COLUMNS: tuple[str, ...] = (
-    "hit_id",
-    "event_id",
-    "event_type",
-    "event_time",
-    "entity",
-    "key",
-    "rule_id",
-    "label",
-    "score",
-    "mode",
-    "counted",
-    "suppressed",
-    "rollout_excluded",
-    "features",
-    "features_text",
-    "decision",
-    "ruleset_version",
-    "run_id",
-    "source_topic",
-    "source_partition",
-    "source_offset",
-)
+#: ``risk_hits`` column -> the ``bypass.hits`` field (:data:`sinks.records.HIT_FIELDS`) it is
+#: made from, in the table's column order: ``event_ts`` becomes ``event_time`` and ``features``
+#: feeds two columns (numbers, text); :data:`HIT_FIELDS_NOT_STORED` are the others.
+HIT_COLUMN_FIELDS: Final[Mapping[str, str]] = {
+    "hit_id": "hit_id",
+    "event_id": "event_id",
+    "event_type": "event_type",
+    "event_time": "event_ts",
+    "entity": "entity",
+    "key": "key",
+    "rule_id": "rule_id",
+    "label": "label",
+    "score": "score",
+    "mode": "mode",
+    "counted": "counted",
+    "suppressed": "suppressed",
+    "rollout_excluded": "rollout_excluded",
+    "features": "features",
+    "features_text": "features",
+    "decision": "decision",
+    "ruleset_version": "ruleset_version",
+    "run_id": "run_id",
+    "source_topic": "source_topic",
+    "source_partition": "source_partition",
+    "source_offset": "source_offset",
+}
+HIT_COLUMNS: Final[tuple[str, ...]] = tuple(HIT_COLUMN_FIELDS)
+#: The ``bypass.hits`` fields ``risk_hits`` does not store (and the writer does not check).
+HIT_FIELDS_NOT_STORED: Final[frozenset[str]] = frozenset(HIT_FIELDS) - set(HIT_COLUMN_FIELDS.values())
 
-BLACKLIST_COLUMNS: tuple[str, ...] = (
+#: ``risk_blacklist`` columns: the ``bypass.blacklist`` fields (``event_ts`` as ``event_time``)
+#: and the blacklist record's own Kafka coordinates.
+BLACKLIST_COLUMNS: Final[tuple[str, ...]] = (
     "entity",
     "key",
     "label",
@@ -69,80 +83,6 @@ BLACKLIST_COLUMNS: tuple[str, ...] = (
     "source_partition",
     "source_offset",
 )
-
-# 1970..2286 in ms (10-digit seconds: what DateTime64(3) text parsing accepts); anything
-# else is a unit mistake (seconds or microseconds)
-_MIN_MS = 0
-_MAX_MS = 9_999_999_999_999
-
-
-def decode_object(value: bytes | None) -> dict[str, Any]:
-    if value is None:
-        raise RecordError("record has no value (tombstone)", reason="empty_value")
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise RecordError(f"value is not JSON: {exc}", reason="not_json") from None
-    if not isinstance(obj, dict):
-        raise RecordError(f"value is not a JSON object (got {type(obj).__name__})", reason="not_object")
-    return obj
-
-
-def _str(obj: Mapping[str, Any], name: str, *, required: bool = True, nonempty: bool = False) -> str:
-    value = obj.get(name)
-    if value is None:
-        if required:
-            raise RecordError(f"field {name!r} is missing", reason="missing_field", field=name)
-        return ""
-    if not isinstance(value, str):
-        raise RecordError(
-            f"field {name!r} must be a string, got {type(value).__name__}",
-            reason="wrong_type",
-            field=name,
-        )
-    if nonempty and not value:
-        raise RecordError(f"field {name!r} is empty", reason="bad_value", field=name)
-    return value
-
-
-def _int(obj: Mapping[str, Any], name: str, *, lo: int | None = None, hi: int | None = None) -> int:
-    value = obj.get(name)
-    if value is None:
-        raise RecordError(f"field {name!r} is missing", reason="missing_field", field=name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RecordError(
-            f"field {name!r} must be an integer, got {type(value).__name__}",
-            reason="wrong_type",
-            field=name,
-        )
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise RecordError(f"field {name!r} = {value} is out of range", reason="bad_value", field=name)
-    return value
-
-
-def _ms(obj: Mapping[str, Any], name: str) -> int:
-    return _int(obj, name, lo=_MIN_MS, hi=_MAX_MS)
-
-
-def _bool(obj: Mapping[str, Any], name: str) -> bool:
-    value = obj.get(name)
-    if not isinstance(value, bool):
-        if value is None:
-            raise RecordError(f"field {name!r} is missing", reason="missing_field", field=name)
-        raise RecordError(f"field {name!r} must be true or false", reason="wrong_type", field=name)
-    return value
-
-
-def _float(obj: Mapping[str, Any], name: str) -> float:
-    value = obj.get(name)
-    if value is None:
-        raise RecordError(f"field {name!r} is missing", reason="missing_field", field=name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RecordError(f"field {name!r} must be a number", reason="wrong_type", field=name)
-    result = float(value)
-    if not math.isfinite(result):
-        raise RecordError(f"field {name!r} is not finite", reason="bad_value", field=name)
-    return result
 
 
 def split_features(features: Any) -> tuple[dict[str, float | None], dict[str, str]]:
@@ -238,7 +178,7 @@ def _hit_values_fast(o: Mapping[str, Any]) -> tuple[Any, ...] | None:
         and type(mode) is str_ and mode and type(version) is str_ and version
         and type(run_id) is str_ and run_id and type(event_type) is str_
         and type(key) is str_ and type(source_topic) is str_
-        and type(ets) is int and _MIN_MS <= ets <= _MAX_MS
+        and type(ets) is int and MIN_MS <= ets <= MAX_MS
         and type(part) is int and -(2**31) <= part < 2**31
         and type(off) is int and -(2**63) <= off < 2**63
         and (type(score) is float or type(score) is int) and score - score == 0
@@ -274,58 +214,49 @@ def _hit_values_fast(o: Mapping[str, Any]) -> tuple[Any, ...] | None:
 
 
 def _hit_row_checked(obj: Mapping[str, Any]) -> dict[str, Any]:
+    check_hit(obj)
     numbers, texts = split_features(obj.get("features"))
-    decision = obj.get("decision")
-    if decision is not None and not isinstance(decision, str):
-        raise RecordError("field 'decision' must be a string", reason="wrong_type", field="decision")
-    label = obj.get("label")
-    if label is not None and not isinstance(label, str):
-        raise RecordError("field 'label' must be a string", reason="wrong_type", field="label")
     return {
-        "hit_id": _str(obj, "hit_id", nonempty=True),
-        "event_id": _str(obj, "event_id", nonempty=True),
-        "event_type": _str(obj, "event_type"),
-        "event_time": ms_text(_ms(obj, "event_ts")),
-        "entity": _str(obj, "entity", nonempty=True),
-        "key": _str(obj, "key"),
-        "rule_id": _str(obj, "rule_id", nonempty=True),
-        "label": label or "",
-        "score": _float(obj, "score"),
-        "mode": _str(obj, "mode", nonempty=True),
-        "counted": _bool(obj, "counted"),
-        "suppressed": _bool(obj, "suppressed"),
-        "rollout_excluded": _bool(obj, "rollout_excluded"),
+        "hit_id": obj["hit_id"],
+        "event_id": obj["event_id"],
+        "event_type": obj["event_type"],
+        "event_time": ms_text(obj["event_ts"]),
+        "entity": obj["entity"],
+        "key": obj["key"],
+        "rule_id": obj["rule_id"],
+        "label": obj.get("label") or "",
+        "score": float(obj["score"]),
+        "mode": obj["mode"],
+        "counted": obj["counted"],
+        "suppressed": obj["suppressed"],
+        "rollout_excluded": obj["rollout_excluded"],
         "features": numbers,
         "features_text": texts,
-        "decision": decision or "",
-        "ruleset_version": _str(obj, "ruleset_version", nonempty=True),
-        "run_id": _str(obj, "run_id", nonempty=True),
-        "source_topic": _str(obj, "source_topic"),
-        "source_partition": _int(obj, "source_partition", lo=-(2**31), hi=2**31 - 1),
-        "source_offset": _int(obj, "source_offset", lo=-(2**63), hi=2**63 - 1),
+        "decision": obj.get("decision") or "",
+        "ruleset_version": obj["ruleset_version"],
+        "run_id": obj["run_id"],
+        "source_topic": obj["source_topic"],
+        "source_partition": obj["source_partition"],
+        "source_offset": obj["source_offset"],
     }
 
 
 def blacklist_row(obj: Mapping[str, Any], record: SourceRecord) -> dict[str, Any]:
-    """A decoded ``bypass.blacklist`` record -> a ``risk_blacklist`` row.
+    """A decoded ``bypass.blacklist`` record -> a ``risk_blacklist`` row (checked by
+    :func:`sinks.records.check_blacklist`; RecordError when it does not fit).
 
     Its source coordinates are those of the blacklist record itself.
     """
-    rule_ids = obj.get("rule_ids")
-    if not isinstance(rule_ids, list) or not all(isinstance(r, str) for r in rule_ids):
-        raise RecordError(
-            "field 'rule_ids' must be a list of strings",
-            reason="wrong_type",
-        )
+    entry = check_blacklist(obj)
     return {
-        "entity": _str(obj, "entity", nonempty=True),
-        "key": _str(obj, "key"),
-        "label": _str(obj, "label", nonempty=True),
-        "rule_ids": sorted(set(rule_ids)),
-        "event_id": _str(obj, "event_id", nonempty=True),
-        "event_time": ms_text(_ms(obj, "event_ts")),
-        "expires_at": ms_text(_ms(obj, "expires_at")),
-        "ruleset_version": _str(obj, "ruleset_version", nonempty=True),
+        "entity": entry["entity"],
+        "key": entry["key"],
+        "label": entry["label"],
+        "rule_ids": sorted(set(entry["rule_ids"])),
+        "event_id": entry["event_id"],
+        "event_time": ms_text(entry["event_ts"]),
+        "expires_at": ms_text(entry["expires_at"]),
+        "ruleset_version": entry["ruleset_version"],
         "source_topic": record.topic,
         "source_partition": record.partition,
         "source_offset": record.offset,
@@ -395,7 +326,7 @@ class _TableBatch:
     native: bool = False
     rows: list[bytes] = field(default_factory=list)
     data: list[list[Any]] = field(default_factory=list)
-    appends: list[Any] = field(default_factory=list)
+    appends: list[Callable[[Any], None]] = field(default_factory=list)
     # the source of each row, as a plain tuple (SourceRecord fields): a tuple of plain values
     # is untracked by the cyclic GC at its first collection, a NamedTuple stays tracked, and
     # 50,000 long-lived tracked objects per batch made full collections the writer's largest cost
@@ -414,10 +345,21 @@ class _TableBatch:
         return SourceRecord(*self.records[i])
 
 
-def parse_clickhouse_url(url: str) -> dict[str, Any]:
+class ConnectArgs(TypedDict, total=False):
+    """Keyword arguments of ``clickhouse_connect.get_client`` taken from a URL and the settings."""
+
+    host: str
+    port: int
+    secure: bool
+    username: str
+    password: str
+    database: str
+
+
+def parse_clickhouse_url(url: str) -> ConnectArgs:
     parsed = urlparse(url if "://" in url else f"http://{url}")
     secure = parsed.scheme == "https"
-    out: dict[str, Any] = {
+    out: ConnectArgs = {
         "host": parsed.hostname or "127.0.0.1",
         "port": parsed.port or (8443 if secure else 8123),
         "secure": secure,
@@ -437,11 +379,13 @@ def connect(
     database: str | None = None,
     connect_timeout: float = 5,
     send_receive_timeout: float = 60,
-) -> Any:
-    """A clickhouse-connect client for ``url`` (``http://host:8123``)."""
+) -> Client:
+    """A clickhouse-connect client for ``url`` (``http://host:8123``); a user and password in
+    the URL win over ``username`` / ``password``."""
     import clickhouse_connect
 
-    kwargs = {"username": username, "password": password, **parse_clickhouse_url(url)}
+    kwargs: ConnectArgs = {"username": username, "password": password}
+    kwargs.update(parse_clickhouse_url(url))
     if database:
         kwargs["database"] = database
     return clickhouse_connect.get_client(
@@ -452,6 +396,40 @@ def connect(
     )
 
 
+class InsertContext(Protocol):
+    """What the sink reads of a clickhouse-connect ``InsertContext``."""
+
+    @property
+    def column_types(self) -> Sequence[Any]: ...
+
+
+class InsertClient(Protocol):
+    """What :class:`ClickHouseSink` calls on a clickhouse-connect ``Client``."""
+
+    def create_insert_context(self, table: str, column_names: Sequence[str]) -> InsertContext: ...
+
+    def insert(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        *,
+        column_names: Sequence[str],
+        column_types: Sequence[Any],
+        column_oriented: bool,
+        settings: dict[str, Any],
+    ) -> object: ...
+
+    def raw_insert(
+        self,
+        table: str,
+        column_names: Sequence[str],
+        *,
+        insert_block: bytes,
+        fmt: str,
+        settings: dict[str, Any],
+    ) -> object: ...
+
+
 class ClickHouseSink:
     """Buffers hit and blacklist records; ``flush()`` inserts them, token-deduplicated.
 
@@ -460,7 +438,7 @@ class ClickHouseSink:
 
     def __init__(
         self,
-        client: Any,
+        client: InsertClient,
         database: str,
         topics: Mapping[str, str],
         *,
@@ -471,7 +449,7 @@ class ClickHouseSink:
         self._topics = dict(topics)
         self._retry_after = retry_after
         self._batches: dict[str, _TableBatch] = {}
-        self._types: dict[str, Any] = {}
+        self._types: dict[str, Sequence[Any]] = {}
         self.rejected: list[tuple[SourceRecord, RecordError]] = []
         self.inserted_rows = 0
         self.inserts = 0
@@ -511,7 +489,7 @@ class ClickHouseSink:
         taken, self._batches = self._batches, {}
         return taken
 
-    def _column_types(self, table: str, columns: tuple[str, ...]) -> Any:
+    def _column_types(self, table: str, columns: tuple[str, ...]) -> Sequence[Any]:
         """The ClickHouse types of ``columns`` (asked once per table, again after a failed insert)."""
         types = self._types.get(table)
         if types is None:

@@ -63,10 +63,43 @@ event time would delete entries whose rule's ttl is longer than N days.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from features.errors import ConfigError
+
+
+class QueryResult(Protocol):
+    """What bypass reads of a clickhouse-connect ``QueryResult``."""
+
+    @property
+    def column_names(self) -> Sequence[str]: ...
+
+    @property
+    def result_rows(self) -> Sequence[Sequence[Any]]: ...
+
+
+class QueryClient(Protocol):
+    """What a reader calls on a clickhouse-connect ``Client``: parameterized SELECTs."""
+
+    def query(self, query: str, parameters: dict[str, Any] | None = ...) -> QueryResult: ...
+
+
+class SchemaClient(QueryClient, Protocol):
+    """What :func:`migrate` calls on a clickhouse-connect ``Client``."""
+
+    def command(self, cmd: str, *, settings: dict[str, Any] | None = ...) -> object: ...
+
+    def insert(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        *,
+        column_names: Sequence[str],
+        settings: dict[str, Any] | None = ...,
+    ) -> object: ...
+
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -222,7 +255,7 @@ class MigrateResult:
     ttl_changed: tuple[str, ...]
 
 
-def applied_versions(client: Any, database: str) -> set[int]:
+def applied_versions(client: QueryClient, database: str) -> set[int]:
     check_identifier(database)
     rows = client.query(f"SELECT version FROM {database}.schema_migrations FINAL").result_rows  # noqa: S608
     return {int(r[0]) for r in rows}
@@ -235,7 +268,7 @@ def ttl_expression(column: str, ttl_days: int) -> str:
     return f"toDateTime({column}) + toIntervalDay({ttl_days})"
 
 
-def _current_ttl(client: Any, database: str, table: str) -> str | None:
+def _current_ttl(client: QueryClient, database: str, table: str) -> str | None:
     rows = client.query(
         "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = {t:String}",
         parameters={"db": database, "t": table},
@@ -252,7 +285,7 @@ def _squeeze(expression: str) -> str:
     return re.sub(r"\s+", "", expression)
 
 
-def reconcile_ttl(client: Any, database: str, ttl_days: int) -> list[str]:
+def reconcile_ttl(client: SchemaClient, database: str, ttl_days: int) -> list[str]:
     """Make each table's TTL match ``ttl_days`` (0 = keep forever). Returns changed tables."""
     changed: list[str] = []
     for table, column in TTL_TABLES.items():
@@ -274,7 +307,7 @@ def reconcile_ttl(client: Any, database: str, ttl_days: int) -> list[str]:
     return changed
 
 
-def migrate(client: Any, database: str, *, ttl_days: int = 0) -> MigrateResult:
+def migrate(client: SchemaClient, database: str, *, ttl_days: int = 0) -> MigrateResult:
     """Create the database and apply pending migrations; idempotent."""
     check_identifier(database)
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")

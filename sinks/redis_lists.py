@@ -13,10 +13,44 @@ a forgotten probe costs a round trip, never a wrong answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 from sinks.base import SinkBackpressureError
+
+
+class ListPipeline(Protocol):
+    """What the provider calls on a ``redis.client.Pipeline`` (non-transactional)."""
+
+    def sismember(self, name: str, value: str) -> object: ...
+
+    def execute(self) -> list[Any]: ...
+
+
+class RedisSettings(Protocol):
+    """The settings :func:`provider_from_settings` reads (``streams.settings.Settings``)."""
+
+    @property
+    def redis_url(self) -> str: ...
+
+    @property
+    def redis_key_prefix(self) -> str: ...
+
+
+class ListClient(Protocol):
+    """What the named lists call on a ``redis.Redis``."""
+
+    def sadd(self, name: str, *values: str) -> int: ...
+
+    def srem(self, name: str, *values: str) -> int: ...
+
+    def smembers(self, name: str) -> Iterable[bytes | str]: ...
+
+    def scan_iter(self, match: str | None = ..., count: int | None = ...) -> Iterator[Any]: ...
+
+    def sismember(self, name: str, value: str) -> int: ...
+
+    def pipeline(self, transaction: bool = ...) -> ListPipeline: ...
 
 
 class ListUnavailableError(SinkBackpressureError):
@@ -35,22 +69,22 @@ def _member(value: Any) -> str:
     return str(value)
 
 
-def add(client: Any, prefix: str, name: str, values: Iterable[Any]) -> int:
+def add(client: ListClient, prefix: str, name: str, values: Iterable[Any]) -> int:
     members = [_member(v) for v in values]
     return int(client.sadd(list_key(prefix, name), *members)) if members else 0
 
 
-def remove(client: Any, prefix: str, name: str, values: Iterable[Any]) -> int:
+def remove(client: ListClient, prefix: str, name: str, values: Iterable[Any]) -> int:
     members = [_member(v) for v in values]
     return int(client.srem(list_key(prefix, name), *members)) if members else 0
 
 
-def show(client: Any, prefix: str, name: str) -> list[str]:
+def show(client: ListClient, prefix: str, name: str) -> list[str]:
     members = client.smembers(list_key(prefix, name))
     return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
 
-def names(client: Any, prefix: str) -> list[str]:
+def names(client: ListClient, prefix: str) -> list[str]:
     start = len(list_key(prefix, ""))
     found = {
         (k.decode() if isinstance(k, bytes) else str(k))[start:]
@@ -62,7 +96,7 @@ def names(client: Any, prefix: str) -> list[str]:
 class PrefetchingListProvider:
     """A ``rules.ListProvider`` answering ``contains(name, value)`` from one prefetched round trip."""
 
-    def __init__(self, client: Any, prefix: str = "bypass:") -> None:
+    def __init__(self, client: ListClient, prefix: str = "bypass:") -> None:
         self._client = client
         self._prefix = prefix
         self._known: dict[tuple[str, str], bool] = {}
@@ -103,7 +137,7 @@ class PrefetchingListProvider:
         return known
 
 
-def provider_from_settings(settings: Any) -> PrefetchingListProvider:
+def provider_from_settings(settings: RedisSettings) -> PrefetchingListProvider:
     """The live agents' ``in_list`` provider for these settings (``redis_url``, ``redis_key_prefix``)."""
     from sinks.redis_mirror import redis_client
 

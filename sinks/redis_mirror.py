@@ -2,7 +2,7 @@
 
 Layout (``prefix`` from the setting ``redis_key_prefix``, default ``bypass:``)::
 
-    <prefix>bl:<entity>:<key>   hash  label -> "<expires_at_ms>|<ruleset_version>|<rule,ids>|<event_id>"
+    <prefix>bl:<entity>:<key>   hash  label -> "<expires_at>|<ruleset_version>|<rule,ids>|<event_id>"
                                       the key expires (PEXPIREAT) at the latest live label's expiry
 
 Writing an entry is one Lua script call, atomic and idempotent: rule ids are
@@ -12,20 +12,62 @@ Redelivering an entry therefore changes nothing, and re-applying every entry
 after a Redis restart rebuilds the same state. Entries already expired when
 they arrive are not written at all. Readers filter labels by ``expires_at``
 too, so an expired label is never reported even before Redis evicts the key.
+
+A record is checked by :func:`sinks.records.check_blacklist` (the ClickHouse writer's
+check too), then for what the hash value can hold (:func:`entry_from_record`); the
+mirror's form of it is :class:`MirrorEntry`, with the record's field names.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sinks.base import RecordError, SinkBackpressureError, SourceRecord
-from sinks.clickhouse import decode_object
+from sinks.records import blacklist_key, check_blacklist, decode_object
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = [
+    "HashReader",
+    "MirrorClient",
+    "MirrorEntry",
+    "MirrorPipeline",
+    "RedisBlacklistSink",
+    "decode_entry",
+    "encode_entry",
+    "entry_from_record",
+    "lookup",
+    "mirror_key",
+    "redis_client",
+]
 
 log = logging.getLogger(__name__)
+
+
+class MirrorPipeline(Protocol):
+    """What the sink calls on a ``redis.client.Pipeline`` (non-transactional)."""
+
+    def execute(self) -> list[Any]: ...
+
+
+class MirrorClient(Protocol):
+    """What the sink calls on a ``redis.Redis`` (a redis-py ``Script`` is untyped: Any)."""
+
+    def register_script(self, script: str) -> Any: ...
+
+    def pipeline(self, transaction: bool = ...) -> MirrorPipeline: ...
+
+
+class HashReader(Protocol):
+    """What :func:`lookup` calls on a ``redis.Redis``."""
+
+    def hgetall(self, name: str) -> Mapping[bytes | str, bytes | str]: ...
+
 
 _MERGE_LUA = """
 local exp = ARGV[2]
@@ -64,72 +106,71 @@ return 0
 """
 
 
-def redis_client(url: str) -> Any:
+def redis_client(url: str) -> redis.Redis:
+    """A redis-py client for ``url`` (``redis://host:6379/0``); short timeouts, health checks."""
     import redis
 
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
 
 
-def blacklist_key(prefix: str, entity: str, key: str) -> str:
-    return f"{prefix}bl:{entity}:{key}"
+def mirror_key(prefix: str, entity: str, key: str) -> str:
+    """The Redis hash of ``entity:key``: ``<prefix>bl:<entity>:<key>``."""
+    return f"{prefix}bl:{blacklist_key(entity, key)}"
 
 
 @dataclass(frozen=True, slots=True)
-class BlacklistEntry:
+class MirrorEntry:
+    """One label of an entity as the mirror holds it: a ``bypass.blacklist`` record
+    (:class:`sinks.records.BlacklistRecord`: same field names) without ``event_ts``, which
+    Redis does not keep, with the rule ids merged (sorted, distinct)."""
+
     entity: str
     key: str
     label: str
     rule_ids: tuple[str, ...]
-    expires_at_ms: int
+    expires_at: int
     ruleset_version: str
     event_id: str
 
 
-def encode_entry(entry: BlacklistEntry) -> str:
+def encode_entry(entry: MirrorEntry) -> str:
+    """The hash value of ``entry``: ``"<expires_at>|<ruleset_version>|<rule,ids>|<event_id>"``."""
     rules = ",".join(sorted(set(entry.rule_ids)))
-    return f"{entry.expires_at_ms}|{entry.ruleset_version}|{rules}|{entry.event_id}"
+    return f"{entry.expires_at}|{entry.ruleset_version}|{rules}|{entry.event_id}"
 
 
-def decode_entry(entity: str, key: str, label: str, value: str) -> BlacklistEntry | None:
+def decode_entry(entity: str, key: str, label: str, value: str) -> MirrorEntry | None:
+    """A hash value (:func:`encode_entry`) -> MirrorEntry, None when it is not one."""
     parts = value.split("|", 3)
     if len(parts) != 4 or not parts[0].isdigit():
         return None
     exp, version, rules, event_id = parts
-    return BlacklistEntry(
+    return MirrorEntry(
         entity, key, label, tuple(r for r in rules.split(",") if r), int(exp), version, event_id
     )
 
 
-def entry_from_record(obj: dict[str, Any]) -> BlacklistEntry:
-    """A decoded ``bypass.blacklist`` record -> BlacklistEntry, or RecordError."""
+def entry_from_record(obj: Mapping[str, Any]) -> MirrorEntry:
+    """A decoded ``bypass.blacklist`` record -> MirrorEntry, or RecordError.
 
-    def text(name: str) -> str:
-        value = obj.get(name)
-        if not isinstance(value, str) or not value:
-            raise RecordError(f"field {name!r} must be a non-empty string", reason="bad_value", field=name)
-        if "|" in value and name != "event_id":
+    The record is checked by :func:`sinks.records.check_blacklist`; on top, what the hash
+    value's encoding needs: no '|' in ``entity``, ``label`` or ``ruleset_version`` (the
+    ``event_id`` comes last and may hold one) and rule ids non-empty without ','."""
+    record = check_blacklist(obj)
+    for name in ("entity", "label", "ruleset_version"):
+        if "|" in record[name]:
             raise RecordError(f"field {name!r} must not contain '|'", reason="bad_value", field=name)
-        return value
-
-    rule_ids = obj.get("rule_ids")
-    if not isinstance(rule_ids, list) or not all(isinstance(r, str) and r and "," not in r for r in rule_ids):
+    rule_ids = record["rule_ids"]
+    if not all(r and "," not in r for r in rule_ids):
         raise RecordError("field 'rule_ids' must be a list of rule ids", reason="bad_value", field="rule_ids")
-    expires_at = obj.get("expires_at")
-    if isinstance(expires_at, bool) or not isinstance(expires_at, int) or expires_at <= 0:
-        raise RecordError(
-            "field 'expires_at' must be epoch milliseconds", reason="bad_value", field="expires_at"
-        )
-    key = obj.get("key")
-    if not isinstance(key, str):
-        raise RecordError("field 'key' must be a string", reason="wrong_type", field="key")
-    return BlacklistEntry(
-        entity=text("entity"),
-        key=key,
-        label=text("label"),
+    return MirrorEntry(
+        entity=record["entity"],
+        key=record["key"],
+        label=record["label"],
         rule_ids=tuple(sorted(set(rule_ids))),
-        expires_at_ms=expires_at,
-        ruleset_version=text("ruleset_version"),
-        event_id=text("event_id"),
+        expires_at=record["expires_at"],
+        ruleset_version=record["ruleset_version"],
+        event_id=record["event_id"],
     )
 
 
@@ -141,13 +182,13 @@ class RedisBlacklistSink:
     """add()/flush() sink writing blacklist entries to Redis with the merge script."""
 
     def __init__(
-        self, client: Any, *, prefix: str = "bypass:", clock_ms: Callable[[], int] = _now_ms
+        self, client: MirrorClient, *, prefix: str = "bypass:", clock_ms: Callable[[], int] = _now_ms
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._clock_ms = clock_ms
         self._script = client.register_script(_MERGE_LUA)
-        self._pending: list[BlacklistEntry] = []
+        self._pending: list[MirrorEntry] = []
         self.skipped_expired = 0
         self.written = 0
 
@@ -167,16 +208,16 @@ class RedisBlacklistSink:
         import redis
 
         now = self._clock_ms()
-        live = [e for e in self._pending if e.expires_at_ms > now]
+        live = [e for e in self._pending if e.expires_at > now]
         try:
             if live:
                 pipe = self._client.pipeline(transaction=False)
                 for e in live:
                     self._script(
-                        keys=[blacklist_key(self._prefix, e.entity, e.key)],
+                        keys=[mirror_key(self._prefix, e.entity, e.key)],
                         args=[
                             e.label,
-                            str(e.expires_at_ms),
+                            str(e.expires_at),
                             e.ruleset_version,
                             e.event_id,
                             ",".join(e.rule_ids),
@@ -197,16 +238,16 @@ class RedisBlacklistSink:
 
 
 def lookup(
-    client: Any, prefix: str, entity: str, key: str, *, now_ms: int | None = None
-) -> list[BlacklistEntry]:
+    client: HashReader, prefix: str, entity: str, key: str, *, now_ms: int | None = None
+) -> list[MirrorEntry]:
     """The live (not yet expired) blacklist labels of ``entity:key``."""
     now = _now_ms() if now_ms is None else now_ms
-    raw = client.hgetall(blacklist_key(prefix, entity, key))
-    out: list[BlacklistEntry] = []
+    raw = client.hgetall(mirror_key(prefix, entity, key))
+    out: list[MirrorEntry] = []
     for label, value in raw.items():
         label_s = label.decode() if isinstance(label, bytes) else str(label)
         value_s = value.decode() if isinstance(value, bytes) else str(value)
         entry = decode_entry(entity, key, label_s, value_s)
-        if entry is not None and entry.expires_at_ms > now:
+        if entry is not None and entry.expires_at > now:
             out.append(entry)
     return sorted(out, key=lambda e: e.label)

@@ -31,19 +31,30 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
-from sinks.base import RecordError, Sink, SinkBackpressureError, SourceRecord
+from sinks.base import PipelinedSink, RecordError, Sink, SinkBackpressureError, SourceRecord
 from sinks.dlq import dlq_headers
 
 log = logging.getLogger(__name__)
 
 
 GC_YOUNG_THRESHOLD = 50_000
+
+#: Kafka message headers as confluent-kafka hands them over (a list of pairs when consumed).
+Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None]
 
 
 @dataclass
@@ -59,7 +70,8 @@ class RunnerStats:
 
 @dataclass
 class _InFlight:
-    batches: Any
+    writer: PipelinedSink
+    batches: Any  # the PipelinedSink's own batch type
     offsets: dict[tuple[str, int], int]
     thread: threading.Thread | None = None
     written: int = 0
@@ -71,12 +83,12 @@ class SinkRunner:
 
     def __init__(
         self,
-        consumer: Any,
+        consumer: Consumer,
         sink: Sink,
         topics: list[str],
         *,
         name: str,
-        dlq_producer: Any,
+        dlq_producer: Producer,
         dlq_topic: str,
         batch_size: int,
         batch_ms: int,
@@ -109,12 +121,14 @@ class SinkRunner:
         self._revoked = False
         self._assigned_at: float | None = None
         self._inflight: _InFlight | None = None
-        self.pipelined = hasattr(sink, "take") and hasattr(sink, "write")
+        # a sink with take()/write() is written in a thread while the next batch is read
+        self._writer: PipelinedSink | None = sink if isinstance(sink, PipelinedSink) else None
+        self.pipelined = self._writer is not None
         self._last_progress = clock()
         self._last_written = 0
 
     # --- rebalance ----------------------------------------------------------
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned_at = self.clock()
         if self.from_beginning:  # re-apply everything once per partition (e.g. Redis lost its data)
             fresh = [p for p in partitions if (p.topic, p.partition) not in self._rewound]
@@ -125,7 +139,7 @@ class SinkRunner:
                 consumer.assign(partitions)
         log.info("%s: assigned %s", self.name, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         flight, self._inflight = self._inflight, None
         if flight is not None and flight.thread is not None:
             flight.thread.join()
@@ -145,16 +159,17 @@ class SinkRunner:
         self._revoked = True
 
     # --- dead letters -------------------------------------------------------
-    def _on_dlq_delivery(self, err: Any, msg: Any) -> None:
+    def _on_dlq_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._dlq_errors.append(str(err))
 
-    def dead_letter(
-        self, record: SourceRecord, error: RecordError, headers: list[tuple[str, bytes]] | None
-    ) -> None:
-        """The record's original bytes to the DLQ, with the headers of :mod:`sinks.dlq`
-        (``bypass.reason`` the error's code, ``bypass.error`` its message, ``bypass.sink``)."""
-        hdrs = list(headers or [])
+    def dead_letter(self, record: SourceRecord, error: RecordError, headers: Headers | None) -> None:
+        """The record's original bytes to the DLQ, its own ``headers`` followed by those of
+        :mod:`sinks.dlq` (``bypass.reason`` the error's code, ``bypass.error`` its message,
+        ``bypass.sink``)."""
+        hdrs: list[tuple[str, str | bytes | None]] = (
+            list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+        )
         hdrs += dlq_headers(
             error.reason,
             error.message,
@@ -241,7 +256,7 @@ class SinkRunner:
 
         Returns False when stopped (or revoked) before the batch was written."""
         attempt = 0
-        paused: list[Any] = []
+        paused: list[TopicPartition] = []
         try:
             while True:
                 try:
@@ -283,15 +298,15 @@ class SinkRunner:
         return True
 
     # --- pipelining: one batch written in a thread while the next one is read ---------
-    def _start_inflight(self) -> None:
-        batches = self.sink.take()  # type: ignore[attr-defined]
-        flight = _InFlight(batches=batches, offsets=dict(self._next_offsets))
+    def _start_inflight(self, writer: PipelinedSink) -> None:
+        batches = writer.take()
+        flight = _InFlight(writer=writer, batches=batches, offsets=dict(self._next_offsets))
         self._next_offsets.clear()
         self._batch_started = None
 
         def work() -> None:
             try:
-                flight.written = self.sink.write(batches)  # type: ignore[attr-defined]
+                flight.written = writer.write(batches)
             except SinkBackpressureError as exc:
                 flight.error = exc
 
@@ -313,7 +328,7 @@ class SinkRunner:
         self.stats.failed_flushes += 1
         return self.flush_and_commit(
             stop,
-            write=lambda: self.sink.write(flight.batches),  # type: ignore[attr-defined]
+            write=lambda: flight.writer.write(flight.batches),
             offsets=flight.offsets,
         )
 
@@ -380,10 +395,10 @@ class SinkRunner:
                 if self._next_offsets:
                     age_ms = (self.clock() - (self._batch_started or self.clock())) * 1000
                     if self.sink.pending() >= self.batch_size or age_ms >= self.batch_ms:
-                        if self.pipelined:
+                        if self._writer is not None:
                             self._finish_inflight(stop)  # at most one batch in flight, commits in order
                             if self._next_offsets:
-                                self._start_inflight()
+                                self._start_inflight(self._writer)
                         else:
                             self.flush_and_commit(stop)
                 self._progress()
@@ -405,9 +420,12 @@ class SinkRunner:
             self.consumer.close()
         return self.stats
 
-    def _handle(self, msg: Any) -> None:
+    def _handle(self, msg: Message) -> None:
         ts_type, ts = msg.timestamp()
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:  # only error events lack them
+            log.warning("%s: consumed a message without coordinates; skipped", self.name)
+            return
         # positional: a NamedTuple built with keywords costs about twice as much (once per record)
         record = SourceRecord(topic, partition, offset, msg.key(), msg.value(), ts if ts_type else None)
         self.stats.consumed += 1

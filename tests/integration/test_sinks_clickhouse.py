@@ -15,7 +15,7 @@ from sinks._sample import sample_blacklist, sample_hit
 from sinks.clickhouse import ClickHouseSink, connect
 from sinks.clickhouse_schema import migrate
 from sinks.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_REASON, H_SINK, H_TOPIC
-from streams.cli.sink import build_runner
+from streams.core.outputs import build_runner
 from streams.settings import Settings
 
 

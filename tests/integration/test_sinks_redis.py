@@ -11,7 +11,7 @@ from sinks_support import bypass, produce, sink_settings, start_in_thread, wait_
 from sinks._sample import sample_blacklist
 from sinks.redis_lists import PrefetchingListProvider
 from sinks.redis_mirror import RedisBlacklistSink, lookup, redis_client
-from streams.cli.sink import build_runner
+from streams.core.outputs import build_runner
 from streams.settings import Settings
 
 
@@ -120,7 +120,7 @@ def test_named_lists_cli_and_prefetching_provider(rd_settings: Settings) -> None
 
 def test_provider_from_settings_is_what_the_worker_uses(rd_settings: Settings) -> None:
     from sinks.redis_lists import add, provider_from_settings
-    from streams.live.worker import list_provider
+    from streams.core.assembly import list_provider
 
     add(redis_client(rd_settings.redis_url), rd_settings.redis_key_prefix, "vip", ["u7"])
     provider = list_provider(rd_settings)

@@ -5,7 +5,7 @@ import pytest
 from features.errors import ConfigError
 from sinks.analytics import parse_since
 from sinks.base import RecordError
-from sinks.redis_mirror import BlacklistEntry, decode_entry, encode_entry, entry_from_record
+from sinks.redis_mirror import MirrorEntry, decode_entry, encode_entry, entry_from_record
 
 NOW = 1_763_856_000_000
 
@@ -19,7 +19,7 @@ def test_parse_since_durations_and_iso() -> None:
 
 
 def test_blacklist_entry_encoding_round_trips() -> None:
-    e = BlacklistEntry("user", "u1", "fraud", ("r1", "r2"), NOW, "v1", "e|1")
+    e = MirrorEntry("user", "u1", "fraud", ("r1", "r2"), NOW, "v1", "e|1")
     assert decode_entry("user", "u1", "fraud", encode_entry(e)) == e
     assert decode_entry("user", "u1", "fraud", "garbage") is None
 

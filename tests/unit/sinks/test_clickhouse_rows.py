@@ -14,12 +14,12 @@ from sinks.clickhouse import (
     HIT_COLUMNS,
     OffsetRanges,
     blacklist_row,
-    decode_object,
     dedup_token,
     hit_row,
     ms_text,
     split_features,
 )
+from sinks.records import decode_object
 
 
 def test_hit_row_maps_every_column_in_order() -> None:

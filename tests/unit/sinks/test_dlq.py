@@ -9,7 +9,7 @@ from sinks.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_REASON, H_SINK, H_TIMEST
 
 
 def test_header_names_are_the_workers_dotted_ones() -> None:
-    # the names streams/app.py and streams/replay.py write
+    # the names the live worker and replay write (streams.core.deadletter)
     assert (H_REASON, H_ERROR) == ("bypass.reason", "bypass.error")
     assert (H_TOPIC, H_PARTITION, H_OFFSET, H_TIMESTAMP) == (
         "bypass.source.topic",
