@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BYPASS := $(VENV)/bin/bypass
 
-.PHONY: venv test check lint typecheck fmt stack-up stack-down stack-status demo bench clean
+.PHONY: venv test test-fast check lint typecheck fmt stack-up stack-down stack-status demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed  # for your own loop: skips the tests marked slow (CI runs them all)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

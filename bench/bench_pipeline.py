@@ -116,7 +116,7 @@ def _settings() -> Any:
 def _faust_app(name: str) -> Any:
     import faust
 
-    from streams.live.app import faust_base_options
+    from streams.live.setup import faust_base_options
 
     s = _settings()
     datadir = Path(s.state_dir) / name

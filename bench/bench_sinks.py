@@ -57,7 +57,7 @@ def _settings(bootstrap: str, ch_url: str, tag: str, **overrides: Any) -> Any:
 def _writer(settings: Any) -> Any:
     from sinks.clickhouse import ClickHouseSink, connect
     from sinks.clickhouse_schema import migrate
-    from streams.cli.sink import build_runner
+    from streams.core.outputs import build_runner
 
     client = connect(settings.clickhouse_url)
     migrate(client, settings.clickhouse_database)

@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from features.errors import BypassError
-from streams.settings import Settings, mask_url
-
-
-class ClickHouseUnavailableError(BypassError):
-    """ClickHouse could not be reached or refused a statement."""
-
-
-def clickhouse_client(settings: Settings, *, database: str | None = None) -> Any:
-    """A clickhouse-connect client from the settings, or a clear error."""
-    from sinks.clickhouse import connect
-
-    try:
-        return connect(
-            settings.clickhouse_url,
-            username=settings.clickhouse_user,
-            password=settings.clickhouse_password.get_secret_value(),
-            database=database,
-        )
-    except Exception as exc:
-        raise ClickHouseUnavailableError(
-            f"cannot reach ClickHouse at {mask_url(settings.clickhouse_url)}: {exc}. "
-            "Is it up (`bypass stack status`) and BYPASS_CLICKHOUSE_URL right?",
-            url=mask_url(settings.clickhouse_url),
-        ) from exc
+from streams.core.outputs import ClickHouseUnavailableError, clickhouse_client
+from streams.settings import Settings
 
 
 @click.group()

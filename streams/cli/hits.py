@@ -13,14 +13,14 @@ from streams.settings import Settings
 
 def _client(settings: Settings) -> Any:
     from sinks.clickhouse_schema import check_identifier
-    from streams.cli.clickhouse import clickhouse_client
+    from streams.core.outputs import clickhouse_client
 
     return clickhouse_client(settings, database=check_identifier(settings.clickhouse_database))
 
 
 def _query(run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run one analyst query; a failure says what to check instead of a traceback."""
-    from streams.cli.clickhouse import ClickHouseUnavailableError
+    from streams.core.outputs import ClickHouseUnavailableError
 
     try:
         return run(*args, **kwargs)

@@ -59,7 +59,7 @@ def check(entity: str, key: str) -> None:
     for e in entries:
         click.echo(
             f"{entity}:{key} listed label={e.label} rules={','.join(e.rule_ids)} "
-            f"expires_at={_iso(e.expires_at_ms)} ruleset_version={e.ruleset_version} event_id={e.event_id}"
+            f"expires_at={_iso(e.expires_at)} ruleset_version={e.ruleset_version} event_id={e.event_id}"
         )
 
 

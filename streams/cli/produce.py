@@ -24,10 +24,11 @@ from features.errors import ConfigError
 def produce(events_file: str, topic: str | None, skip_invalid: bool) -> None:
     """Validate and send events to a raw topic, with a progress bar.
 
-    Each line is one event envelope (see ARCHITECTURE.md). Kafka key = user id, message
-    timestamp = the event's ts. An invalid line stops the command before anything after it
-    is sent (line number and reason), unless --skip-invalid is given. Exits 1 if the broker
-    does not confirm every event.
+    Each line is one JSON event: event_id, type, ts (event time, epoch ms) and user_id
+    are required; device_id, ip, phone, geo {lat, lon, city} and attrs are optional.
+    Kafka key = user id, message timestamp = the event's ts. An invalid line stops the
+    command before anything after it is sent (line number and reason), unless
+    --skip-invalid is given. Exits 1 if the broker does not confirm every event.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -9,16 +9,9 @@ from typing import Any
 
 import click
 
-from streams.replay import (
-    Replay,
-    ReplayError,
-    ReplayOptions,
-    ReplaySummary,
-    format_duration,
-    format_ms,
-    parse_duration_ms,
-    parse_time_ms,
-)
+from features import format_duration, format_ms
+from streams.cli.params import TIME, DurationParam
+from streams.replay import Replay, ReplayError, ReplayOptions, ReplaySummary
 
 _HELP = """Replay the raw topics over [FROM, TO) to backfill or backtest labels.
 
@@ -37,7 +30,7 @@ Which events:
   --warmup         how much earlier history to read first, to rebuild the windowed
                    state (counts over 30 days need the 30 days before FROM). These
                    events produce no hits. 'auto' (default) = the longest window of
-                   the feature spec; or a duration such as 30d, 12h, 0.
+                   the feature spec; or a duration such as 30d, 12h, 1h30m, 0.
   --topics         raw topics to read (default: BYPASS_RAW_TOPICS).
 
 \b
@@ -66,8 +59,9 @@ Where the hits go (--out):
 Long runs: a progress bar (events, events/s, time left) goes to stderr. Ctrl-C
 finishes the current batch, saves a checkpoint and prints how to continue:
 --resume --run-id ID picks up exactly there (state included), giving the same
-result as a run without the stop. Malformed messages are counted (and sent to
-the dead-letter topic only with --dlq).
+result as a run without the stop. Malformed messages, and events whose processing
+raises (the live worker dead-letters exactly the same ones), are counted and the
+replay goes on; with --dlq they are also sent to the dead-letter topic.
 
 \b
 When replay can differ from live (the one case): one entity's events that sit in
@@ -96,24 +90,15 @@ Examples:
 """
 
 
-def _time(option: str) -> Any:
-    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-        return None if value is None else parse_time_ms(value, option=option)
-
-    return convert
-
-
 def _warmup(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if value.strip().lower() != "auto":
-        parse_duration_ms(value)  # fail early with a clear message
+        DurationParam(allow_zero=True).convert(value, param, ctx)  # fail early with a clear message
     return value
 
 
 @click.command(help=_HELP, context_settings={"max_content_width": 100})
-@click.option(
-    "--from", "from_ms", metavar="T1", callback=_time("--from"), help="start of the range (inclusive)"
-)
-@click.option("--to", "to_ms", metavar="T2", callback=_time("--to"), help="end of the range (exclusive)")
+@click.option("--from", "from_ms", metavar="T1", type=TIME, help="start of the range (inclusive)")
+@click.option("--to", "to_ms", metavar="T2", type=TIME, help="end of the range (exclusive)")
 @click.option(
     "--topics", metavar="TOPIC,...", help="raw topics, comma-separated (default: BYPASS_RAW_TOPICS)"
 )
@@ -135,7 +120,9 @@ def _warmup(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--run-id", metavar="ID", help="run id put on every hit (default: replay-<time>-<random>)")
 @click.option("--compare", is_flag=True, help="compare with the live hits in ClickHouse, per rule")
 @click.option("--resume", is_flag=True, help="continue the run --run-id from its checkpoint")
-@click.option("--dlq", is_flag=True, help="send malformed messages to the dead-letter topic")
+@click.option(
+    "--dlq", is_flag=True, help="send malformed messages and processing errors to the dead-letter topic"
+)
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def replay(
     from_ms: int | None,
@@ -221,7 +208,9 @@ def print_summary(console: Any, summary: ReplaySummary) -> None:
         ),
         ("entity updates", f"{s.applied:,} (one per event and entity kind)"),
         ("outside the range", f"{s.outside_range:,}"),
-        ("malformed", f"{s.malformed:,}" + (f" ({s.dlq_sent:,} sent to the DLQ)" if s.dlq_sent else "")),
+        ("malformed", f"{s.malformed:,}"),
+        ("processing errors", f"{s.processing_errors:,} (dead letters, as live)"),
+        ("sent to the DLQ", f"{s.dlq_sent:,}" if s.dlq_sent else "none (add --dlq to send them)"),
         ("duplicates / late", f"{s.duplicates:,} / {s.late_rejected:,}"),
         ("rule errors", f"{s.rule_errors:,}"),
         ("hits", f"{s.hits:,}"),
@@ -235,7 +224,7 @@ def print_summary(console: Any, summary: ReplaySummary) -> None:
     ]
     if s.malformed_by_reason:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.malformed_by_reason.items()))
-        rows.insert(8, ("malformed by reason", reasons))
+        rows.insert(9, ("malformed by reason", reasons))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

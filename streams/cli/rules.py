@@ -173,7 +173,7 @@ def diff_cmd(old_file: str, new_file: str, features_file: str | None, as_json: b
         click.echo(line)
 
 
-# `bypass rules publish` lives with the live pipeline (streams/_cli_rules_publish.py).
+# `bypass rules publish` needs Kafka: streams/cli/rules_publish.py.
 from streams.cli.rules_publish import publish  # noqa: E402
 
 rules.add_command(publish)

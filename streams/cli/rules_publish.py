@@ -1,6 +1,7 @@
 """``bypass rules publish RULES.yaml``: validate a rule set and publish it for hot reload.
 
-Joined to the ``bypass rules`` group in ``streams/_cli_rules.py``.
+Joined to the ``bypass rules`` group in :mod:`streams.cli.rules` (kept apart: it is the one
+``rules`` command that needs Kafka).
 """
 
 from __future__ import annotations

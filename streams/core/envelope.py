@@ -1,6 +1,6 @@
 """The event envelope: decode, validate, and hash phone numbers at ingest.
 
-An event is one JSON object per Kafka message (see ARCHITECTURE.md)::
+An event is one JSON object per Kafka message::
 
     {"event_id": "e-01", "type": "login", "ts": 1763856000000, "user_id": "u1",
      "device_id": "d1", "ip": "10.0.0.1", "phone": "+86 138-0000-0000",

@@ -28,21 +28,20 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from features.errors import BypassError, ConfigError
+from features.errors import BypassError
+from rules import RuleSet
 from streams.core import kafka
+from streams.core.assembly import load_for_spec, load_spec
 from streams.settings import Settings
 
 __all__ = [
     "PublishError",
     "RuleSetRecord",
     "RulesFollower",
-    "load_for_spec",
     "publish_ruleset",
     "read_versions",
 ]
@@ -97,27 +96,7 @@ class RuleSetRecord:
         )
 
 
-def load_spec(settings: Settings) -> Any:
-    """The feature spec named by BYPASS_FEATURES_SPEC (a clear ConfigError when unreadable)."""
-    import features
-
-    path = Path(settings.features_spec)
-    if not path.is_file():
-        raise ConfigError(
-            f"feature spec {str(path)!r} not found: set BYPASS_FEATURES_SPEC to the feature spec YAML",
-            setting="BYPASS_FEATURES_SPEC",
-        )
-    return features.load_spec(path)
-
-
-def load_for_spec(text: str, spec: Any, *, source: str | None = None) -> Any:
-    """Load (validate) a rule set against ``spec``; raises ``rules.RuleSetError``."""
-    import rules
-
-    return rules.load_ruleset(text, spec.schema(), source=source)
-
-
-def _reader(settings: Settings) -> Any:
+def _reader(settings: Settings) -> Consumer:
     # a private group id: librdkafka wants one, but nothing is ever committed or joined
     return kafka.consumer(
         settings,
@@ -127,7 +106,7 @@ def _reader(settings: Settings) -> Any:
     )
 
 
-def _partitions(client: Any, topic: str, timeout_s: float = 10.0) -> list[int]:
+def _partitions(client: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
     meta = client.list_topics(topic, timeout=timeout_s)
     info = meta.topics.get(topic)
     if info is None or info.error is not None:
@@ -136,7 +115,7 @@ def _partitions(client: Any, topic: str, timeout_s: float = 10.0) -> list[int]:
 
 
 def _catch_up(
-    client: Any, topic: str, timeout_s: float, parse: Callable[[Any], RuleSetRecord | None]
+    client: Consumer, topic: str, timeout_s: float, parse: Callable[[Message], RuleSetRecord | None]
 ) -> tuple[list[RuleSetRecord], set[int]]:
     """Assign every partition of ``topic`` from the beginning and read up to its end.
 
@@ -158,8 +137,9 @@ def _catch_up(
         msg = client.poll(POLL_S)
         if msg is None:
             continue
-        if msg.error():
-            if msg.error().code() == KafkaError._PARTITION_EOF:
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
                 pending.discard(msg.partition())
             continue
         record = parse(msg)
@@ -169,9 +149,9 @@ def _catch_up(
     return records, pending
 
 
-def _parse_quietly(msg: Any) -> RuleSetRecord | None:
+def _parse_quietly(msg: Message) -> RuleSetRecord | None:
     try:
-        return RuleSetRecord.from_message(msg.key(), msg.value(), msg.offset())
+        return RuleSetRecord.from_message(msg.key(), msg.value(), msg.offset() or 0)
     except ValueError:
         return None
 
@@ -225,7 +205,7 @@ def publish_ruleset(
     record = RuleSetRecord(version=version, text=text, published_ms=int(time.time() * 1000), source=source)
     errors: list[str] = []
 
-    def delivered(err: Any, msg: Any) -> None:
+    def delivered(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             errors.append(str(err))
 
@@ -254,8 +234,8 @@ class RulesFollower:
     def __init__(
         self,
         settings: Settings,
-        load: Callable[[str, str | None], Any],
-        on_swap: Callable[[Any, RuleSetRecord], None],
+        load: Callable[[str, str | None], RuleSet],
+        on_swap: Callable[[RuleSet, RuleSetRecord], None],
         *,
         on_reject: Callable[[RuleSetRecord, Exception], None] | None = None,
     ) -> None:
@@ -265,10 +245,10 @@ class RulesFollower:
         self._on_reject = on_reject
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client: Any = None
+        self._client: Consumer | None = None
         self.active: RuleSetRecord | None = None
 
-    def _try_load(self, record: RuleSetRecord) -> Any:
+    def _try_load(self, record: RuleSetRecord) -> RuleSet | None:
         try:
             return self._load(record.text, record.source)
         except Exception as exc:  # a broken set must never stop the worker
@@ -311,9 +291,9 @@ class RulesFollower:
         self._thread.start()
         return self.active
 
-    def _parse(self, msg: Any) -> RuleSetRecord | None:
+    def _parse(self, msg: Message) -> RuleSetRecord | None:
         try:
-            return RuleSetRecord.from_message(msg.key(), msg.value(), msg.offset())
+            return RuleSetRecord.from_message(msg.key(), msg.value(), msg.offset() or 0)
         except ValueError as exc:
             log.error(
                 "ignoring a message on %s at offset %s: %s", self.settings.rules_topic, msg.offset(), exc
@@ -322,6 +302,8 @@ class RulesFollower:
 
     def _run(self) -> None:
         client = self._client
+        if client is None:
+            return
         try:
             while not self._stop.is_set():
                 try:

@@ -4,38 +4,41 @@ Topology (``A`` = ``settings.app_id``, ``n`` = ``settings.topic_partitions``)::
 
     raw topics (BYPASS_RAW_TOPICS, key = user id, JSON envelope)
       │ agent "ingest": decode + validate + hash phones (streams.core.envelope);
-      │   invalid -> settings.dlq_topic (original bytes, reason headers)
-      │   valid   -> one bundle per (entity kind, partition) and batch
+      │   invalid -> settings.dlq_topic (streams.core.deadletter)
+      │   valid   -> merged into processing order, fanned out per entity kind
+      │              (BatchStep.fan_out), one bundle per (entity kind, partition) and batch
       ▼
     A-entity-<kind>  (n partitions; repartition topic per entity kind of the feature spec)
-      │ agent "entity-<kind>": batches (take_events), grouped by key, each key's state
-      │   loaded once from the table, the events applied in order (streams.core.processor),
-      │   written back once (assigned, never mutated)
+      │ agent "entity-<kind>": batches of bundles, grouped by key, run through the shared
+      │   batch step (BatchStep.process_keys) with the table as its StateStore
       ▼
     table "entity-<kind>" (changelog A-entity-<kind>-changelog, n partitions, standbys)
       ├──▶ settings.hits_topic       one JSON hit record per message, key "entity:key"
-      └──▶ settings.blacklist_topic  one JSON blacklist record, key "entity:key"
+      ├──▶ settings.blacklist_topic  one JSON blacklist record, key "entity:key"
+      └──▶ settings.dlq_topic        events whose processing raised (processing_error)
+
+The per-batch work - fan-out, grouping, warm-up, poison isolation, counters, records -
+is :mod:`streams.core.step`, the code replay runs too; this module only moves its inputs
+and outputs through Kafka.
 
 Re-keying.  The ingest agent computes each (entity, key)'s partition with Kafka's default
-partitioner (murmur2 of the UTF-8 key, as aiokafka and the Java client do) and sends all
-events of one batch for one (entity kind, partition) as one *bundle* message to that
-partition: a JSON array of ``[key, topic, partition, offset, kafka_ts_ms, event]``
-entries, so the repartition hop costs one Kafka message per bundle instead of one per
-event and entity.  The table assigns each key's changelog record to the same partition
-(``EntityTable.partition_for_key``), so the partition of the repartition topic that carries
-a key also holds that key's state: co-partitioned, and a worker that takes a partition
-over rebuilds exactly the keys it will see.
+partitioner (:func:`streams.live.setup.bundle_partition`) and sends all events of one
+batch for one (entity kind, partition) as one *bundle* message to that partition: a JSON
+array of ``[key, topic, partition, offset, kafka_ts_ms, event]`` entries, so the
+repartition hop costs one Kafka message per bundle instead of one per event and entity.
+The table assigns each key's changelog record to the same partition, so the partition of
+the repartition topic that carries a key also holds that key's state: co-partitioned, and
+a worker that takes a partition over rebuilds exactly the keys it will see.
 
 Order.  Inside a bundle, the events are merged across the source partitions of the batch
 by (event time, topic, partition, offset), each source partition kept in offset order
-(:func:`streams.core.processor.merge_sources`): the order replay uses.  A key's bundles arrive
+(:func:`streams.core.order.merge_sources`): the order replay uses.  A key's bundles arrive
 in the order they were sent.
 
 Eviction.  Every ``evict_every_batches`` batches an entity agent sweeps its table: a key
-of a partition it owns whose state ``engine.evictable(state, now_ms)`` says may go is
-deleted (a tombstone on the changelog) and dropped from the decoded-state cache.
-``now_ms`` is the worker's event-time watermark (the largest event time its entity agents
-have processed), never the wall clock, as replay does with its own watermark.
+of a partition it owns whose state the step says is evictable at the worker's event-time
+watermark (the largest event time its entity agents have processed, never the wall clock)
+is deleted (a tombstone on the changelog) and dropped from the decoded-state cache.
 
 Delivery.  At-least-once: the entity agent sends hits and writes state before the batch's
 offsets are acknowledged, and Faust flushes the producer before it commits.  After a crash
@@ -56,153 +59,88 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 
+import features
+from sinks.records import blacklist_key
+from streams.core.deadletter import DeadLetter, invalid_message
 from streams.core.envelope import EnvelopeDecoder, InvalidEventError
-from streams.core.processor import KeyBatch, Processor, SourceEvent, blacklist_key, merge_sources
+from streams.core.order import SourceEvent, merge_sources
+from streams.core.processor import Processor
+from streams.core.step import BatchStep, StepResult, group_by_key
 from streams.live.metrics import Metrics
+from streams.live.setup import (
+    EntityTable,
+    bundle_partition,
+    credentials,
+    faust_base_options,
+    tune_faust_consumer,
+)
 from streams.settings import Settings
 
-__all__ = ["DLQ_HEADERS", "EntityTable", "Pipeline", "bundle_partition", "faust_broker_url"]
+__all__ = ["BUNDLE_MAX_BYTES", "Pipeline", "TableStore", "pack_bundles"]
 
 log = logging.getLogger("bypass.worker")
 
-#: Header names on a DLQ message (values are UTF-8 bytes).
-DLQ_HEADERS = (
-    "bypass.reason",  # short reason code (streams.core.envelope): not_json, missing_field, ...
-    "bypass.error",  # the full message
-    "bypass.source.topic",
-    "bypass.source.partition",
-    "bypass.source.offset",
-    "bypass.source.timestamp",  # Kafka timestamp of the original message, epoch ms
-)
 BUNDLE_MAX_BYTES = 512 * 1024
 
 #: A message an agent produced: topic, key, value, partition (None: the key's default
-#: partition).
-Outgoing = tuple[str, bytes, bytes, int | None]
+#: partition), headers (None: none).
+Outgoing = tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]
 
 
-def bundle_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), the one the table changelog uses too."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+class TableStore:
+    """The :class:`streams.core.step.StateStore` of one entity agent: its Faust table, plus
+    an LRU of decoded states (``cache_keys``) valid while the table holds the bytes they
+    came from.
 
-
-class EntityTable(faust.Table):  # type: ignore[type-arg]
-    """A plain Faust table whose key -> partition mapping is Kafka's default partitioner.
-
-    The entity agent handles bundles of several partitions in one batch, so the current
-    event's partition (Faust's default) is not the key's partition; the key decides.
+    With the memory store (``direct``), a write goes straight into the table's data and
+    its changelog record into the agent's outbox (what ``table[key] = value`` does, minus
+    Faust's per-message buffer); otherwise through the table.
     """
 
-    _partition_cache: dict[bytes, int]
+    def __init__(self, table: Any, cache_keys: int, outbox: list[Outgoing], *, direct: bool) -> None:
+        self.table = table
+        self.cache_keys = cache_keys
+        self.outbox = outbox
+        self.direct = direct
+        self.cache: dict[bytes, tuple[bytes, features.EntityState]] = {}
+        self._changelog: str | None = None
 
-    def partition_for_key(self, key: Any) -> int | None:
-        cache: dict[bytes, int] = self.__dict__.setdefault("_partition_cache", {})
-        partition = cache.get(key)
-        if partition is None:
-            if len(cache) > 200_000:
-                cache.clear()
-            partition = cache[key] = bundle_partition(key, self.partitions or 1)
-        return partition
+    def load(self, entity: str, key: str) -> tuple[bytes | None, features.EntityState | None]:
+        kb = key.encode()
+        raw: bytes | None = self.table.get(kb)
+        hit = self.cache.pop(kb, None)
+        if hit is not None and raw is not None and (hit[0] is raw or hit[0] == raw):
+            return raw, hit[1]
+        return raw, None
 
+    def save(
+        self, entity: str, key: str, data: bytes | None, state: features.EntityState | None, changed: bool
+    ) -> None:
+        if data is None:
+            return
+        kb = key.encode()
+        if changed:
+            table = self.table
+            if self.direct:
+                if self._changelog is None:
+                    self._changelog = table.changelog_topic.get_topic_name()
+                table.data[kb] = data
+                self.outbox.append((self._changelog, kb, data, table.partition_for_key(kb), None))
+            else:
+                table[kb] = data
+        if state is not None and self.cache_keys:
+            self.cache[kb] = (data, state)
 
-def tune_faust_consumer(settings: Settings) -> None:
-    """Fix two things in the aiokafka consumer Faust's driver instantiates (this process only).
+    def forget(self, entity: str, key: str) -> None:
+        self.cache.pop(key.encode(), None)
 
-    - **Fetch wait.** faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500``.  A broker
-      that holds a fetch for the whole wait when the partition has no new record yet (Tansu
-      does) then adds up to 1.5 s per hop, and the pipeline has two hops (raw topic,
-      repartition topic): capped at ``BYPASS_CONSUMER_FETCH_MAX_WAIT_MS``.
-    - **End offsets.** Faust restores a table by reading its changelog up to the end offsets
-      ListOffsets reports when the partitions are assigned.  Tansu reports the base offset
-      of the last record batch + 1, so a restart restored states older than their last
-      write while the stream went on from the committed offsets: events applied before the
-      crash were missing from the state and their redeliveries were rejected as late.  The
-      end offsets are checked with a fetch (:func:`streams.core.kafka.end_offsets`).
-    """
-    import types
-
-    import aiokafka
-    import faust.transport.drivers.aiokafka as driver
-
-    from streams.core import kafka
-
-    max_wait_ms = settings.consumer_fetch_max_wait_ms
-    real = aiokafka.AIOKafkaConsumer
-
-    class _Consumer(real):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", max_wait_ms)), max_wait_ms)
-            super().__init__(*args, **kwargs)
-
-        async def end_offsets(self, partitions: Any) -> Any:
-            reported = await super().end_offsets(partitions)
-            checked = await asyncio.get_running_loop().run_in_executor(
-                None,
-                kafka.end_offsets,
-                settings,
-                {(tp.topic, tp.partition): off for tp, off in reported.items()},
-            )
-            return {tp: checked[(tp.topic, tp.partition)] for tp in reported}
-
-    shim = types.SimpleNamespace(**vars(aiokafka))
-    shim.AIOKafkaConsumer = _Consumer
-    driver.aiokafka = shim  # type: ignore[attr-defined]
-
-
-def faust_broker_url(bootstrap: str) -> str:
-    """``"h1:9092,h2:9092"`` -> ``"kafka://h1:9092;kafka://h2:9092"``."""
-    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
-
-
-def faust_base_options(s: Settings) -> dict[str, Any]:
-    """Faust options every bypass Faust app shares (the worker and the benchmark baselines):
-    broker, consumer-group timeouts from settings, at-least-once, earliest offsets."""
-    return {
-        "broker": faust_broker_url(s.kafka_bootstrap),
-        "processing_guarantee": "at_least_once",
-        "broker_session_timeout": s.consumer_session_timeout_ms / 1000,
-        "broker_rebalance_timeout": s.consumer_rebalance_timeout_ms / 1000,
-        "broker_heartbeat_interval": s.consumer_heartbeat_interval_ms / 1000,
-        "consumer_auto_offset_reset": "earliest",
-        "stream_recovery_delay": 0.1,
-        "web_enabled": False,
-    }
-
-
-def _credentials(settings: Settings) -> Any:
-    proto = settings.kafka_security_protocol.upper()
-    if proto == "PLAINTEXT":
-        return None
-    ssl_context = None
-    if proto in ("SSL", "SASL_SSL"):
-        import ssl
-
-        ssl_context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
-        if settings.kafka_ssl_certfile:
-            key_password = settings.kafka_ssl_key_password
-            ssl_context.load_cert_chain(
-                settings.kafka_ssl_certfile,
-                settings.kafka_ssl_keyfile,
-                key_password.get_secret_value() if key_password else None,
-            )
-    if proto == "SSL":
-        return faust.SSLCredentials(ssl_context)
-    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
-    mechanism = (settings.kafka_sasl_mechanism or "PLAIN").upper()
-    if mechanism == "PLAIN":
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username, password=password, ssl_context=ssl_context
-        )
-    from faust.auth import SASLCredentials
-
-    return SASLCredentials(
-        username=settings.kafka_sasl_username,
-        password=password,
-        ssl_context=ssl_context,
-        mechanism=mechanism,
-    )
+    def trim(self) -> None:
+        """Keep the ``cache_keys`` most recently used decoded states."""
+        cache = self.cache
+        if len(cache) > self.cache_keys:
+            for kb in list(itertools.islice(cache, len(cache) - self.cache_keys)):
+                del cache[kb]
 
 
 class Pipeline:
@@ -234,9 +172,7 @@ class Pipeline:
         self.blacklist_topic = self.app.topic(
             settings.blacklist_topic, key_serializer="raw", value_serializer="raw"
         )
-        # entity -> key -> (table bytes, the features/ state object they decode to): skips
-        # decoding a hot key's snapshot on every batch (LRU, BYPASS_STATE_CACHE_KEYS per entity)
-        self._state_cache: dict[str, dict[bytes, tuple[bytes, Any]]] = {e: {} for e in self.entities}
+        self.step = BatchStep(processor)
         # ingest: key -> partition of the repartition topics (murmur2 costs ~4 us a call)
         self._partition_of: dict[str, int] = {}
         # event-time watermark: the largest event time the entity agents processed (None: none yet)
@@ -244,10 +180,10 @@ class Pipeline:
         self._batches: dict[str, int] = dict.fromkeys(self.entities, 0)
         # the messages each agent produced in its current batch (Outgoing); _drain sends them
         self._outbox: dict[str, list[Outgoing]] = {"ingest": []}
-        # write table states straight to the store + changelog (see process_keys)
-        self._direct_tables = settings.table_store == "memory://"
         self.entity_topics: dict[str, Any] = {}
         self.tables: dict[str, Any] = {}
+        # per entity: the table as the batch step's StateStore (with its decoded-state cache)
+        self.stores: dict[str, TableStore] = {}
         for entity in self.entities:
             self.entity_topics[entity] = self.app.topic(
                 f"{settings.app_id}-entity-{entity}",
@@ -266,6 +202,13 @@ class Pipeline:
                 help=f"features/ state snapshots of {entity} keys",
             )
             self._outbox[entity] = []
+            self.stores[entity] = TableStore(
+                self.tables[entity],
+                settings.state_cache_keys,
+                self._outbox[entity],
+                # write states straight to the store + changelog (TableStore)
+                direct=settings.table_store == "memory://",
+            )
         self.app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
         for entity in self.entities:
             self.app.agent(self.entity_topics[entity], name=f"entity-{entity}")(
@@ -281,7 +224,7 @@ class Pipeline:
         app = faust.App(
             s.app_id,
             **faust_base_options(s),
-            broker_credentials=_credentials(s),
+            broker_credentials=credentials(s),
             store=s.table_store,
             datadir=str(datadir),
             topic_partitions=s.topic_partitions,
@@ -301,85 +244,65 @@ class Pipeline:
         return app
 
     # --- ingest ---------------------------------------------------------------
-    def _dlq(self, message: Any, exc: InvalidEventError) -> None:
-        headers = list(message.headers or [])
-        headers.extend(
-            [
-                ("bypass.reason", exc.reason.encode()),
-                ("bypass.error", exc.message.encode()),
-                ("bypass.source.topic", message.topic.encode()),
-                ("bypass.source.partition", str(message.partition).encode()),
-                ("bypass.source.offset", str(message.offset).encode()),
-                ("bypass.source.timestamp", str(round(message.timestamp * 1000)).encode()),
-            ]
+    def _send_dead_letter(self, letter: DeadLetter, agent: str) -> None:
+        self._outbox[agent].append(
+            (self.dlq_topic.get_topic_name(), letter.key, letter.value, None, letter.headers)
         )
-        self.dlq_topic.send_soon(key=message.key, value=message.value, headers=headers)
-        self.metrics.dlq.labels(reason=exc.reason).inc()
-        log.warning(
-            "DLQ %s[%s]@%s: %s (%s)",
-            message.topic,
-            message.partition,
-            message.offset,
-            exc.reason,
-            exc.message,
-        )
-
-    def _dlq_processing(self, entity: str, key: str, events: Sequence[SourceEvent], exc: Exception) -> None:
-        """Events whose processing raised: to the DLQ as their validated (phone-hashed) JSON,
-        reason ``processing_error``, plus ``bypass.entity`` / ``bypass.key`` headers."""
-        for source in events:
-            headers = [
-                ("bypass.reason", b"processing_error"),
-                ("bypass.error", f"{type(exc).__name__}: {exc}".encode()[:2000]),
-                ("bypass.source.topic", source.topic.encode()),
-                ("bypass.source.partition", str(source.partition).encode()),
-                ("bypass.source.offset", str(source.offset).encode()),
-                ("bypass.source.timestamp", str(source.timestamp_ms).encode()),
-                ("bypass.entity", entity.encode()),
-                ("bypass.key", key.encode()),
-            ]
-            self.dlq_topic.send_soon(
-                key=str(source.event.get("user_id", "")).encode(),
-                value=orjson.dumps(source.event),
-                headers=headers,
-            )
-        self.metrics.dlq.labels(reason="processing_error").inc(len(events))
+        self.metrics.dlq.labels(reason=letter.reason).inc()
 
     def ingest(self, messages: Sequence[Any]) -> dict[tuple[str, int], list[bytes]]:
         """Decode a batch of raw messages; return bundle payload parts per (entity, partition).
 
-        Invalid messages are sent to the DLQ here.
+        Invalid messages become dead letters in the ingest outbox here.
         """
         decode = self.decoder.decode
-        entity_keys = self.spec.entity_keys
         n = self.partitions
         per_source: dict[tuple[str, int], list[SourceEvent]] = defaultdict(list)
-        events_in = self.metrics.events_in
         counts: dict[str, int] = defaultdict(int)
         for message in messages:
             counts[message.topic] += 1
+            timestamp_ms = round(message.timestamp * 1000)
             try:
                 event = decode(message.value)
             except InvalidEventError as exc:
-                self._dlq(message, exc)
+                self._send_dead_letter(
+                    invalid_message(
+                        exc,
+                        key=message.key,
+                        value=message.value,
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                        timestamp_ms=timestamp_ms,
+                        headers=message.headers,
+                    ),
+                    "ingest",
+                )
+                log.warning(
+                    "DLQ %s[%s]@%s: %s (%s)",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc.reason,
+                    exc.message,
+                )
                 continue
             per_source[(message.topic, message.partition)].append(
-                SourceEvent(
-                    event, message.topic, message.partition, message.offset, round(message.timestamp * 1000)
-                )
+                SourceEvent(event, message.topic, message.partition, message.offset, timestamp_ms)
             )
+        events_in = self.metrics.events_in
         for topic, count in counts.items():
             events_in.labels(topic=topic).inc(count)
         out: dict[tuple[str, int], list[bytes]] = defaultdict(list)
         partition_of = self._partition_of
         if len(partition_of) > 500_000:
             partition_of.clear()
-        for source in merge_sources(per_source.values()):
-            fragment = None
-            for entity, raw_key in entity_keys(source.event):
-                key = str(raw_key)
+        fragments: dict[int, bytes] = {}  # id(source) -> its event as JSON, encoded once for all entities
+        for entity, pairs in self.step.fan_out(merge_sources(per_source.values())).items():
+            for key, source in pairs:
+                fragment = fragments.get(id(source))
                 if fragment is None:
-                    fragment = orjson.dumps(source.event)
+                    fragment = fragments[id(source)] = orjson.dumps(source.event)
                 part = partition_of.get(key)
                 if part is None:
                     part = partition_of[key] = bundle_partition(key.encode(), n)
@@ -406,8 +329,8 @@ class Pipeline:
             out = self._outbox["ingest"]
             for (entity, partition), parts in bundles.items():
                 topic = self.entity_topics[entity].get_topic_name()
-                for payload in _pack(parts):
-                    out.append((topic, entity.encode(), payload, partition))
+                for payload in pack_bundles(parts):
+                    out.append((topic, entity.encode(), payload, partition, None))
             await self._drain("ingest")
 
     # --- entity agents --------------------------------------------------------
@@ -428,36 +351,29 @@ class Pipeline:
         return entity_agent
 
     async def process_bundles(self, entity: str, bundles: Sequence[bytes]) -> None:
-        """Group the bundled events of a batch by key and run them through the processor.
+        """Group the bundled events of a batch by key and run them through the batch step.
 
         The keys are processed in slices of about ``worker_batch_size`` events, yielding to
         the event loop in between, so consumer-group heartbeats keep flowing however large
         the batch.
         """
-        by_key: dict[str, list[SourceEvent]] = {}
-        total = 0
+        pairs: list[tuple[str, SourceEvent]] = []
         top = self.watermark_ms
         if top is None:
             top = -(2**63)
         for payload in bundles:
             for key, topic, partition, offset, ts_ms, event in orjson.loads(payload):
-                item = SourceEvent(event, topic, partition, offset, ts_ms)
-                total += 1
                 if event["ts"] > top:
                     top = event["ts"]
-                group = by_key.get(key)
-                if group is None:
-                    by_key[key] = [item]
-                else:
-                    group.append(item)
-        if not by_key:
+                pairs.append((key, SourceEvent(event, topic, partition, offset, ts_ms)))
+        if not pairs:
             return
         self.watermark_ms = top
-        self.metrics.batch_size.labels(agent=f"entity-{entity}").observe(total)
+        self.metrics.batch_size.labels(agent=f"entity-{entity}").observe(len(pairs))
         slice_events = self.settings.worker_batch_size
         chunk: list[tuple[str, list[SourceEvent]]] = []
         size = 0
-        for key_events in by_key.items():
+        for key_events in group_by_key(pairs).items():
             chunk.append(key_events)
             size += len(key_events[1])
             if size >= slice_events:
@@ -467,120 +383,61 @@ class Pipeline:
         if chunk:
             self.process_keys(entity, chunk)
 
-    def process_keys(self, entity: str, items: Sequence[tuple[str, list[SourceEvent]]]) -> None:
-        """Load each key's state once, run its events through the processor, write it back once."""
-        table = self.tables[entity]
-        cache = self._state_cache[entity]
-        batches: list[KeyBatch] = []
-        stored: list[Any] = []
-        for key, events in items:
-            kb = key.encode()
-            raw = table.get(kb)
-            stored.append(raw)
-            hit = cache.pop(kb, None)
-            # the cached object is valid only while the table still holds the bytes it came from
-            state = (
-                hit[1] if hit is not None and raw is not None and (hit[0] is raw or hit[0] == raw) else raw
-            )
-            batches.append(KeyBatch(key, state, events))
-        try:
-            results: list[Any] = list(self.processor.process_many(entity, batches))
-        except Exception:
-            # A bug or a poison event must not stall the partition: redo the keys one by
-            # one from their stored bytes (the cached objects may be half-applied) and send
-            # the events of a key that still fails to the DLQ.
-            cache.clear()
-            results = []
-            for batch, raw in zip(batches, stored, strict=True):
-                try:
-                    results.extend(
-                        self.processor.process_many(entity, [KeyBatch(batch.key, raw, batch.events)])
-                    )
-                except Exception as exc:
-                    log.exception(
-                        "processing %s %r failed; its %d events go to the DLQ",
-                        entity,
-                        batch.key,
-                        len(batch.events),
-                    )
-                    self._dlq_processing(entity, batch.key, batch.events, exc)
-                    results.append(None)
-        cache_cap = self.settings.state_cache_keys
-        m = self.metrics
+    def process_keys(self, entity: str, items: Sequence[tuple[str, Sequence[SourceEvent]]]) -> StepResult:
+        """Run the batch step over some keys; their records go to the agent's outbox."""
+        store = self.stores[entity]
+        result = self.step.process_keys(entity, items, store)
+        store.trim()
+        self._emit(entity, result)
+        return result
+
+    def _emit(self, entity: str, result: StepResult) -> None:
+        """The step's records -> the agent's outbox; its counters -> metrics."""
         out = self._outbox[entity]
+        m = self.metrics
         hits_name = self.hits_topic.get_topic_name()
         bl_name = self.blacklist_topic.get_topic_name()
-        direct = self._direct_tables
-        if direct:
-            data = table.data
-            changelog = table.changelog_topic.get_topic_name()
-        dumps = orjson.dumps
-        applied = duplicates = late = 0
         # metric updates are counted here and applied once per call (a labelled
         # prometheus-client inc costs microseconds)
         hit_counts: dict[tuple[str, str], int] = defaultdict(int)
         error_counts: dict[str, int] = defaultdict(int)
         blacklist_counts: dict[str, int] = defaultdict(int)
-        latencies: list[float] = []
         now = time.time()
-        for result, raw in zip(results, stored, strict=True):
-            if result is None:
-                continue
-            kb = result.key.encode()
-            if result.changed:
-                raw = self.processor.dumps(result.state)  # assigned, never mutated
-                if direct:
-                    # what ``table[kb] = raw`` does, minus Faust's per-message buffer:
-                    # the store, then the changelog record to the key's partition
-                    data[kb] = raw
-                    out.append((changelog, kb, raw, table.partition_for_key(kb)))
-                else:
-                    table[kb] = raw
-            if raw is not None and cache_cap:
-                cache[kb] = (raw, result.state)
-            applied += result.applied
-            duplicates += result.duplicates
-            late += len(result.late)
-            if result.hits or result.blacklist:
-                kafka_key = blacklist_key(entity, result.key).encode()
-                for record, source in zip(result.hits, result.hit_sources, strict=True):
-                    out.append((hits_name, kafka_key, dumps(record), None))
-                    hit_counts[(record["rule_id"], record["mode"])] += 1
-                    if record.get("error"):
-                        error_counts[record["rule_id"]] += 1
-                    if source.timestamp_ms is not None:
-                        latencies.append(now - source.timestamp_ms / 1000)
-                for record in result.blacklist:
-                    bl_key = blacklist_key(record["entity"], record["key"]).encode()
-                    out.append((bl_name, bl_key, dumps(record), None))
-                    blacklist_counts[record["entity"]] += 1
-            for source, reason in result.late:
-                log.info(
-                    "late event %s for %s %s rejected: %s",
-                    source.event.get("event_id"),
-                    entity,
-                    result.key,
-                    reason,
-                )
-        if len(cache) > cache_cap:
-            for kb in list(itertools.islice(cache, len(cache) - cache_cap)):  # least recently used
-                del cache[kb]
+        observe = m.latency.observe
+        keys: dict[str, bytes] = {}
+        for hit in result.hits:
+            kafka_key = keys.get(hit.key)
+            if kafka_key is None:
+                kafka_key = keys[hit.key] = blacklist_key(entity, hit.key).encode()
+            out.append((hits_name, kafka_key, hit.value, None, None))
+            record = hit.record
+            hit_counts[(record["rule_id"], record["mode"])] += 1
+            if record.get("error"):
+                error_counts[record["rule_id"]] += 1
+            if hit.source.timestamp_ms is not None:
+                seconds = now - hit.source.timestamp_ms / 1000
+                observe(seconds if seconds > 0.0 else 0.0)
+        for entry in result.blacklist:
+            out.append((bl_name, blacklist_key(entry.entity, entry.key).encode(), entry.value, None, None))
+            blacklist_counts[entry.entity] += 1
+        for letter in result.dead_letters:
+            self._send_dead_letter(letter, entity)
+        for _entity, key, source, reason in result.late:
+            log.info(
+                "late event %s for %s %s rejected: %s", source.event.get("event_id"), entity, key, reason
+            )
         for (rule_id, mode), count in hit_counts.items():
             m.hits.labels(rule_id=rule_id, mode=mode).inc(count)
         for rule_id, count in error_counts.items():
             m.rule_errors.labels(rule_id=rule_id).inc(count)
         for kind, count in blacklist_counts.items():
             m.blacklist.labels(entity=kind).inc(count)
-        if latencies:
-            observe = m.latency.observe
-            for seconds in latencies:
-                observe(seconds if seconds > 0.0 else 0.0)
-        if applied:
-            m.applied.labels(entity=entity).inc(applied)
-        if duplicates:
-            m.duplicates.labels(entity=entity).inc(duplicates)
-        if late:
-            m.late.labels(entity=entity).inc(late)
+        if result.applied:
+            m.applied.labels(entity=entity).inc(result.applied)
+        if result.duplicates:
+            m.duplicates.labels(entity=entity).inc(result.duplicates)
+        if result.late:
+            m.late.labels(entity=entity).inc(len(result.late))
 
     def _owned_partitions(self, entity: str) -> set[int] | None:
         """Partitions of ``entity``'s repartition topic (= of its table) actively assigned to
@@ -599,8 +456,7 @@ class Pipeline:
         if now_ms is None:
             return 0
         table = self.tables[entity]
-        cache = self._state_cache[entity]
-        engine = self.processor.engine
+        store = self.stores[entity]
         owned = self._owned_partitions(entity)
         gone = 0
         for i, kb in enumerate(list(table.keys())):
@@ -611,13 +467,11 @@ class Pipeline:
             raw = table.get(kb)
             if raw is None:
                 continue
-            hit = cache.get(kb)
-            state = (
-                hit[1] if hit is not None and (hit[0] is raw or hit[0] == raw) else engine.loads(entity, raw)
-            )
-            if engine.evictable(state, now_ms):
+            hit = store.cache.get(kb)
+            state = hit[1] if hit is not None and (hit[0] is raw or hit[0] == raw) else None
+            if self.step.evictable(entity, raw, state, now_ms):
                 del table[kb]
-                cache.pop(kb, None)
+                store.cache.pop(kb, None)
                 gone += 1
         if gone:
             self.metrics.evicted.labels(entity=entity).inc(gone)
@@ -626,7 +480,7 @@ class Pipeline:
 
     async def _drain(self, agent: str) -> None:
         """Hand the messages ``agent`` produced for its batch to the Kafka client, in order,
-        then whatever Faust buffered (DLQ, eviction tombstones), before the batch is
+        then whatever Faust buffered (eviction tombstones), before the batch is
         acknowledged.  Faust flushes the client before it commits offsets, so a committed
         offset never runs ahead of these messages (at-least-once).
 
@@ -634,12 +488,13 @@ class Pipeline:
         buffer costs a future, a task and a ``wait_for`` per message, about a third of a
         live worker's CPU at 2,000 events/s.
         """
-        out = self._outbox[agent]
-        if out:
-            self._outbox[agent] = []
+        box = self._outbox[agent]
+        if box:
+            out = box[:]
+            box.clear()  # the same list: the agent's TableStore appends to it
             send = self.app.producer.send
-            for topic, key, value, partition in out:
-                await send(topic, key, value, partition, None, None)
+            for topic, key, value, partition, headers in out:
+                await send(topic, key, value, partition, None, headers)
         buffer = self.app.producer.buffer
         while buffer.size:
             await buffer.flush_atmost(None)  # type: ignore[arg-type]
@@ -647,7 +502,7 @@ class Pipeline:
                 await asyncio.sleep(0)
 
 
-def _pack(parts: list[bytes]) -> list[bytes]:
+def pack_bundles(parts: list[bytes]) -> list[bytes]:
     """Join encoded entries into JSON-array payloads of at most BUNDLE_MAX_BYTES each."""
     out: list[bytes] = []
     chunk: list[bytes] = []

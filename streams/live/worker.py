@@ -7,25 +7,21 @@
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from features.errors import ConfigError
+from rules import RuleSet
 from streams.core import kafka
-from streams.core.processor import Processor
-from streams.core.rulestore import RuleSetRecord, RulesFollower, load_for_spec, load_spec
+from streams.core.assembly import build_processor, load_for_spec, load_spec
+from streams.core.rulestore import RuleSetRecord, RulesFollower
 from streams.live.metrics import Metrics
 from streams.settings import Settings
 
-__all__ = ["LiveWorker", "build_engine", "empty_ruleset", "list_provider", "run_worker"]
+__all__ = ["LiveWorker", "run_worker"]
 
 log = logging.getLogger("bypass.worker")
-
-#: The version string of the rule set a worker runs before any version is published.
-NO_RULES_VERSION = "none"
 
 #: Garbage-collector thresholds of a running worker (CPython's default: 700, 10, 10).  The
 #: decoded states of every hot key stay alive for hours, and each event allocates a few
@@ -33,35 +29,6 @@ NO_RULES_VERSION = "none"
 #: ~3,600 times per 60k events and took ~38% of the entity path's CPU, mostly re-scanning
 #: the long-lived states.  Cycles are still collected, just in larger, rarer passes.
 GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def build_engine(spec: Any, settings: Settings) -> Any:
-    """The features/ engine with the settings' cap, lateness and dedup horizon."""
-    features: Any = importlib.import_module("features")  # imported when a worker is built
-
-    return features.FeatureEngine(
-        spec,
-        cap=settings.state_cap,
-        allowed_lateness_ms=settings.allowed_lateness_ms,
-        dedup_horizon_ms=settings.dedup_horizon_ms,
-    )
-
-
-def empty_ruleset(spec: Any) -> Any:
-    """A rule set with no rules (version ``none``): features are kept, no hits."""
-    import rules
-
-    return rules.build_ruleset({"version": NO_RULES_VERSION, "rules": []}, spec.schema())
-
-
-def list_provider(settings: Settings) -> Any:
-    """The ``in_list`` provider (Redis lists) when sinks/ offers one, else None."""
-    try:
-        from sinks import redis_lists
-    except ImportError:  # pragma: no cover - sinks/ is part of the package
-        return None
-    factory = getattr(redis_lists, "provider_from_settings", None)
-    return factory(settings) if factory else None
 
 
 class LiveWorker:
@@ -75,11 +42,9 @@ class LiveWorker:
 
         self.settings = settings
         self.spec = load_spec(settings)
-        self.engine = build_engine(self.spec, settings)
         self.metrics = metrics or Metrics()
-        self.processor = Processor(
-            self.spec, self.engine, empty_ruleset(self.spec), run_id="live", lists=list_provider(settings)
-        )
+        self.processor = build_processor(settings, self.spec, run_id="live")
+        self.engine = self.processor.engine
         self.follower = RulesFollower(
             settings,
             lambda text, source: load_for_spec(text, self.spec, source=source),
@@ -89,7 +54,7 @@ class LiveWorker:
         self.pipeline = Pipeline(settings, self.processor, metrics=self.metrics, datadir=datadir)
         self.app = self.pipeline.app
 
-    def _on_swap(self, ruleset: Any, record: RuleSetRecord) -> None:
+    def _on_swap(self, ruleset: RuleSet, record: RuleSetRecord) -> None:
         self.processor.set_ruleset(ruleset)  # one reference assignment
         delay_ms = int(time.time() * 1000) - record.published_ms if record.published_ms else -1
         self.metrics.set_ruleset(str(ruleset.version))

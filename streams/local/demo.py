@@ -401,7 +401,7 @@ class Demo:
     def report(self, sim: Any, elapsed_s: float, counters: dict[str, float]) -> None:
         from sinks.clickhouse_schema import check_identifier
         from sinks.redis_mirror import redis_client
-        from streams.cli.clickhouse import clickhouse_client
+        from streams.core.outputs import clickhouse_client
         from streams.local.evaluate import evaluate
         from streams.settings import Settings
 
@@ -611,6 +611,15 @@ def _num(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
+def _duration_s(text: str) -> float:
+    from streams.local.simulate import parse_duration_s
+
+    try:
+        return parse_duration_s(text)
+    except BypassError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m streams.local.demo", description=__doc__.split("\n\n")[0]
@@ -618,7 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the stack, worker and sinks running")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=500.0, help="events per second")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")
+    parser.add_argument(
+        "--duration", type=_duration_s, default=60.0, help="wall-clock length of the traffic (60s, 2m)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--time-scale", type=float, default=3600.0, help="event-time seconds per second")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds for the worker to start")

@@ -75,9 +75,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
+from features import parse_duration_ms, parse_time_ms
 from features.errors import ConfigError
 
 __all__ = [
@@ -255,19 +255,23 @@ class SimConfig:
 
 # --------------------------------------------------------------------------- parsing
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration_s(text: str) -> float:
-    """``"60"``, ``"60s"``, ``"2m"``, ``"1.5h"`` -> seconds."""
-    match = _DURATION_RE.match(str(text))
-    if not match:
+    """A duration in the one grammar (``features.parse_duration_ms``: ``60s``, ``2m``,
+    ``1h30m``, ``500ms``) -> seconds. A bare number is refused here: in the grammar it
+    means milliseconds, which for a simulation length is almost surely a mistake."""
+    value = str(text).strip()
+    if value.isdigit():
         raise ConfigError(
-            f"bad duration {text!r}: use a number with an optional unit ms|s|m|h|d (60s, 2m)",
+            f"bad duration {text!r}: give a unit, e.g. {value}s (a bare number means milliseconds)",
             option="--duration",
         )
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        return parse_duration_ms(value) / 1000
+    except ConfigError as exc:
+        raise ConfigError(f"--duration: {exc.message}", option="--duration") from None
 
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|m|h))?\s*$")
@@ -293,19 +297,10 @@ def parse_start_ms(text: str, *, span_ms: int = 0, now_ms: int | None = None) ->
         if now_ms is None:
             raise ConfigError("--start now needs the current time", option="--start")
         return now_ms - now_ms % MINUTE_MS - span_ms
-    if value.isdigit():
-        return int(value)
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"bad --start {text!r}: use epoch milliseconds, an ISO date such as 2026-01-01 or "
-            "2026-01-01T08:00:00Z, or 'now'",
-            option="--start",
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+        return parse_time_ms(value)
+    except ConfigError as exc:
+        raise ConfigError(f"bad --start: {exc.message}, or 'now'", option="--start") from None
 
 
 def parse_mix(text: str) -> Mix:

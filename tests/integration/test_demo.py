@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.cli.clickhouse import clickhouse_client
+from streams.core.outputs import clickhouse_client
 from streams.local.evaluate import evaluate, read_truth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def _alive(pid: int) -> bool:
 
 def test_demo_runs_to_the_end_and_prints_computed_quality(stack: Any, tmp_path: Path) -> None:
     env = {**os.environ, **stack.env(), "BYPASS_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
-    args = ["--users", "300", "--rate", "500", "--duration", "12", "--time-scale", "7200", "--seed", "3"]
+    args = ["--users", "300", "--rate", "500", "--duration", "12s", "--time-scale", "7200", "--seed", "3"]
     done = subprocess.run(
         [sys.executable, "-m", "streams.local.demo", *args],
         env=env,

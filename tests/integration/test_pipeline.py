@@ -274,6 +274,7 @@ def scenario_events() -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_bad_input_goes_to_dlq_and_scenario_gives_exactly_the_expected_hits(
     psettings: Settings, tmp_path: Path
 ) -> None:
@@ -311,7 +312,7 @@ def test_bad_input_goes_to_dlq_and_scenario_gives_exactly_the_expected_hits(
         # the worker is consuming now (it has dead-lettered the bad messages)
         # The device-farm logins come from five users, i.e. from different raw partitions:
         # the live order across partitions is arrival order, so they are sent as apps
-        # would send them, one after the other (ARCHITECTURE: events of one entity from
+        # would send them, one after the other (the design: events of one entity from
         # several partitions are applied in the order they arrive).
         scripted = scenario_events()
         produce(s, [e for e in scripted if e.get("device_id") != "d-farm"])
@@ -417,6 +418,7 @@ def _wait_metric(
     raise AssertionError(f"{names}{{{labels}}} never reached {at_least}: {total()}")
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
     psettings: Settings, tmp_path: Path
 ) -> None:
@@ -461,6 +463,7 @@ def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
             restarted.stop()
 
 
+@pytest.mark.slow
 def test_restart_restores_every_state_from_the_changelog(psettings: Settings, tmp_path: Path) -> None:
     """A worker stopped cleanly after half the events, then a new one for the second half:
     the new worker's states come from the changelog (and the few redeliveries Faust's last
@@ -500,6 +503,7 @@ def test_restart_restores_every_state_from_the_changelog(psettings: Settings, tm
                 w.stop()
 
 
+@pytest.mark.slow
 def test_two_workers_split_partitions_and_hot_reload(psettings: Settings, tmp_path: Path) -> None:
     s = psettings
     ref = _reference(s)
@@ -598,9 +602,10 @@ def _reference_hits(settings: Settings, text: str, events: list[dict[str, Any]])
     """The hits of the in-process Processor over ``events`` (each key's events in the given
     order, states kept for ever: no eviction)."""
     import features
+    from streams.core.assembly import build_engine
     from streams.core.envelope import EnvelopeDecoder
-    from streams.core.processor import Processor, SourceEvent
-    from streams.live.worker import build_engine
+    from streams.core.order import SourceEvent
+    from streams.core.processor import Processor
 
     spec = features.load_spec(FEATURES)
     processor = Processor(
@@ -620,6 +625,7 @@ def _reference_hits(settings: Settings, text: str, events: list[dict[str, Any]])
     return out
 
 
+@pytest.mark.slow
 def test_eviction_drops_evictable_keys_only_and_changes_no_result(
     psettings: Settings, tmp_path: Path
 ) -> None:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_simulate_to_kafka_matches_the_jsonl_stream(stack: Any, names: Any, tmp_path: Path) -> None:
     env = {**os.environ, **stack.env(), "BYPASS_STATE_DIR": str(tmp_path / "state")}
-    args = ["--users", "200", "--rate", "100", "--duration", "30", "--seed", "9", "--time-scale", "3600"]
+    args = ["--users", "200", "--rate", "100", "--duration", "30s", "--seed", "9", "--time-scale", "3600"]
     out = [
         "--out",
         "kafka",

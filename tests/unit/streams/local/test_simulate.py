@@ -132,10 +132,11 @@ def test_parsers() -> None:
     assert parse_rate("500") == 500
     assert parse_rate("500/s") == 500
     assert parse_rate("30000/m") == 500
-    assert parse_duration_s("60") == 60
+    assert parse_duration_s("60s") == 60
     assert parse_duration_s("2m") == 120
-    assert parse_duration_s("1.5h") == 5400
+    assert parse_duration_s("1h30m") == 5400  # the one grammar (features.parse_duration_ms)
     assert parse_duration_s("250ms") == 0.25
+    assert parse_duration_s("1w") == 7 * 86_400
     assert parse_start_ms("1767225600000") == DEFAULT_START_MS
     assert parse_start_ms("2026-01-01") == DEFAULT_START_MS
     assert parse_start_ms("2026-01-01T08:00:00+08:00") == DEFAULT_START_MS
@@ -144,7 +145,9 @@ def test_parsers() -> None:
     now = DEFAULT_START_MS + 5 * DAY_MS + 59_999
     assert parse_start_ms("now", span_ms=DAY_MS, now_ms=now) == DEFAULT_START_MS + 4 * DAY_MS
     assert parse_mix("resale=0.05, farms=0") == Mix(resale=0.05, farms=0.0)
-    for bad in (lambda: parse_rate("fast"), lambda: parse_rate("0"), lambda: parse_duration_s("1w")):
+    with pytest.raises(ConfigError, match="give a unit"):
+        parse_duration_s("60")  # a bare number means milliseconds: refused for a simulation length
+    for bad in (lambda: parse_rate("fast"), lambda: parse_rate("0"), lambda: parse_duration_s("1.5h")):
         with pytest.raises(ConfigError):
             bad()
     with pytest.raises(ConfigError, match="--start"):

@@ -8,7 +8,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from streams.core.envelope import InvalidEventError
 from streams.core.rulestore import RuleSetRecord
-from streams.live.app import BUNDLE_MAX_BYTES, _pack, bundle_partition, faust_broker_url
+from streams.live.app import BUNDLE_MAX_BYTES, pack_bundles
+from streams.live.setup import bundle_partition, faust_broker_url
 from streams.producer import DeliveryError, DeliveryReport, EventProducer
 from streams.settings import Settings
 
@@ -21,7 +22,7 @@ def test_bundle_partition_is_kafkas_default_partitioner(key: bytes) -> None:
 
 def test_pack_keeps_entries_and_bounds_payloads() -> None:
     parts = [orjson.dumps(["k", "t", 0, i, None, {"blob": "x" * 10_000}]) for i in range(200)]
-    payloads = _pack(parts)
+    payloads = pack_bundles(parts)
     assert len(payloads) > 1
     assert all(len(p) <= BUNDLE_MAX_BYTES for p in payloads)
     entries = [entry for p in payloads for entry in orjson.loads(p)]

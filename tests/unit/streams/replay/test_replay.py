@@ -1,4 +1,4 @@
-"""Unit tests of streams.replay: time parsing, the ordering merge, the checkpoint format."""
+"""Unit tests of streams.replay: run ids, the ordering merge of its records, the checkpoint format."""
 
 from __future__ import annotations
 
@@ -9,92 +9,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.errors import BypassError
+from features import parse_time_ms
+from streams.core.order import PartitionMerge
 from streams.replay import (
     CHECKPOINT_FORMAT,
     Checkpoint,
-    PartitionMerge,
     Record,
-    Replay,
     ReplayError,
-    ReplayOptions,
     ReplayStats,
     at_retention_edge,
     check_run_id,
     checkpoint_path,
     compare_hits,
-    format_duration,
-    format_ms,
     load_checkpoint,
     new_run_id,
-    parse_duration_ms,
-    parse_time_ms,
     retention_gap_ms,
     save_checkpoint,
 )
-
-# --------------------------------------------------------------------------- time
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("1763856000000", 1_763_856_000_000),
-        ("0", 0),
-        ("2025-11-23T00:00:00Z", 1_763_856_000_000),
-        ("2025-11-23T00:00:00", 1_763_856_000_000),  # no zone = UTC
-        ("2025-11-23 00:00", 1_763_856_000_000),
-        ("2025-11-23", 1_763_856_000_000),
-        ("2025-11-23T08:00:00+08:00", 1_763_856_000_000),
-        ("2025-11-23T00:00:00.250Z", 1_763_856_000_250),
-        (" 2025-11-23T00:00:00Z ", 1_763_856_000_000),
-    ],
-)
-def test_parse_time_accepts_iso_and_epoch_ms(text: str, expected: int) -> None:
-    assert parse_time_ms(text) == expected
-
-
-@pytest.mark.parametrize("text", ["yesterday", "2025-13-01", "17638.5", "", "-5"])
-def test_parse_time_rejects_garbage_with_a_clear_message(text: str) -> None:
-    with pytest.raises(ReplayError) as info:
-        parse_time_ms(text, option="--to")
-    assert "--to" in info.value.message and "ISO 8601" in info.value.message
-    assert isinstance(info.value, BypassError)
-
-
-def test_format_ms_round_trips_through_parse() -> None:
-    for ms in (0, 1_763_856_000_123, 1_700_000_000_999):
-        assert parse_time_ms(format_ms(ms)) == ms
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("30d", 30 * 86_400_000),
-        ("12h", 12 * 3_600_000),
-        ("1h30m", 90 * 60_000),
-        ("90s", 90_000),
-        ("500ms", 500),
-        ("2w", 14 * 86_400_000),
-        ("0", 0),
-        ("3600000", 3_600_000),
-        ("1D", 86_400_000),
-    ],
-)
-def test_parse_duration(text: str, expected: int) -> None:
-    assert parse_duration_ms(text) == expected
-
-
-@pytest.mark.parametrize("text", ["auto", "3 parsecs", "h", "-1h", "1.5h", ""])
-def test_parse_duration_rejects_garbage(text: str) -> None:
-    with pytest.raises(ReplayError, match="not a duration"):
-        parse_duration_ms(text)
-
-
-def test_format_duration() -> None:
-    assert format_duration(90_061_000) == "1d 1h 1m 1s"
-    assert format_duration(250) == "250ms"
-    assert format_duration(3_600_000) == "1h"
+from streams.replay.reader import retention_warning
 
 
 def test_run_ids_are_unique_and_valid() -> None:
@@ -115,15 +47,13 @@ def test_retention_gap() -> None:
 
 def test_retention_warning_says_how_much_state_is_missing() -> None:
     """Tansu (the local broker) cannot delete records, so the message is checked here."""
-    runner = Replay(None, ReplayOptions(from_ms=0, to_ms=1))
     wanted = parse_time_ms("2025-10-01")
     earliest = parse_time_ms("2025-10-03T06:00:00Z")
-    runner._check_retention(("raw", 2), wanted, earliest)
-    [warning] = runner.warnings
-    assert "raw[2]" in warning and "2d 6h of state is missing" in warning
+    warning = retention_warning(("raw", 2), wanted, earliest)
+    assert warning is not None
+    assert "raw[2]" in warning and "2d6h of state is missing" in warning
     assert "2025-10-03T06:00:00.000Z" in warning and "2025-10-01T00:00:00.000Z" in warning
-    runner._check_retention(("raw", 3), earliest, wanted)  # nothing missing: silent
-    assert len(runner.warnings) == 1
+    assert retention_warning(("raw", 3), earliest, wanted) is None  # nothing missing: silent
 
 
 # --------------------------------------------------------------------------- merge
@@ -317,8 +247,8 @@ def test_compare_counts_added_and_removed_per_rule() -> None:
 @given(st.lists(st.lists(st.integers(0, 20), max_size=10), min_size=1, max_size=5), st.integers(0, 1000))
 def test_merge_equals_the_live_ingest_merge(tss: list[list[int]], seed: int) -> None:
     """Replay's streaming merge gives the order the live ingest agent uses for a batch
-    (``streams.core.processor.merge_sources``), so both paths apply a key's events alike."""
-    from streams.core.processor import SourceEvent, merge_sources
+    (``streams.core.order.merge_sources``), so both paths apply a key's events alike."""
+    from streams.core.order import SourceEvent, merge_sources
 
     streams = _streams(tss)
     ours = [r.sort_key for r in _merge_all(streams, random.Random(seed))]

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+import features
 import rules
-from streams.core.processor import KeyBatch, Processor, SourceEvent, blacklist_key, merge_sources
+from sinks.records import blacklist_key
+from streams.core.order import SourceEvent, merge_sources
+from streams.core.processor import KeyBatch, Processor
 
-features = pytest.importorskip("features")
-SPEC_PATH = Path(__file__).resolve().parents[3] / "examples" / "features.yaml"
+SPEC_PATH = Path(__file__).resolve().parents[4] / "examples" / "features.yaml"
 
 RULES = """
 version: "v1"
