@@ -117,12 +117,7 @@ class StepResult:
         self.blacklist += other.blacklist
         self.dead_letters += other.dead_letters
         self.late += other.late
-        self.events += other.events
-        self.applied += other.applied
-        self.duplicates += other.duplicates
-        self.warmup += other.warmup
-        self.rule_errors += other.rule_errors
-        self.states_written += other.states_written
+        _add_counts(self, other, ("events", "states_written", *_KEY_COUNTS))
 
 
 @dataclass(slots=True)
@@ -140,6 +135,15 @@ class _KeyOut:
     duplicates: int = 0
     warmup: int = 0
     rule_errors: int = 0
+
+
+#: the counters a key's outcome adds to a step result
+_KEY_COUNTS = ("applied", "duplicates", "warmup", "rule_errors")
+
+
+def _add_counts(into: object, other: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        setattr(into, name, getattr(into, name) + getattr(other, name))
 
 
 def group_by_key(pairs: Iterable[tuple[str, SourceEvent]]) -> dict[str, list[SourceEvent]]:
@@ -272,10 +276,7 @@ class BatchStep:
             out.hits += one.hits
             out.blacklist += one.blacklist
             out.late += one.late
-            out.applied += one.applied
-            out.duplicates += one.duplicates
-            out.warmup += one.warmup
-            out.rule_errors += one.rule_errors
+            _add_counts(out, one, _KEY_COUNTS)
         return out
 
     def _commit(
@@ -289,10 +290,7 @@ class BatchStep:
         result.hits += out.hits
         result.blacklist += out.blacklist
         result.late.extend((entity, out.key, source, reason) for source, reason in out.late)
-        result.applied += out.applied
-        result.duplicates += out.duplicates
-        result.warmup += out.warmup
-        result.rule_errors += out.rule_errors
+        _add_counts(result, out, _KEY_COUNTS)
 
     # --- eviction ------------------------------------------------------------
     def evictable(self, entity: str, raw: bytes, state: features.EntityState | None, now_ms: int) -> bool:
