@@ -133,6 +133,28 @@ class Settings(BaseSettings):
         100, ge=1, description="longest time the broker may hold a worker's fetch (latency bound)"
     )
     metrics_port: int = Field(9108, ge=0, le=65535, description="worker Prometheus port; 0 = off")
+    event_time_order: bool = Field(
+        True,
+        description="apply each entity's events in event-time order across source partitions "
+        "(false: in arrival order, the behaviour before; for comparison only)",
+    )
+    order_max_held: int = Field(
+        200_000,
+        ge=100,
+        description="events a worker may hold back for event-time order before it pauses its "
+        "source partitions that run ahead",
+    )
+    order_idle_ms: int = Field(
+        5_000,
+        ge=0,
+        description="how long a source partition that has delivered nothing since the worker took "
+        "it over holds the others back (data produced to it just after a start is then in order)",
+    )
+    order_heartbeat_ms: int = Field(
+        200,
+        ge=10,
+        description="how often an idle worker tells the entity agents how far its source partitions are",
+    )
 
     @field_validator("raw_topics", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -30,7 +30,16 @@ from confluent_kafka.cimpl import NewTopic
 from features.errors import BypassError
 from streams.settings import Settings
 
-__all__ = ["KafkaSetupError", "admin", "consumer", "end_offsets", "ensure_topics", "producer"]
+__all__ = [
+    "KafkaSetupError",
+    "admin",
+    "committed_offsets",
+    "consumer",
+    "end_offsets",
+    "ensure_topics",
+    "producer",
+    "topic_partitions",
+]
 
 log = logging.getLogger("bypass.kafka")
 
@@ -188,3 +197,39 @@ def end_offsets(
     finally:
         client.close()
     return out
+
+
+def topic_partitions(
+    settings: Settings, topics: Sequence[str], *, timeout_s: float = 15.0
+) -> list[tuple[str, int]]:
+    """Every (topic, partition) of ``topics`` (a KafkaSetupError when one is missing)."""
+    metadata = admin(settings).list_topics(timeout=timeout_s)
+    out: list[tuple[str, int]] = []
+    for topic in topics:
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise KafkaSetupError(
+                f"topic {topic!r} does not exist on {settings.kafka_bootstrap}", topic=topic
+            )
+        out.extend((topic, p) for p in sorted(meta.partitions))
+    return out
+
+
+def committed_offsets(
+    settings: Settings, group_id: str, partitions: Sequence[tuple[str, int]], *, timeout_s: float = 15.0
+) -> dict[tuple[str, int], int]:
+    """The offsets ``group_id`` committed for ``partitions`` (the low watermark where it has
+    none: the group starts at the earliest offset).  Reads only: it never joins the group."""
+    client = consumer(settings, group_id=group_id, **{"enable.auto.commit": False})
+    try:
+        out: dict[tuple[str, int], int] = {}
+        for tp in client.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s):
+            offset = tp.offset
+            if offset < 0:
+                offset, _high = client.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=timeout_s
+                )
+            out[(tp.topic, tp.partition)] = int(offset)
+        return out
+    finally:
+        client.close()

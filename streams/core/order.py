@@ -1,19 +1,33 @@
 """Event-time order: where an event was read from, and the one order events are applied in.
 
-Every path applies one entity's events in the order of
+The order.  Every path - the live worker with one or several processes, replay, tests -
+applies events in the order of the *merge* of the source partitions: each partition is
+read in offset order, and of the partitions' next events the one with the smallest
+``(event time, topic, partition, offset)`` goes first (replay's k-way merge, and Kafka
+Streams' choice of the partition with the lowest head timestamp).  Where a partition's
+event times go backwards (a late event), the late event stays after the events its
+partition delivered before it.
 
-    (event time, topic, partition, offset)
+That merge equals a sort by a key each event can be given from its own partition alone
+(:func:`effective_key`)::
 
-with each source partition kept in offset order (a late event stays after the events its
-partition delivered before it).  A user's events share one raw partition (key = user
-id), so for users that is the offset order; a device's or an IP's events come from many
-partitions and are interleaved by event time.
+    (running max of event time in the partition up to this event, topic, partition, offset)
 
-- :func:`merge_sources` merges sequences that are complete for a batch (each one source
-  partition's events of the batch, in offset order).
-- :class:`PartitionMerge` merges open-ended streams: it releases the smallest head only
-  while every unfinished partition has something buffered, so its output depends only on
-  the partitions' contents, never on how or when they were fetched.
+(a test checks it against the k-way merge).  Because it is a plain sort key, the order
+restricted to any subset of the events - one entity partition, one key - is the same
+sort, so any process holding some of the events can put them in order on its own.
+
+Holding back (:class:`OrderBuffer`).  Events are released in key order once no source
+can still deliver a smaller key: a source's *bound* is the smallest key it may still
+send, ``(running max, topic, partition, next offset)``.  A source known to be at its end
+(caught up: nothing unread) bounds nothing, so a caught-up partition holds nothing back
+and steady-state latency does not grow; there, events that reach the worker at the same
+time may apply in arrival order, as in Kafka Streams.  A lagging source, or one not heard
+from yet, holds back every event with a larger key.
+
+- :func:`merge_sources` merges sequences that are complete for a batch.
+- :class:`PartitionMerge` merges open-ended streams by heads (replay used it; kept as the
+  reference the sort key is tested against).
 """
 
 from __future__ import annotations
@@ -24,7 +38,19 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["OrderKey", "PartitionMerge", "SourceEvent", "merge_sources", "order_key"]
+__all__ = [
+    "BOTTOM",
+    "TOP",
+    "OrderBuffer",
+    "OrderKey",
+    "PartitionMerge",
+    "RunningMax",
+    "SourceEvent",
+    "bound_of",
+    "effective_key",
+    "merge_sources",
+    "order_key",
+]
 
 #: (event time, topic, partition, offset): the order every path applies events in.
 OrderKey = tuple[int, str, int, int]
@@ -48,6 +74,62 @@ class SourceEvent:
 def order_key(source: SourceEvent) -> OrderKey:
     """The position of ``source`` in the processing order."""
     return (source.event["ts"], source.topic, source.partition, source.offset)
+
+
+#: Smaller than any key: the bound of a source not heard from yet.
+BOTTOM: tuple[int, ...] = (-(2**62),)
+#: Larger than any key: the bound of a caught-up source.
+TOP: tuple[int, ...] = (2**62,)
+
+
+def effective_key(running_max_ts: int, topic: str, partition: int, offset: int) -> OrderKey:
+    """The sort key of an event whose partition's event time has reached ``running_max_ts``
+    (its own time included): see the module docstring."""
+    return (running_max_ts, topic, partition, offset)
+
+
+def bound_of(
+    running_max_ts: int | None, topic: str, partition: int, next_offset: int, caught_up: bool
+) -> tuple[int | str, ...]:
+    """The smallest key a source may still send (TOP when caught up; BOTTOM when nothing is
+    known about its event time yet and it is not caught up)."""
+    if caught_up:
+        return TOP
+    if running_max_ts is None:
+        return BOTTOM
+    return (running_max_ts, topic, partition, next_offset)
+
+
+class RunningMax:
+    """The running maximum of event time per source partition (the first part of the key)."""
+
+    __slots__ = ("_max",)
+
+    def __init__(self) -> None:
+        self._max: dict[tuple[str, int], int] = {}
+
+    def key(self, topic: str, partition: int, offset: int, ts: int) -> OrderKey:
+        """The effective key of an event, folding its time into the partition's maximum."""
+        tp = (topic, partition)
+        top = self._max.get(tp)
+        if top is None or ts > top:
+            self._max[tp] = top = ts
+        return (top, topic, partition, offset)
+
+    def peek(self, topic: str, partition: int) -> int | None:
+        return self._max.get((topic, partition))
+
+    def seed(self, topic: str, partition: int, ts: int | None) -> None:
+        """Start a partition's maximum at ``ts`` (what an earlier reader had reached)."""
+        if ts is None:
+            return
+        tp = (topic, partition)
+        top = self._max.get(tp)
+        if top is None or ts > top:
+            self._max[tp] = ts
+
+    def forget(self, topic: str, partition: int) -> None:
+        self._max.pop((topic, partition), None)
 
 
 def merge_sources(sequences: Iterable[Sequence[SourceEvent]]) -> Iterator[SourceEvent]:
@@ -128,3 +210,77 @@ class PartitionMerge(Generic[P, T]):
             elif tp in self._open:
                 self._empty_open.add(tp)
         return out
+
+
+S = TypeVar("S", bound=Hashable)
+I = TypeVar("I")  # noqa: E741
+
+
+class OrderBuffer(Generic[S, I]):
+    """Items from several sources, released in key order once no source can still send a
+    smaller key (module docstring).
+
+    ``expect(sources)`` names the sources that must be heard from before anything is
+    released (their bound starts at BOTTOM); ``add(source, key, item)`` holds an item;
+    ``advance(source, bound)`` says the smallest key ``source`` may still send (TOP: caught
+    up); ``release()`` returns the held items below every bound, in key order.  A bound of
+    a lagging source only grows (a redelivery cannot take back what was sent); a caught-up
+    source that starts to lag again gets its new, finite bound.
+    """
+
+    def __init__(self, sources: Iterable[S] = ()) -> None:
+        self._bounds: dict[S, tuple[Any, ...]] = {}
+        self._heap: list[tuple[tuple[Any, ...], int, S, I]] = []
+        self._held: dict[S, int] = {}
+        self._seq = 0
+        self.expect(sources)
+
+    def expect(self, sources: Iterable[S]) -> None:
+        for source in sources:
+            self._bounds.setdefault(source, BOTTOM)
+
+    def forget(self, source: S) -> None:
+        """Stop waiting for ``source`` (it left the topics); its held items stay."""
+        self._bounds.pop(source, None)
+
+    def add(self, source: S, key: tuple[Any, ...], item: I) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (key, self._seq, source, item))
+        self._held[source] = self._held.get(source, 0) + 1
+        self._bounds.setdefault(source, BOTTOM)
+
+    def advance(self, source: S, bound: tuple[Any, ...]) -> None:
+        old = self._bounds.get(source)
+        if old is None or bound is TOP or old is TOP or bound > old:
+            self._bounds[source] = bound
+
+    def bound(self, source: S) -> tuple[Any, ...] | None:
+        return self._bounds.get(source)
+
+    @property
+    def watermark(self) -> tuple[Any, ...]:
+        """The smallest bound: everything held below it can go."""
+        return min(self._bounds.values(), default=TOP)
+
+    def release(self, limit: int | None = None) -> list[I]:
+        out: list[I] = []
+        heap = self._heap
+        held = self._held
+        mark = self.watermark
+        while heap and heap[0][0] < mark and (limit is None or len(out) < limit):
+            _, _, source, item = heapq.heappop(heap)
+            held[source] -= 1
+            out.append(item)
+        return out
+
+    def held(self, source: S | None = None) -> int:
+        """Items held (of one source, or of all)."""
+        return len(self._heap) if source is None else self._held.get(source, 0)
+
+    def lagging(self) -> list[S]:
+        """The sources whose bound is the watermark (the ones everything waits for)."""
+        mark = self.watermark
+        return [source for source, bound in self._bounds.items() if bound == mark and bound is not TOP]
+
+    def __len__(self) -> int:
+        return len(self._heap)

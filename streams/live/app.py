@@ -52,19 +52,21 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 import orjson
+from faust.types import TP as FaustTP
 
 import features
 from sinks.records import blacklist_key
+from streams.core import kafka
 from streams.core.deadletter import DeadLetter, invalid_message
 from streams.core.envelope import EnvelopeDecoder, InvalidEventError
-from streams.core.order import SourceEvent, merge_sources
+from streams.core.order import OrderBuffer, RunningMax, SourceEvent, bound_of, merge_sources
 from streams.core.processor import Processor
 from streams.core.step import BatchStep, StepResult, group_by_key
 from streams.live.metrics import Metrics
@@ -86,6 +88,76 @@ BUNDLE_MAX_BYTES = 512 * 1024
 #: A message an agent produced: topic, key, value, partition (None: the key's default
 #: partition), headers (None: none).
 Outgoing = tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]
+
+
+#: Table key prefix of the per-partition ordering progress records (never an entity key:
+#: envelope ids are non-empty strings, and these start with a NUL byte).
+PROGRESS_PREFIX = b"\x00order-progress:"
+
+
+def progress_key(partition: int) -> bytes:
+    """The table key of entity partition ``partition``'s ordering progress (stored in that
+    very partition: :class:`streams.live.setup.EntityTable` maps it there)."""
+    return PROGRESS_PREFIX + str(partition).encode()
+
+
+def _read_progress(raw: bytes | None) -> dict[tuple[str, int], tuple[int | None, int | None]]:
+    if not raw:
+        return {}
+    try:
+        return {(str(t), int(p)): (top, nxt) for t, p, top, nxt in orjson.loads(raw)}
+    except (ValueError, TypeError):
+        log.warning("ignoring an unreadable ordering progress record")
+        return {}
+
+
+class _Bundle:
+    """A bundle message, acknowledged once every event it carried has been processed."""
+
+    __slots__ = ("event", "remaining")
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+        self.remaining = 0
+
+
+class _Held:
+    """An event held for event-time order: its key, source, bundle and order key."""
+
+    __slots__ = ("bundle", "key", "order_key", "source")
+
+    def __init__(self, key: str, source: SourceEvent, bundle: _Bundle, order_key: tuple[Any, ...]) -> None:
+        self.key = key
+        self.source = source
+        self.bundle = bundle
+        self.order_key = order_key
+
+
+class _PartitionOrder:
+    """Event-time order for one entity partition: the held events, what each raw partition
+    reported (running max, next offset, caught up), the bundles not yet acknowledged."""
+
+    def __init__(self, sources: Sequence[tuple[str, int]]) -> None:
+        self.buffer: OrderBuffer[tuple[str, int], _Held] = OrderBuffer(sources)
+        self.progress: dict[tuple[str, int], tuple[int | None, int | None, bool]] = {}
+        self.bundles: deque[_Bundle] = deque()
+        self.released: tuple[Any, ...] | None = None
+        self.dirty = False
+
+    def note(self, tp: tuple[str, int], top: int | None, nxt: int | None, caught: bool) -> None:
+        old = self.progress.get(tp)
+        if old is not None and old[0] is not None and (top is None or top < old[0]):
+            top = old[0]  # a redelivered or restarted source cannot take back what it sent
+        if old is not None and old[1] is not None and (nxt is None or nxt < old[1]):
+            nxt = old[1]
+        new = (top, nxt, caught)
+        if new != old:
+            self.progress[tp] = new
+            self.dirty = True
+        self.buffer.advance(tp, bound_of(top, tp[0], tp[1], nxt if nxt is not None else 0, caught))
+
+    def dump_progress(self) -> bytes:
+        return orjson.dumps([[t, p, top, nxt] for (t, p), (top, nxt, _) in sorted(self.progress.items())])
 
 
 class TableStore:
@@ -135,6 +207,17 @@ class TableStore:
     def forget(self, entity: str, key: str) -> None:
         self.cache.pop(key.encode(), None)
 
+    def put_raw(self, kb: bytes, data: bytes, partition: int) -> None:
+        """A record that is not an entity state (ordering progress) into ``partition``."""
+        table = self.table
+        if self.direct:
+            if self._changelog is None:
+                self._changelog = table.changelog_topic.get_topic_name()
+            table.data[kb] = data
+            self.outbox.append((self._changelog, kb, data, partition, None))
+        else:
+            table[kb] = data
+
     def trim(self) -> None:
         """Keep the ``cache_keys`` most recently used decoded states."""
         cache = self.cache
@@ -173,6 +256,17 @@ class Pipeline:
             settings.blacklist_topic, key_serializer="raw", value_serializer="raw"
         )
         self.step = BatchStep(processor)
+        # event-time order (streams.core.order): the ingest's running maximum per raw
+        # partition and the next offset it will read; per (entity, partition) the held events
+        self.clock = RunningMax()
+        self._next_offset: dict[tuple[str, int], int] = {}
+        self._assigned_at: dict[tuple[str, int], float] = {}  # when this worker took a raw partition
+        self._delivered: set[tuple[str, int]] = set()  # raw partitions that delivered since then
+        self._orders: dict[tuple[str, int], _PartitionOrder] = {}
+        self._raw_sources: list[tuple[str, int]] | None = None
+        self._paused: set[tuple[str, int]] = set()
+        self._ingest_lock = asyncio.Lock()  # a progress report never overtakes the events it covers
+        self._progress_sent = 0.0
         # ingest: key -> partition of the repartition topics (murmur2 costs ~4 us a call)
         self._partition_of: dict[str, int] = {}
         # event-time watermark: the largest event time the entity agents processed (None: none yet)
@@ -210,6 +304,8 @@ class Pipeline:
                 direct=settings.table_store == "memory://",
             )
         self.app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
+        self.app.timer(settings.order_heartbeat_ms / 1000, name="order-heartbeat")(self._heartbeat)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
         for entity in self.entities:
             self.app.agent(self.entity_topics[entity], name=f"entity-{entity}")(
                 self._make_entity_agent(entity)
@@ -245,22 +341,32 @@ class Pipeline:
 
     # --- ingest ---------------------------------------------------------------
     def _send_dead_letter(self, letter: DeadLetter, agent: str) -> None:
-        self._outbox[agent].append(
-            (self.dlq_topic.get_topic_name(), letter.key, letter.value, None, letter.headers)
-        )
+        dlq = self.dlq_topic.get_topic_name()
+        self._outbox[agent].append((dlq, letter.key, letter.value, None, letter.headers))
         self.metrics.dlq.labels(reason=letter.reason).inc()
 
     def ingest(self, messages: Sequence[Any]) -> dict[tuple[str, int], list[bytes]]:
-        """Decode a batch of raw messages; return bundle payload parts per (entity, partition).
+        """Decode a batch of raw messages; return bundle entries per (entity, partition).
 
-        Invalid messages become dead letters in the ingest outbox here.
+        Each valid event gets its event-time order key from its partition's running
+        maximum (:class:`streams.core.order.RunningMax`); invalid messages become dead
+        letters in the ingest outbox.
         """
         decode = self.decoder.decode
         n = self.partitions
+        clock = self.clock
+        next_offset = self._next_offset
         per_source: dict[tuple[str, int], list[SourceEvent]] = defaultdict(list)
+        eff: dict[int, int] = {}  # id(source) -> the running maximum its key starts with
         counts: dict[str, int] = defaultdict(int)
         for message in messages:
-            counts[message.topic] += 1
+            topic, partition, offset = message.topic, message.partition, message.offset
+            counts[topic] += 1
+            tp = (topic, partition)
+            if tp not in next_offset:
+                self._init_source(tp)
+            next_offset[tp] = offset + 1
+            self._delivered.add(tp)
             timestamp_ms = round(message.timestamp * 1000)
             try:
                 event = decode(message.value)
@@ -270,26 +376,19 @@ class Pipeline:
                         exc,
                         key=message.key,
                         value=message.value,
-                        topic=message.topic,
-                        partition=message.partition,
-                        offset=message.offset,
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
                         timestamp_ms=timestamp_ms,
                         headers=message.headers,
                     ),
                     "ingest",
                 )
-                log.warning(
-                    "DLQ %s[%s]@%s: %s (%s)",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    exc.reason,
-                    exc.message,
-                )
+                log.warning("DLQ %s[%s]@%s: %s (%s)", topic, partition, offset, exc.reason, exc.message)
                 continue
-            per_source[(message.topic, message.partition)].append(
-                SourceEvent(event, message.topic, message.partition, message.offset, timestamp_ms)
-            )
+            source = SourceEvent(event, topic, partition, offset, timestamp_ms)
+            eff[id(source)] = clock.key(topic, partition, offset, event["ts"])[0]
+            per_source[tp].append(source)
         events_in = self.metrics.events_in
         for topic, count in counts.items():
             events_in.labels(topic=topic).inc(count)
@@ -314,32 +413,163 @@ class Pipeline:
                             source.partition,
                             source.offset,
                             source.timestamp_ms,
+                            eff[id(source)],
                             orjson.Fragment(fragment),
                         ]
                     )
                 )
         return out
 
+    def _owned_raw(self) -> list[tuple[str, int]]:
+        """The raw partitions this worker's ingest owns now; state of the others is dropped."""
+        raw = set(self.settings.raw_topics)
+        owned = sorted(
+            (tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives() if tp.topic in raw
+        )
+        now = time.monotonic()
+        for tp in owned:
+            self._assigned_at.setdefault(tp, now)
+        for tp in [tp for tp in self._assigned_at if tp not in owned]:
+            del self._assigned_at[tp]
+            self._next_offset.pop(tp, None)
+            self._delivered.discard(tp)
+            self.clock.forget(*tp)
+        return owned
+
+    def _init_source(self, tp: tuple[str, int]) -> None:
+        """A raw partition newly owned: its running maximum continues from what any local
+        entity partition knows of it (in memory, or persisted in the table), so a key
+        computed after a restart or a move is the one the previous owner would have
+        computed (see the README: what is left when a late event meets a restart)."""
+        best: int | None = None
+        for order in self._orders.values():
+            known = order.progress.get(tp)
+            if known is not None and known[0] is not None and (best is None or known[0] > best):
+                best = known[0]
+        for entity, table in self.tables.items():
+            for partition in self._owned_partitions(entity):
+                stored = _read_progress(table.get(progress_key(partition))).get(tp)
+                if stored is not None and stored[0] is not None and (best is None or stored[0] > best):
+                    best = stored[0]
+        self.clock.seed(tp[0], tp[1], best)
+
+    def _progress(self, owned: Sequence[tuple[str, int]]) -> list[list[Any]]:
+        """Per owned raw partition: [topic, partition, running max, next offset, caught up]:
+        every event of it before the next offset has been sent, and a later one will have
+        a key of at least (running max, topic, partition, next offset).  Caught up: nothing
+        unread (the next offset is the high watermark of the last fetch)."""
+        out: list[list[Any]] = []
+        consumer = self.app.consumer
+        now = time.monotonic()
+        idle_s = self.settings.order_idle_ms / 1000
+        for topic, partition in owned:
+            tp = (topic, partition)
+            nxt = self._next_offset.get(tp)
+            caught = False
+            # a partition silent since this worker took it over may be one whose producer
+            # is just starting: it holds the others back for BYPASS_ORDER_IDLE_MS
+            if nxt is not None and (tp in self._delivered or now - self._assigned_at.get(tp, now) >= idle_s):
+                try:
+                    high = consumer.highwater(FaustTP(topic, partition))
+                except Exception:  # not fetched yet / not assigned any more
+                    high = None
+                caught = high is not None and nxt >= high
+            out.append([topic, partition, self.clock.peek(topic, partition), nxt, caught])
+        return out
+
+    def _queue_bundles(
+        self, bundles: dict[tuple[str, int], list[bytes]], progress: list[list[Any]] | None
+    ) -> None:
+        """Bundles into the ingest outbox.  With ``progress`` every entity partition gets a
+        message, its entries (if any) and, last, the progress they are covered by."""
+        out = self._outbox["ingest"]
+        for entity in self.entities:
+            topic = self.entity_topics[entity].get_topic_name()
+            key = entity.encode()
+            for partition in range(self.partitions):
+                parts = bundles.get((entity, partition), [])
+                if not parts and progress is None:
+                    continue
+                for payload in pack_bundles(parts, progress):
+                    out.append((topic, key, payload, partition, None))
+
     async def _ingest_agent(self, stream: Any) -> None:
         s = self.settings
         async for events in stream.take_events(s.worker_batch_size, s.worker_batch_within_ms / 1000):
             messages = [event.message for event in events]
             self.metrics.batch_size.labels(agent="ingest").observe(len(messages))
-            bundles = self.ingest(messages)
-            out = self._outbox["ingest"]
-            for (entity, partition), parts in bundles.items():
-                topic = self.entity_topics[entity].get_topic_name()
-                for payload in pack_bundles(parts):
-                    out.append((topic, entity.encode(), payload, partition, None))
+            async with self._ingest_lock:
+                bundles = self.ingest(messages)
+                progress = self._progress(self._owned_raw()) if s.event_time_order else None
+                self._queue_bundles(bundles, progress)
+                await self._drain("ingest")
+                self._progress_sent = time.monotonic()
+            self._align()
+
+    async def _heartbeat(self) -> None:
+        """Tell every entity partition how far the owned raw partitions are when the ingest
+        had nothing to send lately (idle or empty partitions must not hold others back)."""
+        s = self.settings
+        if not s.event_time_order or time.monotonic() - self._progress_sent < s.order_heartbeat_ms / 1000:
+            return
+        owned = self._owned_raw()
+        missing = [tp for tp in owned if tp not in self._next_offset]
+        if missing:
+            committed = await asyncio.get_running_loop().run_in_executor(
+                None, kafka.committed_offsets, s, s.app_id, missing
+            )
+            for tp, offset in committed.items():
+                if tp not in self._next_offset and tp in self._owned_raw():
+                    self._init_source(tp)
+                    self._next_offset[tp] = offset
+        async with self._ingest_lock:
+            self._queue_bundles({}, self._progress(self._owned_raw()))
             await self._drain("ingest")
+            self._progress_sent = time.monotonic()
+        self._align()
+
+    def _align(self) -> None:
+        """Bounded memory: while the events held back for order exceed BYPASS_ORDER_MAX_HELD,
+        pause the owned raw partitions that have events held (they run ahead: the partition
+        everything waits for has none held) until the held events fall below half of it."""
+        held = sum(len(order.buffer) for order in self._orders.values())
+        self.metrics.order_held.set(held)
+        cap = self.settings.order_max_held
+        consumer = self.app.consumer
+        if held >= cap:
+            ahead = {
+                tp
+                for tp in self._owned_raw()
+                if tp not in self._paused and any(o.buffer.held(tp) for o in self._orders.values())
+            }
+            if ahead:
+                consumer.pause_partitions([FaustTP(*tp) for tp in ahead])
+                self._paused |= ahead
+                self.metrics.order_pauses.inc()
+                log.warning(
+                    "%d events held back for event-time order (BYPASS_ORDER_MAX_HELD=%d): pausing %s "
+                    "until the lagging partitions catch up",
+                    held,
+                    cap,
+                    ", ".join(f"{t}[{p}]" for t, p in sorted(ahead)),
+                )
+        elif self._paused and held < cap // 2:
+            consumer.resume_partitions([FaustTP(*tp) for tp in self._paused])
+            self._paused.clear()
+        self.metrics.order_paused.set(len(self._paused))
 
     # --- entity agents --------------------------------------------------------
     def _make_entity_agent(self, entity: str) -> Any:
         async def entity_agent(stream: Any) -> None:
             s = self.settings
-            async for events in stream.take_events(s.worker_batch_size, s.worker_batch_within_ms / 1000):
-                await self.process_bundles(entity, [event.message.value for event in events])
+            async for events in stream.noack_take(s.worker_batch_size, s.worker_batch_within_ms / 1000):
+                await self.take_bundles(entity, events)
                 await self._drain(entity)  # the batch's state writes before any tombstone
+                for order in self._orders_of(entity):
+                    queue = order.bundles
+                    while queue and queue[0].remaining == 0:
+                        await stream.ack(queue.popleft().event)
+                self._align()
                 every = s.evict_every_batches
                 if every:
                     n = self._batches[entity] = self._batches[entity] + 1
@@ -350,24 +580,96 @@ class Pipeline:
         entity_agent.__name__ = f"entity_{entity}"
         return entity_agent
 
-    async def process_bundles(self, entity: str, bundles: Sequence[bytes]) -> None:
-        """Group the bundled events of a batch by key and run them through the batch step.
+    def _orders_of(self, entity: str) -> list[_PartitionOrder]:
+        return [order for (e, _), order in self._orders.items() if e == entity]
+
+    def _order(self, entity: str, partition: int) -> _PartitionOrder:
+        order = self._orders.get((entity, partition))
+        if order is None:
+            order = self._orders[(entity, partition)] = _PartitionOrder(self.raw_sources())
+            for tp, (top, nxt) in _read_progress(self.tables[entity].get(progress_key(partition))).items():
+                order.note(tp, top, nxt, False)  # restored: lagging until its owner says otherwise
+            order.dirty = False
+        return order
+
+    def set_raw_sources(self, sources: Sequence[tuple[str, int]]) -> None:
+        """The raw partitions every entity partition waits to hear from (from metadata)."""
+        self._raw_sources = list(sources)
+
+    def raw_sources(self) -> list[tuple[str, int]]:
+        """Every partition of the raw topics (an entity partition waits to hear from each)."""
+        if self._raw_sources is None:
+            self._raw_sources = kafka.topic_partitions(self.settings, self.settings.raw_topics)
+        return self._raw_sources
+
+    async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """Held events of entity partitions that move away are dropped: they were never
+        acknowledged, so their new owner reads them again."""
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        gone = {(tp.topic, tp.partition) for tp in revoked}
+        names = {self.entity_topics[e].get_topic_name(): e for e in self.entities}
+        for topic, partition in gone:
+            entity = names.get(topic)
+            if entity is not None:
+                self._orders.pop((entity, partition), None)
+        self._paused -= gone
+
+    async def take_bundles(self, entity: str, events: Sequence[Any]) -> None:
+        """One batch of bundle messages: hold their events, note their progress, and run
+        what can be released in event-time order through the batch step."""
+        ordered = self.settings.event_time_order
+        touched: dict[int, _PartitionOrder] = {}
+        late = 0
+        pairs: list[tuple[str, SourceEvent]] = []
+        for ev in events:
+            message = ev.message
+            order = self._order(entity, message.partition)
+            touched[message.partition] = order
+            bundle = _Bundle(ev)
+            order.bundles.append(bundle)
+            payload = orjson.loads(message.value)
+            released = order.released
+            for key, topic, partition, offset, ts_ms, eff_ts, event in payload["e"]:
+                source = SourceEvent(event, topic, partition, offset, ts_ms)
+                if not ordered:  # the behaviour before: arrival order
+                    pairs.append((key, source))
+                    continue
+                item = (eff_ts, topic, partition, offset)
+                if released is not None and item < released:
+                    late += 1
+                order.buffer.add((topic, partition), item, _Held(key, source, bundle, item))
+                bundle.remaining += 1
+            for topic, partition, top, nxt, caught in payload.get("p", ()):
+                order.note((topic, partition), top, nxt, caught)
+        if late:
+            self.metrics.order_out_of_order.labels(entity=entity).inc(late)
+        for partition, order in touched.items():
+            held = order.buffer.release()
+            for h in held:
+                pairs.append((h.key, h.source))
+                h.bundle.remaining -= 1
+            if held and (order.released is None or held[-1].order_key > order.released):
+                order.released = held[-1].order_key
+            if order.dirty:
+                self.stores[entity].put_raw(progress_key(partition), order.dump_progress(), partition)
+                order.dirty = False
+        await self.process_pairs(entity, pairs)
+
+    async def process_pairs(self, entity: str, pairs: Sequence[tuple[str, SourceEvent]]) -> None:
+        """Group released (key, event) pairs by key and run them through the batch step.
 
         The keys are processed in slices of about ``worker_batch_size`` events, yielding to
         the event loop in between, so consumer-group heartbeats keep flowing however large
         the batch.
         """
-        pairs: list[tuple[str, SourceEvent]] = []
+        if not pairs:
+            return
         top = self.watermark_ms
         if top is None:
             top = -(2**63)
-        for payload in bundles:
-            for key, topic, partition, offset, ts_ms, event in orjson.loads(payload):
-                if event["ts"] > top:
-                    top = event["ts"]
-                pairs.append((key, SourceEvent(event, topic, partition, offset, ts_ms)))
-        if not pairs:
-            return
+        for _, source in pairs:
+            if source.event["ts"] > top:
+                top = source.event["ts"]
         self.watermark_ms = top
         self.metrics.batch_size.labels(agent=f"entity-{entity}").observe(len(pairs))
         slice_events = self.settings.worker_batch_size
@@ -439,7 +741,7 @@ class Pipeline:
         if result.late:
             m.late.labels(entity=entity).inc(len(result.late))
 
-    def _owned_partitions(self, entity: str) -> set[int] | None:
+    def _owned_partitions(self, entity: str) -> set[int]:
         """Partitions of ``entity``'s repartition topic (= of its table) actively assigned to
         this worker; a standby copy of another worker's partition is never swept."""
         name = self.entity_topics[entity].get_topic_name()
@@ -462,7 +764,7 @@ class Pipeline:
         for i, kb in enumerate(list(table.keys())):
             if i % 1000 == 999:
                 await asyncio.sleep(0)  # heartbeats keep flowing during a long sweep
-            if owned is not None and table.partition_for_key(kb) not in owned:
+            if kb.startswith(PROGRESS_PREFIX) or table.partition_for_key(kb) not in owned:
                 continue
             raw = table.get(kb)
             if raw is None:
@@ -502,17 +804,22 @@ class Pipeline:
                 await asyncio.sleep(0)
 
 
-def pack_bundles(parts: list[bytes]) -> list[bytes]:
-    """Join encoded entries into JSON-array payloads of at most BUNDLE_MAX_BYTES each."""
+def pack_bundles(parts: list[bytes], progress: list[list[Any]] | None = None) -> list[bytes]:
+    """Join encoded entries into bundle payloads of about BUNDLE_MAX_BYTES at most:
+    ``{"e": [entry, ...]}``, the last one with ``"p": progress`` (it covers every entry
+    before it); with ``progress`` and no entries, one payload carrying only the progress."""
     out: list[bytes] = []
     chunk: list[bytes] = []
-    size = 2
+    size = 8
     for part in parts:
         if chunk and size + len(part) + 1 > BUNDLE_MAX_BYTES:
-            out.append(b"[" + b",".join(chunk) + b"]")
-            chunk, size = [], 2
+            out.append(b'{"e":[' + b",".join(chunk) + b"]}")
+            chunk, size = [], 8
         chunk.append(part)
         size += len(part) + 1
-    if chunk:
-        out.append(b"[" + b",".join(chunk) + b"]")
+    if progress is None:
+        if chunk:
+            out.append(b'{"e":[' + b",".join(chunk) + b"]}")
+        return out
+    out.append(b'{"p":' + orjson.dumps(progress) + b',"e":[' + b",".join(chunk) + b"]}")
     return out

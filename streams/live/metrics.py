@@ -14,6 +14,13 @@ bypass_blacklist_total                      counter    entity            blackli
 bypass_batch_size                           histogram  agent             events per agent batch
 bypass_state_evicted_total                  counter    entity            keys dropped from the state
                                                                          tables as evictable
+bypass_order_held_events                    gauge                        events held back for
+                                                                         event-time order
+bypass_order_paused_partitions              gauge                        source partitions paused
+                                                                         (held events at the cap)
+bypass_order_pauses_total                   counter                      times the cap paused sources
+bypass_order_out_of_order_total             counter    entity            events that arrived below
+                                                                         what was already released
 bypass_ruleset_info                         gauge      version           1 for the active version
 bypass_ruleset_swaps_total                  counter                      rule sets activated
 bypass_ruleset_rejected_total               counter                      broken sets seen on the topic
@@ -60,6 +67,26 @@ class Metrics:
         self.evicted = Counter(
             "bypass_state_evicted",
             "keys dropped from the state tables as evictable (tombstone on the changelog)",
+            ["entity"],
+            registry=r,
+        )
+        self.order_held = Gauge(
+            "bypass_order_held_events", "events held back for event-time order", registry=r
+        )
+        self.order_paused = Gauge(
+            "bypass_order_paused_partitions",
+            "source partitions paused because held-back events reached BYPASS_ORDER_MAX_HELD",
+            registry=r,
+        )
+        self.order_pauses = Counter(
+            "bypass_order_pauses",
+            "times held-back events reached the cap and sources were paused",
+            registry=r,
+        )
+        self.order_out_of_order = Counter(
+            "bypass_order_out_of_order",
+            "events that reached an entity partition below what it had already released "
+            "(a caught-up source that had no data yet, or a change of partition owner)",
             ["entity"],
             registry=r,
         )

@@ -46,7 +46,10 @@ class EntityTable(faust.Table):  # type: ignore[type-arg]
         if partition is None:
             if len(cache) > 200_000:
                 cache.clear()
-            partition = cache[key] = bundle_partition(key, self.partitions or 1)
+            if key[:1] == b"\x00":  # b"\x00order-progress:<partition>": that partition itself
+                partition = cache[key] = int(key.rsplit(b":", 1)[1])
+            else:
+                partition = cache[key] = bundle_partition(key, self.partitions or 1)
         return partition
 
 

@@ -12,9 +12,10 @@
   (the local Tansu broker answers 0) only makes replay read more.
 * Every message is decoded here (``streams.core.envelope``): a :class:`Record` holds the
   event, or the reason it is malformed with the original bytes.
-* The partitions are merged by :class:`streams.core.order.PartitionMerge`, so the order
-  of the records yielded depends only on the partitions' contents.  A partition far ahead
-  of the merge is paused (flow control) until the merge catches up.
+* The partitions are merged by the one ordering code of live and replay
+  (:class:`streams.core.order.OrderBuffer` over :class:`~streams.core.order.RunningMax`
+  keys), so the order of the records yielded depends only on the partitions' contents.  A
+  partition far ahead of the others is paused (flow control) until they catch up.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from features import format_duration, format_ms
 from streams.core import kafka
 from streams.core.envelope import EnvelopeDecoder, InvalidEventError
-from streams.core.order import PartitionMerge
+from streams.core.order import TOP, OrderBuffer, RunningMax, bound_of
 from streams.replay.checkpoint import TP
 from streams.replay.options import ReplayError, retention_gap_ms
 from streams.settings import Settings
@@ -36,6 +37,9 @@ from streams.settings import Settings
 __all__ = ["Record", "ReplayReader", "retention_warning"]
 
 log = logging.getLogger(__name__)
+
+#: the clock of a partition whose first message is malformed (before every real key)
+BOTTOM_TS = -(2**62) + 1
 
 #: consume() calls in a row that returned nothing before the reader gives up (1 s each)
 IDLE_POLLS = 30
@@ -204,7 +208,15 @@ class ReplayReader:
         """
         consumer = self.consumer
         tps = self.partitions
-        merge: PartitionMerge[TP, Record] = PartitionMerge(tps)
+        order: OrderBuffer[TP, Record] = OrderBuffer(tps)
+        clock = RunningMax()
+        finished: set[TP] = set()
+
+        def finish(tp: TP) -> None:
+            finished.add(tp)
+            order.advance(tp, TOP)
+            consumer.pause([TopicPartition(*tp)])
+
         consumer.assign([TopicPartition(t, p, positions[(t, p)]) for t, p in tps])
         paused: set[TP] = set()
         high_mark = max(chunk_size * 2, 1000)
@@ -212,28 +224,30 @@ class ReplayReader:
         batch_n = max(chunk_size, 500)
         idle_polls = 0
         decode = self.decoder.decode
-        while not merge.done:
+        while len(finished) < len(tps) or len(order) or pending:
             if should_stop():
                 return
-            messages = consumer.consume(num_messages=batch_n, timeout=1.0)
-            if not messages:
-                idle_polls += 1
-                if idle_polls >= IDLE_POLLS:
-                    waiting = ", ".join(f"{t}[{p}]" for t, p in sorted(merge.waiting_for))
-                    raise ReplayError(
-                        f"no data from {waiting} for {IDLE_POLLS} s although the partition is not at its "
-                        "end; is the broker healthy? Resume later with --resume",
-                    )
+            if len(finished) < len(tps):
+                messages = consumer.consume(num_messages=batch_n, timeout=1.0)
+                if not messages:
+                    idle_polls += 1
+                    if idle_polls >= IDLE_POLLS:
+                        waiting = ", ".join(f"{t}[{p}]" for t, p in sorted(order.lagging()))
+                        raise ReplayError(
+                            f"no data from {waiting} for {IDLE_POLLS} s although the partition is not at "
+                            "its end; is the broker healthy? Resume later with --resume",
+                        )
+                else:
+                    idle_polls = 0
             else:
-                idle_polls = 0
+                messages = []
             for m in messages:
                 err = m.error()
                 tp = (str(m.topic()), int(m.partition() or 0))
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        if tp in positions and not merge.is_finished(tp):
-                            merge.finish(tp)
-                            consumer.pause([TopicPartition(*tp)])
+                        if tp in positions and tp not in finished:
+                            finish(tp)
                         continue
                     if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
                         raise ReplayError(
@@ -243,13 +257,12 @@ class ReplayReader:
                         raise ReplayError(f"Kafka error: {err.str()}")
                     log.warning("Kafka: %s", err.str())
                     continue
-                if merge.is_finished(tp):
+                if tp in finished:
                     continue
                 ts_type, kafka_ts = m.timestamp()
                 kts = kafka_ts if ts_type != 0 and kafka_ts >= 0 else None
                 if kts is not None and kts >= stop_ms:
-                    merge.finish(tp)
-                    consumer.pause([TopicPartition(*tp)])
+                    finish(tp)
                     self._check_stop_message(m, kts, to_ms, skew_ms)
                     continue
                 raw = m.value()
@@ -257,6 +270,10 @@ class ReplayReader:
                 try:
                     event = decode(raw)
                 except InvalidEventError as exc:
+                    # a malformed message keeps its place, and moves no partition's clock
+                    # (the live ingest dead-letters it before it reaches the clock)
+                    top = clock.peek(*tp)
+                    key = (top if top is not None else BOTTOM_TS, tp[0], tp[1], offset)
                     rec = Record(
                         kts if kts is not None else select_from_ms,
                         tp[0],
@@ -271,23 +288,25 @@ class ReplayReader:
                         message=exc.message,
                     )
                 else:
+                    key = clock.key(tp[0], tp[1], offset, event["ts"])
                     rec = Record(event["ts"], tp[0], tp[1], offset, event, timestamp_ms=kts)
                     if tp in retention_edge:
                         retention_edge.discard(tp)
                         self._check_retention(tp, select_from_ms, event["ts"])
-                merge.push(tp, rec)
-            pending.extend(merge.pop_ready())
+                order.add(tp, key, rec)
+                order.advance(tp, bound_of(clock.peek(*tp), tp[0], tp[1], offset + 1, False))
+            pending.extend(order.release())
             while len(pending) >= chunk_size:
                 yield pending[:chunk_size]
                 del pending[:chunk_size]
-            if merge.done and pending:
+            if len(finished) == len(tps) and not len(order) and pending:
                 yield pending[:]
                 pending.clear()
-            # flow control: pause partitions far ahead of the merge
+            # flow control: pause partitions far ahead of the others
             for tp in tps:
-                if merge.is_finished(tp):
+                if tp in finished:
                     continue
-                n = merge.buffered(tp)
+                n = order.held(tp)
                 if tp not in paused and n >= high_mark:
                     consumer.pause([TopicPartition(*tp)])
                     paused.add(tp)

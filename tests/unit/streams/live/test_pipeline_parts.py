@@ -25,8 +25,20 @@ def test_pack_keeps_entries_and_bounds_payloads() -> None:
     payloads = pack_bundles(parts)
     assert len(payloads) > 1
     assert all(len(p) <= BUNDLE_MAX_BYTES for p in payloads)
-    entries = [entry for p in payloads for entry in orjson.loads(p)]
+    entries = [entry for p in payloads for entry in orjson.loads(p)["e"]]
     assert [e[3] for e in entries] == list(range(200))
+    assert all("p" not in orjson.loads(p) for p in payloads)
+
+
+def test_progress_rides_on_the_last_bundle_and_alone_when_there_is_nothing_else() -> None:
+    parts = [orjson.dumps(["k", "t", 0, i, None, 1, {"blob": "x" * 10_000}]) for i in range(200)]
+    progress = [["t", 0, 5, 200, False]]
+    payloads = [orjson.loads(p) for p in pack_bundles(parts, progress)]
+    assert [("p" in p) for p in payloads] == [False] * (len(payloads) - 1) + [True]
+    assert payloads[-1]["p"] == progress  # after every entry it covers
+    [alone] = pack_bundles([], progress)
+    assert orjson.loads(alone) == {"p": progress, "e": []}
+    assert pack_bundles([]) == []
 
 
 def test_faust_broker_url() -> None:
