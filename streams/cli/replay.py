@@ -64,16 +64,13 @@ raises (the live worker dead-letters exactly the same ones), are counted and the
 replay goes on; with --dlq they are also sent to the dead-letter topic.
 
 \b
-When replay can differ from live (the one case): one entity's events that sit in
-different partitions or topics (a device's or an IP's events come from many users'
-partitions) and reach the live worker out of event-time order. Live applies them in
-arrival order, replay in event-time order, so the features computed for those events
-(counts included: each is computed over the events applied before it) and any
-lateness rejection can differ. Only events closer in time than the live consumer's
-cross-partition skew are affected: normally milliseconds to seconds, but up to the
-span of a backlog the live worker was catching up on (or more with compressed
-simulated time). `bypass replay` on the same range shows the difference with
---compare.
+Order: live and replay apply every entity's events in the same event-time order
+across partitions and topics (the live worker holds events back while a partition
+lags), so a backlog, several workers or a crash do not change the labels. Where
+they can still differ (partitions all caught up and events arriving together; a
+partition silent for longer than BYPASS_ORDER_IDLE_MS after a worker start; a late
+event right after a restart) is listed in the README under "Event-time order".
+--compare shows any difference.
 
 \b
 Finding the range in Kafka: offsets are looked up by Kafka message timestamp,

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 from typing import Any, Final
 
 import orjson
@@ -63,6 +64,7 @@ ALLOWED: Final = frozenset((*REQUIRED, *OPTIONAL_STR, "geo", "attrs"))
 GEO_ALLOWED: Final = frozenset(("lat", "lon", "city"))
 PHONE_HASH_PREFIX: Final = "ph_"
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PHONE_STRIP = str.maketrans("", "", " -().\t")
 
 
@@ -118,6 +120,10 @@ def _check_id(event: dict[str, Any], name: str, required: bool) -> None:
         raise _fail("bad_value", f"field {name!r} must not be empty", name)
     if len(value) > MAX_ID_CHARS:
         raise _fail("bad_value", f"field {name!r} is longer than {MAX_ID_CHARS} characters", name)
+    if _CONTROL.search(value):
+        # never part of a real id, and the state tables keep their own records under keys
+        # that start with a NUL byte
+        raise _fail("bad_value", f"field {name!r} must not contain control characters", name)
 
 
 def _check_number(geo: dict[str, Any], name: str, limit: float) -> None:

@@ -30,10 +30,19 @@ The table assigns each key's changelog record to the same partition, so the part
 the repartition topic that carries a key also holds that key's state: co-partitioned, and
 a worker that takes a partition over rebuilds exactly the keys it will see.
 
-Order.  Inside a bundle, the events are merged across the source partitions of the batch
-by (event time, topic, partition, offset), each source partition kept in offset order
-(:func:`streams.core.order.merge_sources`): the order replay uses.  A key's bundles arrive
-in the order they were sent.
+Order (:mod:`streams.core.order`).  The ingest gives each event its place in the
+processing order from its own partition (the partition's running maximum of event time,
+topic, partition, offset) and reports, with every batch and an idle heartbeat, per raw
+partition it owns: the running maximum, the next offset and whether it is caught up.  Every
+entity partition receives that report (an empty bundle when the batch had nothing for it),
+so an entity agent knows, for each raw partition of every worker, the smallest place it
+may still send.  It holds its events (:class:`~streams.core.order.OrderBuffer`) until no
+raw partition can send an earlier one, then runs them through the batch step in order.  A
+caught-up partition holds nothing back; a lagging one (or one not heard from) holds back
+everything after it.  A bundle is acknowledged once all its events are processed, so held
+events come again after a crash.  The reports are kept in the entity table (key
+``\x00order-progress:<partition>``) so a new owner of a raw partition continues its running
+maximum.  At BYPASS_ORDER_MAX_HELD held events the raw partitions running ahead are paused.
 
 Eviction.  Every ``evict_every_batches`` batches an entity agent sweeps its table: a key
 of a partition it owns whose state the step says is evictable at the worker's event-time

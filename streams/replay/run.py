@@ -13,10 +13,9 @@ a window (all-time counts) can only be exact if the warm-up covers the whole his
 ``in_list`` rules read the named lists through the live provider (Redis) as they are
 *now*, not as they were at event time: a list changed since then changes those hits.
 
-Order: the reader merges the partitions by ``(event ts, topic, partition, offset)``; the
-live ingest agent merges each batch the same way (:mod:`streams.core.order`).  The one
-case where live and replay can differ - events of one entity in different partitions that
-reach the live worker out of event-time order - is described in ``bypass replay --help``.
+Order: the reader puts the partitions' records in the processing order of
+:mod:`streams.core.order` (the merge by ``(event ts, topic, partition, offset)``), the
+order the live entity agents hold their events back for.
 
 Output, ``run_id`` and ``hit_id``: hit records are the live ``bypass.hits`` records with
 ``run_id`` set to the replay's run id (``--run-id`` or ``replay-<UTC time>-<random>``).

@@ -195,11 +195,12 @@ def _wait_some_hits(settings: Settings, n: int, timeout_s: float = 120) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["one_worker", "two_workers", "sigkill"])
+@pytest.mark.parametrize("mode", ["one_worker", "two_workers", "sigkill", "capped"])
 def test_live_device_and_ip_hits_equal_replay_and_offline_whatever_the_lag(
     osettings: Settings, tmp_path: Path, mode: str
 ) -> None:
-    s = osettings
+    # capped: at most 300 held events, so the partitions running ahead get paused
+    s = osettings.model_copy(update={"order_max_held": 300}) if mode == "capped" else osettings
     raw = s.raw_topics[0]
     kafka.ensure_topics(s, [raw], partitions=PARTITIONS)
     kafka.ensure_topics(s, [s.hits_topic, s.blacklist_topic, s.dlq_topic])
@@ -223,6 +224,7 @@ def test_live_device_and_ip_hits_equal_replay_and_offline_whatever_the_lag(
             workers[0].kill()
             workers[0] = Worker(s, tmp_path / "worker-1b.log")
         got = live_hits(s, expected)
+        pauses = workers[0].metric("bypass_order_pauses_total") or 0
     finally:
         for worker in workers:
             worker.stop()
@@ -238,3 +240,6 @@ def test_live_device_and_ip_hits_equal_replay_and_offline_whatever_the_lag(
         f"{len(extra)} unexpected; worker logs:\n{logs}"
     )
     assert replay_hits(s, tmp_path, events) == expected
+    if mode == "capped":
+        assert pauses > 0, "the cap never paused a partition"
+        assert "pausing" in logs or "pausing" in workers[0].text()

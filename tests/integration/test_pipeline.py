@@ -310,10 +310,9 @@ def test_bad_input_goes_to_dlq_and_scenario_gives_exactly_the_expected_hits(
             assert headers["origin"] == b"test"  # the original headers are kept
 
         # the worker is consuming now (it has dead-lettered the bad messages)
-        # The device-farm logins come from five users, i.e. from different raw partitions:
-        # the live order across partitions is arrival order, so they are sent as apps
-        # would send them, one after the other (the design: events of one entity from
-        # several partitions are applied in the order they arrive).
+        # The device-farm logins come from five users, i.e. from different raw partitions,
+        # sent one after the other as apps would send them (the worker applies them in
+        # event-time order across partitions; tests/integration/test_order.py tests that).
         scripted = scenario_events()
         produce(s, [e for e in scripted if e.get("device_id") != "d-farm"])
         for event in (e for e in scripted if e.get("device_id") == "d-farm"):

@@ -107,6 +107,8 @@ def test_missing_required(name: str) -> None:
         ({"ts": 10**16}, "ts", "bad_value"),
         ({"device_id": 5}, "device_id", "wrong_type"),
         ({"ip": "x" * 300}, "ip", "bad_value"),
+        ({"user_id": "\x00order-progress:1"}, "user_id", "bad_value"),  # never a table key of ours
+        ({"device_id": "d\n1"}, "device_id", "bad_value"),
         ({"phone": 8613800000000}, "phone", "wrong_type"),
         ({"phone": "call me"}, "phone", "bad_value"),
         ({"phone": "+12"}, "phone", "bad_value"),
