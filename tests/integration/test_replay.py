@@ -750,7 +750,7 @@ def test_help_explains_the_options(stack: Any, rsettings: Settings) -> None:
         "--dlq",
         "backtest",
         "checkpoint",
-        "can differ from live",
-        "cross-partition skew",
+        "can still differ",
+        "BYPASS_ORDER_IDLE_MS",
     ):
         assert word in done.stdout
