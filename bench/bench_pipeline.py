@@ -47,7 +47,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BUDGET_S = 300
+BUDGET_S = 420
 QUICK_BUDGET_S = 150
 FEATURES = ROOT / "examples" / "features.yaml"
 PARTITIONS = 4
