@@ -106,6 +106,18 @@ class Settings(BaseSettings):
 
     # --- Live worker (streams/) -------------------------------------------
     event_max_bytes: int = Field(65_536, ge=256, description="size limit of one raw event message")
+    max_future_ms: int = Field(
+        3_600_000,
+        ge=0,
+        description="how far an event's time may be ahead of its message's Kafka timestamp "
+        "(further: dead-lettered as ts_out_of_bounds); 0 = no bound",
+    )
+    max_past_ms: int = Field(
+        604_800_000,
+        ge=0,
+        description="how far an event's time may be behind its message's Kafka timestamp; 0 = no bound "
+        "(raise it for producers that stamp the wall clock on old events)",
+    )
     worker_batch_size: int = Field(1_000, ge=1, description="events an entity agent takes per batch")
     worker_batch_within_ms: int = Field(50, ge=1, description="longest wait to fill an agent batch")
     table_standby_replicas: int = Field(1, ge=0, description="standby replicas of the state tables")

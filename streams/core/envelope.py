@@ -30,6 +30,10 @@ Every failure raises :class:`InvalidEventError` whose ``reason`` field is a shor
     wrong_type      a field has the wrong JSON type
     bad_value       right type, unusable value (empty id, ts out of range, lat > 90 ...)
     unknown_field   a top-level field that is not part of the envelope
+    too_deep        ``attrs`` nests objects/arrays deeper than MAX_NESTING levels
+    ts_out_of_bounds  the event time is further from the message's Kafka timestamp than
+                    BYPASS_MAX_FUTURE_MS (ahead) or BYPASS_MAX_PAST_MS (behind) allow: one
+                    far-future time would otherwise reject a key's every later event as late
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import hashlib
 import hmac
 import math
 import re
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -46,9 +50,12 @@ from features.errors import BypassError
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
+    "MAX_NESTING",
     "EnvelopeDecoder",
     "InvalidEvent",
     "InvalidEventError",
+    "check_event_time",
+    "decoder_from_settings",
     "hash_phone",
     "normalize_phone",
     "validate",
@@ -57,6 +64,9 @@ __all__ = [
 DEFAULT_MAX_EVENT_BYTES: Final = 65_536
 MAX_ID_CHARS: Final = 256
 MAX_TS_MS: Final = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+#: levels of objects/arrays ``attrs`` may nest (JSON encoders recurse; orjson stops at 255)
+MAX_NESTING: Final = 32
 
 REQUIRED: Final = ("event_id", "type", "ts", "user_id")
 OPTIONAL_STR: Final = ("device_id", "ip", "phone")
@@ -160,6 +170,53 @@ def _check_geo(event: dict[str, Any]) -> None:
         raise _fail("wrong_type", f"field 'geo.city' must be a string, got {type(city).__name__}", "geo")
 
 
+def _too_deep(value: dict[str, Any], limit: int) -> bool:
+    """True when ``value`` holds objects/arrays nested more than ``limit`` levels."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def check_event_time(
+    ts: int, kafka_ts_ms: int | None, max_future_ms: int, max_past_ms: int, *, now_ms: int | None = None
+) -> None:
+    """The event time must lie within the bounds around its message's Kafka timestamp
+    (0 = no bound; no timestamp = nothing to check), and no further ahead of ``now_ms``
+    (the reader's clock) than ``max_future_ms``: a producer that stamps messages with the
+    event time (the SDK does) carries a far-future time in both."""
+    if max_future_ms and now_ms is not None and ts - now_ms > max_future_ms:
+        raise _fail(
+            "ts_out_of_bounds",
+            f"event time {ts} is {ts - now_ms} ms ahead of the clock ({now_ms}), more than "
+            f"BYPASS_MAX_FUTURE_MS={max_future_ms}",
+            "ts",
+        )
+    if kafka_ts_ms is None or kafka_ts_ms < 0:
+        return
+    if max_future_ms and ts - kafka_ts_ms > max_future_ms:
+        raise _fail(
+            "ts_out_of_bounds",
+            f"event time {ts} is {ts - kafka_ts_ms} ms after the message's Kafka timestamp "
+            f"{kafka_ts_ms}, more than BYPASS_MAX_FUTURE_MS={max_future_ms}",
+            "ts",
+        )
+    if max_past_ms and kafka_ts_ms - ts > max_past_ms:
+        raise _fail(
+            "ts_out_of_bounds",
+            f"event time {ts} is {kafka_ts_ms - ts} ms before the message's Kafka timestamp "
+            f"{kafka_ts_ms}, more than BYPASS_MAX_PAST_MS={max_past_ms} (a producer that does "
+            "not stamp messages with the event time needs a larger bound, or 0)",
+            "ts",
+        )
+
+
 def validate(event: Any) -> dict[str, Any]:
     """Check a decoded event in place and return it (null optional fields dropped).
 
@@ -198,6 +255,8 @@ def validate(event: Any) -> dict[str, Any]:
         event.pop("attrs", None)
     elif not isinstance(attrs, dict):
         raise _fail("wrong_type", f"field 'attrs' must be an object, got {type(attrs).__name__}", "attrs")
+    elif _too_deep(attrs, MAX_NESTING):
+        raise _fail("too_deep", f"field 'attrs' nests deeper than {MAX_NESTING} levels", "attrs")
     if "phone" in event:
         normalize_phone(event["phone"])
     return event
@@ -210,19 +269,32 @@ class EnvelopeDecoder:
     the size limit of one raw message.
     """
 
-    __slots__ = ("_key", "max_bytes")
+    __slots__ = ("_key", "max_bytes", "max_future_ms", "max_past_ms")
 
-    def __init__(self, phone_key: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self,
+        phone_key: bytes,
+        *,
+        max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_future_ms: int = 0,
+        max_past_ms: int = 0,
+    ) -> None:
         if not phone_key:
             raise ValueError("phone_key must not be empty")
         self._key = phone_key
         self.max_bytes = max_bytes
+        self.max_future_ms = max_future_ms
+        self.max_past_ms = max_past_ms
 
     def __repr__(self) -> str:  # never show the key
         return f"EnvelopeDecoder(max_bytes={self.max_bytes})"
 
-    def decode(self, raw: bytes | None) -> dict[str, Any]:
-        """Decode, validate and hash; raise InvalidEventError with a reason."""
+    def decode(
+        self, raw: bytes | None, kafka_ts_ms: int | None = None, *, now_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Decode, validate and hash; raise InvalidEventError with a reason.  With the
+        message's Kafka timestamp (and the clock), the event time is checked against the
+        bounds too."""
         if raw is None:
             raise _fail("not_json", "the message has no value (tombstone)")
         if len(raw) > self.max_bytes:
@@ -231,7 +303,10 @@ class EnvelopeDecoder:
             event = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise _fail("not_json", f"not valid JSON: {exc}") from None
-        return self.prepare(event)
+        checked = self.prepare(event)
+        if (kafka_ts_ms is not None or now_ms is not None) and (self.max_future_ms or self.max_past_ms):
+            check_event_time(checked["ts"], kafka_ts_ms, self.max_future_ms, self.max_past_ms, now_ms=now_ms)
+        return checked
 
     def prepare(self, event: Any) -> dict[str, Any]:
         """Validate an already decoded event and hash its phone (in place)."""
@@ -240,3 +315,24 @@ class EnvelopeDecoder:
         if phone is not None:
             checked["phone"] = hash_phone(phone, self._key)
         return checked
+
+
+class _DecoderSettings(Protocol):
+    @property
+    def event_max_bytes(self) -> int: ...
+    @property
+    def max_future_ms(self) -> int: ...
+    @property
+    def max_past_ms(self) -> int: ...
+
+    def require_phone_hash_key(self) -> bytes: ...
+
+
+def decoder_from_settings(settings: _DecoderSettings) -> EnvelopeDecoder:
+    """The decoder the live ingest and replay use (one place for its settings)."""
+    return EnvelopeDecoder(
+        settings.require_phone_hash_key(),
+        max_bytes=settings.event_max_bytes,
+        max_future_ms=settings.max_future_ms,
+        max_past_ms=settings.max_past_ms,
+    )

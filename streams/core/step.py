@@ -32,6 +32,10 @@ snapshot: exactly the events whose processing raises become dead letters
 (``processing_error``, :mod:`streams.core.deadletter`), and the key's state is the state
 after its other events.  That outcome does not depend on how events were batched, so
 live and replay dead-letter the same events.
+
+Dependencies.  A dependency that does not answer (Redis for ``in_list``: a
+:class:`sinks.base.SinkBackpressureError`) is not the events' fault: the call raises it
+with nothing saved (decoded states forgotten), and the driver retries the same keys later.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import Generic, Protocol, TypeVar
 import orjson
 
 import features
+from sinks.base import SinkBackpressureError
 from sinks.records import BlacklistRecord, HitRecord
 from streams.core.deadletter import DeadLetter, processing_failure
 from streams.core.order import SourceEvent
@@ -201,17 +206,26 @@ class BatchStep:
         try:
             results = self.processor.process_many(entity, batches, evaluate_from_ms=self.evaluate_from_ms)
             outs = [self._encode(entity, r) for r in results]
+        except SinkBackpressureError:
+            self._forget(entity, batches, store)
+            raise
         except Exception:
             log.warning(
                 "processing a batch of %d %s keys raised; redoing them one by one", len(batches), entity
             )
-            outs = []
-            for batch, raw in zip(batches, stored, strict=True):
-                store.forget(entity, batch.key)
-                outs.append(self._isolate(entity, batch.key, raw, batch.events, result))
+            self._forget(entity, batches, store)
+            outs = [
+                self._isolate(entity, batch.key, raw, batch.events, result)
+                for batch, raw in zip(batches, stored, strict=True)
+            ]
         for out, raw in zip(outs, stored, strict=True):
             self._commit(entity, out, raw, store, result)
         return result
+
+    @staticmethod
+    def _forget(entity: str, batches: Sequence[KeyBatch], store: StateStore) -> None:
+        for batch in batches:  # their decoded states may be half-applied
+            store.forget(entity, batch.key)
 
     def _encode(self, entity: str, r: KeyResult) -> _KeyOut:
         dumps = orjson.dumps
@@ -250,6 +264,8 @@ class BatchStep:
             return self._encode(
                 entity, process(entity, [KeyBatch(key, raw, events)], evaluate_from_ms=evaluate_from_ms)[0]
             )
+        except SinkBackpressureError:
+            raise
         except Exception:
             log.warning("processing %s %r raised; redoing its %d events one by one", entity, key, len(events))
         out = _KeyOut(key=key, changed=False, data=None, state=None, hits=[], blacklist=[], late=[])
@@ -260,6 +276,8 @@ class BatchStep:
                     entity,
                     process(entity, [KeyBatch(key, good, [source])], evaluate_from_ms=evaluate_from_ms)[0],
                 )
+            except SinkBackpressureError:
+                raise
             except Exception as exc:
                 log.exception(
                     "processing event %s for %s %r failed; it goes to the DLQ",

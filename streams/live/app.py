@@ -71,10 +71,11 @@ import orjson
 from faust.types import TP as FaustTP
 
 import features
+from sinks.base import SinkBackpressureError
 from sinks.records import blacklist_key
 from streams.core import kafka
 from streams.core.deadletter import DeadLetter, invalid_message
-from streams.core.envelope import EnvelopeDecoder, InvalidEventError
+from streams.core.envelope import InvalidEventError, decoder_from_settings
 from streams.core.order import OrderBuffer, RunningMax, SourceEvent, bound_of, merge_sources
 from streams.core.processor import Processor
 from streams.core.step import BatchStep, StepResult, group_by_key
@@ -169,6 +170,11 @@ class _PartitionOrder:
         return orjson.dumps([[t, p, top, nxt] for (t, p), (top, nxt, _) in sorted(self.progress.items())])
 
 
+def _unexpected(exc: Exception) -> InvalidEventError:
+    """An unexpected failure on one raw message, as a dead-letter reason (``ingest_error``)."""
+    return InvalidEventError(f"{type(exc).__name__}: {exc}", reason="ingest_error")
+
+
 class TableStore:
     """The :class:`streams.core.step.StateStore` of one entity agent: its Faust table, plus
     an LRU of decoded states (``cache_keys``) valid while the table holds the bytes they
@@ -253,7 +259,7 @@ class Pipeline:
         self.settings = settings
         self.processor = processor
         self.metrics = metrics or Metrics()
-        self.decoder = EnvelopeDecoder(settings.require_phone_hash_key(), max_bytes=settings.event_max_bytes)
+        self.decoder = decoder_from_settings(settings)
         self.spec = processor.spec
         self.entities: list[str] = list(self.spec.entities)
         self.partitions = settings.topic_partitions
@@ -358,16 +364,20 @@ class Pipeline:
         """Decode a batch of raw messages; return bundle entries per (entity, partition).
 
         Each valid event gets its event-time order key from its partition's running
-        maximum (:class:`streams.core.order.RunningMax`); invalid messages become dead
-        letters in the ingest outbox.
+        maximum (:class:`streams.core.order.RunningMax`).  Whatever fails for one message -
+        decoding, validation, or anything unexpected - makes that message a dead letter in
+        the ingest outbox; the others go on.
         """
         decode = self.decoder.decode
         n = self.partitions
         clock = self.clock
         next_offset = self._next_offset
+        entity_keys = self.spec.entity_keys
         per_source: dict[tuple[str, int], list[SourceEvent]] = defaultdict(list)
-        eff: dict[int, int] = {}  # id(source) -> the running maximum its key starts with
+        # id(source) -> (the running maximum its key starts with, its event as JSON, its keys)
+        prepared: dict[int, tuple[int, bytes, list[tuple[str, str]]]] = {}
         counts: dict[str, int] = defaultdict(int)
+        now_ms = time.time_ns() // 1_000_000
         for message in messages:
             topic, partition, offset = message.topic, message.partition, message.offset
             counts[topic] += 1
@@ -376,13 +386,16 @@ class Pipeline:
                 self._init_source(tp)
             next_offset[tp] = offset + 1
             self._delivered.add(tp)
-            timestamp_ms = round(message.timestamp * 1000)
+            timestamp_ms = round(message.timestamp * 1000) if message.timestamp else None
             try:
-                event = decode(message.value)
-            except InvalidEventError as exc:
+                event = decode(message.value, timestamp_ms, now_ms=now_ms)
+                keys = [(entity, str(key)) for entity, key in entity_keys(event)]
+                fragment = orjson.dumps(event)
+            except Exception as exc:
+                error = exc if isinstance(exc, InvalidEventError) else _unexpected(exc)
                 self._send_dead_letter(
                     invalid_message(
-                        exc,
+                        error,
                         key=message.key,
                         value=message.value,
                         topic=topic,
@@ -393,10 +406,11 @@ class Pipeline:
                     ),
                     "ingest",
                 )
-                log.warning("DLQ %s[%s]@%s: %s (%s)", topic, partition, offset, exc.reason, exc.message)
+                log.warning("DLQ %s[%s]@%s: %s (%s)", topic, partition, offset, error.reason, error.message)
                 continue
             source = SourceEvent(event, topic, partition, offset, timestamp_ms)
-            eff[id(source)] = clock.key(topic, partition, offset, event["ts"])[0]
+            top = clock.key(topic, partition, offset, event["ts"])[0]
+            prepared[id(source)] = (top, fragment, keys)
             per_source[tp].append(source)
         events_in = self.metrics.events_in
         for topic, count in counts.items():
@@ -405,12 +419,9 @@ class Pipeline:
         partition_of = self._partition_of
         if len(partition_of) > 500_000:
             partition_of.clear()
-        fragments: dict[int, bytes] = {}  # id(source) -> its event as JSON, encoded once for all entities
-        for entity, pairs in self.step.fan_out(merge_sources(per_source.values())).items():
-            for key, source in pairs:
-                fragment = fragments.get(id(source))
-                if fragment is None:
-                    fragment = fragments[id(source)] = orjson.dumps(source.event)
+        for source in merge_sources(per_source.values()):
+            top, fragment, keys = prepared[id(source)]
+            for entity, key in keys:
                 part = partition_of.get(key)
                 if part is None:
                     part = partition_of[key] = bundle_partition(key.encode(), n)
@@ -422,7 +433,7 @@ class Pipeline:
                             source.partition,
                             source.offset,
                             source.timestamp_ms,
-                            eff[id(source)],
+                            top,
                             orjson.Fragment(fragment),
                         ]
                     )
@@ -688,11 +699,36 @@ class Pipeline:
             chunk.append(key_events)
             size += len(key_events[1])
             if size >= slice_events:
-                self.process_keys(entity, chunk)
+                await self._process_keys_until_done(entity, chunk)
                 chunk, size = [], 0
                 await asyncio.sleep(0)
         if chunk:
-            self.process_keys(entity, chunk)
+            await self._process_keys_until_done(entity, chunk)
+
+    async def _process_keys_until_done(
+        self, entity: str, items: Sequence[tuple[str, Sequence[SourceEvent]]]
+    ) -> None:
+        """A dependency that does not answer is backpressure, never data loss: the same keys
+        are retried with back-off (0.5 s doubling to 30 s), nothing of theirs is saved or
+        acknowledged meanwhile, and the outcome is that of a run without the outage."""
+        delay = 0.5
+        waiting = False
+        try:
+            while True:
+                try:
+                    self.process_keys(entity, items)
+                    return
+                except SinkBackpressureError as exc:
+                    self.metrics.dependency_retries.labels(entity=entity).inc()
+                    self.metrics.dependency_waiting.set(1)
+                    waiting = True
+                    log.warning("%s; retrying %d %s keys in %.1f s", exc.message, len(items), entity, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+        finally:
+            if waiting:
+                self.metrics.dependency_waiting.set(0)
+                log.warning("%s keys processed again after the dependency answered", entity)
 
     def process_keys(self, entity: str, items: Sequence[tuple[str, Sequence[SourceEvent]]]) -> StepResult:
         """Run the batch step over some keys; their records go to the agent's outbox."""
@@ -750,6 +786,25 @@ class Pipeline:
         if result.late:
             m.late.labels(entity=entity).inc(len(result.late))
 
+    def eviction_time(self) -> int | None:
+        """The event time eviction sweeps at: the smallest running maximum over every raw
+        partition (as the ordering reports tell), so one outlier in one partition cannot
+        move it; without those reports (ordering off), the largest event time processed."""
+        if not self.settings.event_time_order:
+            return self.watermark_ms
+        best: dict[tuple[str, int], int] = {}
+        idle: set[tuple[str, int]] = set()  # caught up without any event yet: no time to give
+        for order in self._orders.values():
+            for tp, (top, _nxt, caught) in order.progress.items():
+                if top is not None and (tp not in best or top > best[tp]):
+                    best[tp] = top
+                elif top is None and caught:
+                    idle.add(tp)
+        sources = [tp for tp in (self._raw_sources or list(best)) if tp not in idle or tp in best]
+        if not sources or any(tp not in best for tp in sources):
+            return None
+        return min(best[tp] for tp in sources)
+
     def _owned_partitions(self, entity: str) -> set[int]:
         """Partitions of ``entity``'s repartition topic (= of its table) actively assigned to
         this worker; a standby copy of another worker's partition is never swept."""
@@ -763,7 +818,7 @@ class Pipeline:
         the partition drops the key too) and drops the key from the decoded-state cache.
         Only keys of partitions this worker owns are swept.  Returns how many went.
         """
-        now_ms = self.watermark_ms
+        now_ms = self.eviction_time()
         if now_ms is None:
             return 0
         table = self.tables[entity]

@@ -21,6 +21,10 @@ bypass_order_paused_partitions              gauge                        source 
 bypass_order_pauses_total                   counter                      times the cap paused sources
 bypass_order_out_of_order_total             counter    entity            events that arrived below
                                                                          what was already released
+bypass_dependency_retries_total             counter    entity            batches retried because a
+                                                                         dependency (Redis lists) did
+                                                                         not answer
+bypass_dependency_waiting                   gauge                        1 while a batch waits for one
 bypass_ruleset_info                         gauge      version           1 for the active version
 bypass_ruleset_swaps_total                  counter                      rule sets activated
 bypass_ruleset_rejected_total               counter                      broken sets seen on the topic
@@ -89,6 +93,15 @@ class Metrics:
             "(a caught-up source that had no data yet, or a change of partition owner)",
             ["entity"],
             registry=r,
+        )
+        self.dependency_retries = Counter(
+            "bypass_dependency_retries",
+            "batches retried because a dependency (Redis lists) did not answer",
+            ["entity"],
+            registry=r,
+        )
+        self.dependency_waiting = Gauge(
+            "bypass_dependency_waiting", "1 while a batch waits for a dependency to answer", registry=r
         )
         self.ruleset_info = Gauge(
             "bypass_ruleset_info", "1 for the active rule-set version", ["version"], registry=r

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -136,9 +137,17 @@ class ReplayReader:
         self.ends: dict[TP, int] = {}
         self.marks: dict[TP, tuple[int, int]] = {}
         self.finished = False  # True once every partition was read to its end
+        self.clock = RunningMax()  # each partition's running maximum of event time
 
     def close(self) -> None:
         self.consumer.close()
+
+    def eviction_time(self) -> int | None:
+        """The smallest running maximum of event time over the partitions read: one outlier
+        in one partition cannot move it (what the live workers evict at, too)."""
+        tops = [self.clock.peek(*tp) for tp in self.partitions]
+        known = [top for top in tops if top is not None]
+        return min(known) if known and len(known) == len(tops) else None
 
     # --- set-up ----------------------------------------------------------------
     def discover(self) -> list[TP]:
@@ -209,7 +218,7 @@ class ReplayReader:
         consumer = self.consumer
         tps = self.partitions
         order: OrderBuffer[TP, Record] = OrderBuffer(tps)
-        clock = RunningMax()
+        clock = self.clock = RunningMax()
         finished: set[TP] = set()
 
         def finish(tp: TP) -> None:
@@ -241,6 +250,7 @@ class ReplayReader:
                     idle_polls = 0
             else:
                 messages = []
+            now_ms = time.time_ns() // 1_000_000
             for m in messages:
                 err = m.error()
                 tp = (str(m.topic()), int(m.partition() or 0))
@@ -268,7 +278,7 @@ class ReplayReader:
                 raw = m.value()
                 offset = int(m.offset() or 0)
                 try:
-                    event = decode(raw)
+                    event = decode(raw, kts, now_ms=now_ms)
                 except InvalidEventError as exc:
                     # a malformed message keeps its place, and moves no partition's clock
                     # (the live ingest dead-letters it before it reaches the clock)

@@ -56,12 +56,13 @@ from confluent_kafka import Producer as KafkaProducer
 import features
 import rules
 from features import format_duration, format_ms, parse_duration_ms
+from sinks.base import SinkBackpressureError
 from streams.core.assembly import build_processor, load_for_spec, load_spec
 from streams.core.deadletter import DeadLetter, invalid_message
-from streams.core.envelope import EnvelopeDecoder, InvalidEventError
+from streams.core.envelope import InvalidEventError, decoder_from_settings
 from streams.core.order import SourceEvent
 from streams.core.processor import Processor
-from streams.core.step import BatchStep, MemoryStore
+from streams.core.step import BatchStep, MemoryStore, StepResult
 from streams.replay.checkpoint import TP, Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from streams.replay.compare import clickhouse_client, count_live_hits, read_live_hits
 from streams.replay.options import (
@@ -84,6 +85,9 @@ from streams.settings import Settings
 __all__ = ["Replay", "iter_hits_jsonl"]
 
 log = logging.getLogger(__name__)
+
+#: step attempts while a dependency does not answer (back-off 0.5 s doubling to 15 s: ~2 min)
+DEPENDENCY_ATTEMPTS = 12
 
 
 def _sha(text: str | bytes) -> str:
@@ -274,7 +278,7 @@ class Replay:
         chunk_size = int(params.get("chunk") or settings.replay_batch_size)
         ckpt_path = checkpoint_path(Path(settings.state_dir), run_id)
 
-        decoder = EnvelopeDecoder(settings.require_phone_hash_key(), max_bytes=settings.event_max_bytes)
+        decoder = decoder_from_settings(settings)
         step = BatchStep(processor, evaluate_from_ms=from_ms)
         store = MemoryStore(settings.state_cache_keys)
         stats = ReplayStats.from_dict(checkpoint.stats) if checkpoint else ReplayStats()
@@ -376,6 +380,24 @@ class Replay:
                     dlq_producer.poll(0)
                     stats.dlq_sent += 1
 
+            def run_step(sources: list[SourceEvent]) -> StepResult:
+                """The step, retried with back-off while a dependency (Redis lists) does not
+                answer: after about two minutes the replay stops with its checkpoint."""
+                delay = 0.5
+                for attempt in range(DEPENDENCY_ATTEMPTS):
+                    try:
+                        return step.run(sources, store)
+                    except SinkBackpressureError as exc:
+                        if attempt == DEPENDENCY_ATTEMPTS - 1:
+                            raise ReplayError(
+                                f"{exc.message}; the replay stopped: run it again with --resume "
+                                "(from its last checkpoint) once the dependency answers"
+                            ) from exc
+                        self._warn(f"{exc.message}; retrying in {delay:.1f} s")
+                        time.sleep(delay)
+                        delay = min(delay * 2, 15.0)
+                raise AssertionError("unreachable")  # pragma: no cover
+
             def process(chunk: list[Record]) -> None:
                 sources: list[SourceEvent] = []
                 for rec in chunk:
@@ -411,7 +433,7 @@ class Replay:
                     if stats.max_ts_ms is None or ts > stats.max_ts_ms:
                         stats.max_ts_ms = ts
                     sources.append(SourceEvent(event, rec.topic, rec.partition, rec.offset, rec.timestamp_ms))
-                result = step.run(sources, store)
+                result = run_step(sources)
                 stats.applied += result.applied
                 stats.duplicates += result.duplicates
                 stats.late_rejected += len(result.late)
@@ -435,8 +457,8 @@ class Replay:
                     self._on_chunk(stats)
 
             def evict() -> None:
-                now_ms = stats.max_ts_ms
-                if not now_ms:
+                now_ms = reader.eviction_time()
+                if now_ms is None:
                     return
                 for entity in step.entities:
                     for key in store.keys(entity):

@@ -12,15 +12,29 @@ from hypothesis import strategies as st
 
 from features.errors import BypassError
 from streams.core.envelope import (
+    MAX_NESTING,
     EnvelopeDecoder,
     InvalidEvent,
     InvalidEventError,
+    check_event_time,
     hash_phone,
     normalize_phone,
     validate,
 )
 
 KEY = b"test-key"
+#: every reason code the decoder may give (the envelope module's table)
+REASONS = {
+    "too_large",
+    "not_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "bad_value",
+    "unknown_field",
+    "too_deep",
+    "ts_out_of_bounds",
+}
 
 
 def good(**over: object) -> dict[str, object]:
@@ -197,3 +211,84 @@ def test_arbitrary_objects_valid_or_clear_reason(obj: dict[str, object]) -> None
     else:
         assert isinstance(event["ts"], int)
         assert str(event.get("phone", "ph_")).startswith("ph_")
+
+
+def test_deeply_nested_attrs_are_refused_before_anything_recurses_on_them() -> None:
+    """A 700-byte event with 300 nested arrays passed validation, then orjson.dumps raised in
+    the ingest outside any try and the whole batch was lost."""
+    raw = (
+        b'{"event_id":"deep1","type":"login","ts":1763856060000,"user_id":"u-a","attrs":{"x":'
+        + b"[" * 300
+        + b"]" * 300
+        + b"}}"
+    )
+    assert len(raw) < 700
+    assert reason_of(raw) == "too_deep"
+    nested: object = 1
+    for _ in range(MAX_NESTING - 1):
+        nested = [nested]
+    event = EnvelopeDecoder(KEY).decode(orjson.dumps(good(attrs={"x": nested})))
+    assert orjson.loads(orjson.dumps(event))["attrs"]["x"] == nested  # at the bound: fine, and it encodes
+    assert reason_of(orjson.dumps(good(attrs={"x": [nested]}))) == "too_deep"
+
+
+def test_event_time_must_lie_near_the_kafka_timestamp() -> None:
+    """One far-future time (year 9999) made every later event of its key late for good."""
+    decoder = EnvelopeDecoder(KEY, max_future_ms=3_600_000, max_past_ms=86_400_000)
+    kafka_ts = 1_763_856_000_000
+    raw = orjson.dumps(good(ts=253_402_300_799_999))
+    with pytest.raises(InvalidEventError) as info:
+        decoder.decode(raw, kafka_ts)
+    assert info.value.reason == "ts_out_of_bounds" and "BYPASS_MAX_FUTURE_MS" in info.value.message
+    with pytest.raises(InvalidEventError, match="BYPASS_MAX_PAST_MS"):
+        decoder.decode(orjson.dumps(good(ts=kafka_ts - 86_400_001)), kafka_ts)
+    assert decoder.decode(orjson.dumps(good(ts=kafka_ts + 3_600_000)), kafka_ts)["ts"] == kafka_ts + 3_600_000
+    assert decoder.decode(raw)["ts"] == 253_402_300_799_999  # no Kafka timestamp: nothing to compare
+    check_event_time(5, None, 1, 1)  # no timestamp: no check
+    check_event_time(10**12, 0, 0, 0)  # 0 = no bound
+
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=False),
+        st.text(max_size=5),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        json_values.map(orjson.dumps),
+        json_values.map(lambda v: orjson.dumps(good(attrs={"v": v}))),
+    )
+)
+def test_fuzz_any_bytes_give_a_valid_event_or_a_reasoned_rejection(raw: bytes) -> None:
+    """Whatever the bytes: a validated event that encodes again, or InvalidEventError with a
+    documented reason - never another exception."""
+    try:
+        event = EnvelopeDecoder(KEY, max_future_ms=3_600_000).decode(raw, 1_763_856_000_000)
+    except InvalidEventError as exc:
+        assert exc.reason in REASONS and exc.message
+    else:
+        assert isinstance(event, dict) and isinstance(event["ts"], int)
+        orjson.dumps(event)  # what the ingest does next
+
+
+def test_a_far_future_time_stamped_as_its_own_kafka_time_is_caught_by_the_clock() -> None:
+    """The SDK stamps messages with the event time: a year-9999 event carries it twice."""
+    decoder = EnvelopeDecoder(KEY, max_future_ms=3_600_000)
+    raw = orjson.dumps(good(ts=253_402_300_799_999))
+    now = 1_763_856_000_000
+    with pytest.raises(InvalidEventError, match="ahead of the clock") as info:
+        decoder.decode(raw, 253_402_300_799_999, now_ms=now)
+    assert info.value.reason == "ts_out_of_bounds"
+    assert decoder.decode(orjson.dumps(good(ts=now + 60_000)), now + 60_000, now_ms=now)["ts"] == now + 60_000
