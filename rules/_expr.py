@@ -1079,6 +1079,15 @@ class _Compiler:
         ok = self._numeric(n.left, left, f"`{symbol}`") & self._numeric(n.right, right, f"`{symbol}`")
         if not ok:
             return _T(_NO_FN, ANY, True)
+        if (
+            right.const
+            and isinstance(n.op, ast.Div | ast.Mod | ast.FloorDiv)
+            and isinstance(right.value, int | float)
+            and not isinstance(right.value, bool)
+            and right.value == 0
+        ):
+            # it would fail on every event, and a failing rule is reported as a hit with an error
+            return self.problem(n, f"`{symbol}` by a constant zero always fails", "divide by something else")
         if right.const and not left.const:
             fn = _arith_const(left.fn, right.value, opf, symbol)
         else:

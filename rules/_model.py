@@ -52,6 +52,10 @@ RULE_KEYS: Final = (
 TOP_KEYS: Final = ("decisions", "description", "rules", "version")
 MAX_SCORE: Final = 1_000_000
 MAX_PRIORITY: Final = 1_000_000
+#: a rule set's size limits, checked before anything is compiled (a YAML alias can make a
+#: small file expand into thousands of rules that take seconds to validate in every worker)
+MAX_RULES: Final = 1_000
+MAX_RULESET_BYTES: Final = 1_048_576
 
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
 
@@ -874,12 +878,40 @@ def load_ruleset(
     file in messages. Raises :class:`RuleSetError` naming every problem with
     rule id, line and column.
     """
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > MAX_RULESET_BYTES:
+        raise RuleSetError(
+            [
+                Problem(
+                    None,
+                    1,
+                    1,
+                    f"the rule set is {size:,} bytes, above the limit of {MAX_RULESET_BYTES:,}",
+                    "split it or shorten it",
+                )
+            ],
+            source=source,
+        )
     try:
         data, positions, duplicates = parse_yaml(text)
     except YamlProblem as exc:
         raise RuleSetError(
             [Problem(None, exc.line, exc.col, exc.message, "fix the YAML syntax")], source=source
         ) from None
+    raw_rules = data.get("rules") if isinstance(data, dict) else None
+    if isinstance(raw_rules, list) and len(raw_rules) > MAX_RULES:
+        raise RuleSetError(
+            [
+                Problem(
+                    None,
+                    1,
+                    1,
+                    f"the rule set has {len(raw_rules):,} rules, above the limit of {MAX_RULES:,}",
+                    "merge rules or split the set",
+                )
+            ],
+            source=source,
+        )
     dup_problems = [
         Problem(
             _rule_id_at(data, path),

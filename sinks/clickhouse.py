@@ -117,7 +117,14 @@ def split_features(features: Any) -> tuple[dict[str, float | None], dict[str, st
         elif isinstance(value, str):
             texts[name] = str(value)
         else:
-            texts[name] = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+            try:
+                texts[name] = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+            except TypeError as exc:  # nested beyond what JSON encoders recurse, or not JSON at all
+                raise RecordError(
+                    f"feature {name!r} cannot be stored as JSON text: {exc}",
+                    reason="bad_value",
+                    field="features",
+                ) from None
     return numbers, texts
 
 

@@ -24,6 +24,7 @@ Reason codes written by the sinks (the ingest codes of :mod:`streams.core.envelo
     bad_value               right type, unusable value (empty id, out of range, not finite)
     unknown_topic           the sink has no table for the record's topic
     rejected_by_clickhouse  ClickHouse refused the row for its data (constraint, parse)
+    unconvertible           converting the record failed in an unforeseen way (never stops the sink)
 """
 
 from __future__ import annotations

@@ -435,4 +435,8 @@ class SinkRunner:
             self.sink.add(record)
         except RecordError as exc:
             self.dead_letter(record, exc, msg.headers())
+        except Exception as exc:  # no record may stop a sink: whatever else fails, it is this record's
+            log.exception("%s: record %s[%s]@%s could not be converted", self.name, topic, partition, offset)
+            failure = RecordError(f"{type(exc).__name__}: {exc}", reason="unconvertible")
+            self.dead_letter(record, failure, msg.headers())
         self._next_offsets[(topic, partition)] = offset + 1

@@ -20,9 +20,16 @@ from features.errors import ConfigError
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
+_SECRET_PARAMS = re.compile(r"([?&](?:password|passwd|pwd|secret|token|access_token|api_key)=)[^&#]*", re.I)
+
+
 def mask_url(url: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:****@host`` (for logs and printing)."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1****@", url)
+    """``scheme://user:secret@host`` -> ``scheme://user:****@host``, and secret query
+    parameters (``?password=x``) -> ``?password=****`` (for logs and printing).  The
+    password part runs to the *last* ``@`` before the path, so one holding an unencoded
+    ``/`` or ``@`` is masked whole."""
+    masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:).*@(?=[^@]*$)", r"\1****@", url)
+    return _SECRET_PARAMS.sub(r"\1****", masked)
 
 
 class Settings(BaseSettings):

@@ -44,6 +44,7 @@ __all__ = [
     "RulesFollower",
     "publish_ruleset",
     "read_versions",
+    "topic_order",
 ]
 
 log = logging.getLogger("bypass.rules")
@@ -145,8 +146,14 @@ def _catch_up(
         record = parse(msg)
         if record is not None:
             records.append(record)
-    records.sort(key=lambda r: (r.published_ms, r.offset))
+    records.sort(key=topic_order)
     return records, pending
+
+
+def topic_order(record: RuleSetRecord) -> int:
+    """The one order of versions: the topic's (offset). A publisher's clock (``published_ms``)
+    never decides: a start and a running worker must agree on the latest version."""
+    return record.offset
 
 
 def _parse_quietly(msg: Message) -> RuleSetRecord | None:

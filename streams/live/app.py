@@ -787,23 +787,12 @@ class Pipeline:
             m.late.labels(entity=entity).inc(len(result.late))
 
     def eviction_time(self) -> int | None:
-        """The event time eviction sweeps at: the smallest running maximum over every raw
-        partition (as the ordering reports tell), so one outlier in one partition cannot
-        move it; without those reports (ordering off), the largest event time processed."""
-        if not self.settings.event_time_order:
-            return self.watermark_ms
-        best: dict[tuple[str, int], int] = {}
-        idle: set[tuple[str, int]] = set()  # caught up without any event yet: no time to give
-        for order in self._orders.values():
-            for tp, (top, _nxt, caught) in order.progress.items():
-                if top is not None and (tp not in best or top > best[tp]):
-                    best[tp] = top
-                elif top is None and caught:
-                    idle.add(tp)
-        sources = [tp for tp in (self._raw_sources or list(best)) if tp not in idle or tp in best]
-        if not sources or any(tp not in best for tp in sources):
+        """The event time eviction sweeps at: the largest event time processed, never beyond
+        the clock, so an outlier from the future cannot make every key look stale (such
+        events are dead-lettered at ingest anyway: BYPASS_MAX_FUTURE_MS)."""
+        if self.watermark_ms is None:
             return None
-        return min(best[tp] for tp in sources)
+        return min(self.watermark_ms, time.time_ns() // 1_000_000)
 
     def _owned_partitions(self, entity: str) -> set[int]:
         """Partitions of ``entity``'s repartition topic (= of its table) actively assigned to

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from features import format_duration, format_ms
 from streams.core import kafka
 from streams.core.envelope import EnvelopeDecoder, InvalidEventError
-from streams.core.order import TOP, OrderBuffer, RunningMax, bound_of
+from streams.core.order import TOP, OrderBuffer, RunningMax
 from streams.replay.checkpoint import TP
 from streams.replay.options import ReplayError, retention_gap_ms
 from streams.settings import Settings
@@ -143,11 +143,10 @@ class ReplayReader:
         self.consumer.close()
 
     def eviction_time(self) -> int | None:
-        """The smallest running maximum of event time over the partitions read: one outlier
-        in one partition cannot move it (what the live workers evict at, too)."""
-        tops = [self.clock.peek(*tp) for tp in self.partitions]
-        known = [top for top in tops if top is not None]
-        return min(known) if known and len(known) == len(tops) else None
+        """The event time to evict at: the largest read so far, never beyond the clock (an
+        outlier in the future cannot move it; the live workers do the same)."""
+        tops = [top for top in (self.clock.peek(*tp) for tp in self.partitions) if top is not None]
+        return min(max(tops), time.time_ns() // 1_000_000) if tops else None
 
     # --- set-up ----------------------------------------------------------------
     def discover(self) -> list[TP]:
@@ -304,7 +303,7 @@ class ReplayReader:
                         retention_edge.discard(tp)
                         self._check_retention(tp, select_from_ms, event["ts"])
                 order.add(tp, key, rec)
-                order.advance(tp, bound_of(clock.peek(*tp), tp[0], tp[1], offset + 1, False))
+                order.advance(tp, (key[0], tp[0], tp[1], offset + 1))  # nothing smaller can follow
             pending.extend(order.release())
             while len(pending) >= chunk_size:
                 yield pending[:chunk_size]

@@ -711,6 +711,10 @@ def test_a_producer_without_event_time_stamps_is_detected(rsettings: Settings, n
     with pytest.raises(ReplayError, match="does not stamp messages with the event time"):
         run_replay(rsettings, from_ms=t1, to_ms=t2, rules_file=RULES)
     wide = rsettings.model_copy(update={"replay_skew_ms": 3650 * DAY_MS})
+    # such times are also far behind their Kafka timestamps: refused unless the bound allows
+    with pytest.raises(ReplayError, match="no event with event time in"):  # all ts_out_of_bounds
+        run_replay(wide, from_ms=t1, to_ms=t2, rules_file=RULES)
+    wide = wide.model_copy(update={"max_past_ms": 0})
     full = run_replay(wide, from_ms=t1, to_ms=t2, rules_file=RULES)
     assert full.stats.in_range_events == len(events)
     assert not [w for w in full.warnings if "does not stamp" in w]

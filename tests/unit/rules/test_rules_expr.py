@@ -380,3 +380,16 @@ def test_unbalanced_brackets_are_rejected_even_though_parsing_wraps_in_parenthes
     (p,) = info.value.problems
     assert p.offset == 5 and "unmatched ')'" in p.message
     assert ev("s == ')' and n > 1", {"s": ")", "n": 2}) is True  # brackets inside strings don't count
+
+
+@pytest.mark.parametrize("op", ["/", "%"])
+def test_division_by_a_constant_zero_is_refused_at_load(op: str) -> None:
+    """Before: `when: order_amount_1h / 0 > 1` validated, then failed on every event, and each
+    failure was a hit record (with `error`) that counted in the rollups like a real hit."""
+    import rules
+
+    text = f'version: v\nrules:\n  - {{id: r, entity: user, when: "a {op} 0 > 1", score: 1, label: x}}\n'
+    with pytest.raises(rules.RuleSetError) as info:
+        rules.load_ruleset(text, {"user": {"a": "int"}})
+    [problem] = info.value.problems
+    assert problem.rule_id == "r" and "constant zero" in problem.message

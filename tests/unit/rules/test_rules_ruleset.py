@@ -404,7 +404,12 @@ _guard_rules = st.lists(
         st.sampled_from(["<", "<=", ">", ">=", "==", "!="]),
         st.one_of(st.integers(-2, 6), st.sampled_from([0.5, 2.5])),
         st.sampled_from(
-            ["", " and login_cities_7d != 3", " or property_views_total > 4", " and order_amount_1h / 0 > 1"]
+            [
+                "",
+                " and login_cities_7d != 3",
+                " or property_views_total > 4",
+                " and order_amount_1h / (phone_changes_30d - phone_changes_30d) > 1",
+            ]
         ),
     ),
     min_size=1,

@@ -469,3 +469,23 @@ def test_alias_bomb_in_a_rule_value_is_reported_briefly() -> None:
         rules.load_ruleset("\n".join(lines) + "\n", SCHEMA)
     assert len(info.value.message) < 5000
     assert any("unknown action a list" in p.message for p in info.value.problems)
+
+
+def test_rule_set_size_is_bounded_before_anything_is_compiled() -> None:
+    """Before: 3,000 rules sharing one `when` through a YAML alias took seconds and tens of MB
+    to validate, in every worker's rules follower too."""
+    import time
+
+    import rules
+    from rules._model import MAX_RULES, MAX_RULESET_BYTES
+
+    many = 'version: "v"\nrules:\n  - &r {id: r0, entity: user, when: "a > 1", score: 1, label: x}\n'
+    many += "".join("  - *r\n" for _ in range(MAX_RULES + 500))
+    t0 = time.perf_counter()
+    with pytest.raises(rules.RuleSetError) as info:
+        rules.load_ruleset(many, {"user": {"a": "int"}})
+    assert time.perf_counter() - t0 < 2.0
+    assert "above the limit" in str(info.value.problems[0].message)
+    huge = 'version: "v"\nrules: []\n# ' + "x" * MAX_RULESET_BYTES + "\n"
+    with pytest.raises(rules.RuleSetError, match="bytes"):
+        rules.load_ruleset(huge, {"user": {"a": "int"}})

@@ -202,3 +202,18 @@ def test_hit_values_checked_path_names_the_problem() -> None:
     with pytest.raises(RecordError) as err:
         hit_values(hit)
     assert err.value.reason == "bad_value" and "score" in err.value.message
+
+
+def test_a_feature_nested_too_deep_for_json_is_a_record_error() -> None:
+    import orjson
+    import pytest
+
+    from sinks._sample import sample_hit
+    from sinks.base import RecordError
+    from sinks.clickhouse import hit_values
+
+    hit = sample_hit(1)
+    hit["features"] = {"f": orjson.loads(b"[" * 300 + b"]" * 300)}
+    with pytest.raises(RecordError) as info:
+        hit_values(hit)
+    assert info.value.reason == "bad_value" and "'f'" in info.value.message

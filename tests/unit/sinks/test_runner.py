@@ -229,3 +229,26 @@ def test_pipelined_failed_write_is_retried_before_its_commit() -> None:
     assert sorted(o for w in sink.written for o in w) == list(range(20))
     assert [c[-1][2] for c in consumer.commits] == [10, 20]
     assert stats.failed_flushes >= 2
+
+
+class _ExplodingSink(_Sink):
+    """A sink whose conversion fails on one record in a way nobody foresaw."""
+
+    def add(self, record: SourceRecord) -> None:
+        if record.value == b"boom":
+            raise TypeError("Recursion limit reached")
+        super().add(record)
+
+
+def test_a_record_that_breaks_conversion_is_dead_lettered_and_the_sink_goes_on() -> None:
+    """Before: a TypeError from one hit record stopped `bypass sink clickhouse` on every restart."""
+    msgs = _msgs(5)
+    msgs[2] = _Msg("t", 0, 2, b"boom")
+    consumer, sink, producer = _Consumer(msgs), _ExplodingSink(), _Producer()
+    stats = _runner(consumer, sink, producer).run(idle_exit_s=0.05)
+    assert stats.dead_lettered == 1
+    topic, value, headers = producer.sent[0]
+    assert (topic, value, headers[H_REASON]) == ("dlq", b"boom", b"unconvertible")
+    assert b"Recursion limit" in headers[H_ERROR]
+    assert sink.written == [[0, 1, 3, 4]]
+    assert consumer.commits[-1] == [("t", 0, 5)]

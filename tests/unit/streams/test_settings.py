@@ -61,3 +61,17 @@ def test_a_bad_setting_is_a_one_line_error_naming_the_variable(monkeypatch, caps
     err = capsys.readouterr().err
     assert f"error: invalid setting {name}:" in err
     assert "Traceback" not in err
+
+
+def test_secrets_in_urls_are_masked_however_they_are_written() -> None:
+    """Before: a password in the query string, or one holding an unencoded '/', printed in clear."""
+    from streams.settings import Settings, mask_url
+
+    assert mask_url("redis://:pa/ss@h:6379/0") == "redis://:****@h:6379/0"
+    assert mask_url("http://default:p@ss@h:8123/db") == "http://default:****@h:8123/db"
+    assert mask_url("http://h:8123/?user=a&password=x") == "http://h:8123/?user=a&password=****"
+    assert mask_url("http://h:8123/?token=abc#x") == "http://h:8123/?token=****#x"
+    assert mask_url("redis://h:6379/0") == "redis://h:6379/0"
+    s = Settings(redis_url="redis://:pa/ss@h:6379/0", clickhouse_url="http://h:8123/?password=sekrit")
+    printed = " ".join([repr(s), str(s.masked()), s.model_dump_json()])
+    assert "pa/ss" not in printed and "sekrit" not in printed

@@ -81,3 +81,13 @@ def test_delivery_report_raises_with_reason() -> None:
     with pytest.raises(DeliveryError, match="e1: Broker: timed out") as info:
         report.raise_for_errors()
     assert info.value.fields["failed"] == 2
+
+
+def test_rule_set_versions_follow_the_topic_order_not_the_publishers_clock() -> None:
+    """Before: at start a worker ordered versions by published_ms, a running one by offset;
+    a publisher with its clock in 2100 pinned its version on every restart."""
+    from streams.core.rulestore import topic_order
+
+    skewed = RuleSetRecord(version="v-2100", text="t", published_ms=4_102_444_800_000, source=None, offset=0)
+    later = RuleSetRecord(version="v2", text="t", published_ms=1_763_856_000_000, source=None, offset=1)
+    assert sorted([later, skewed], key=topic_order)[-1].version == "v2"
