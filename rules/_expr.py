@@ -117,7 +117,7 @@ EVENT_FIELD_TYPES: Final[Mapping[tuple[str, ...], str]] = {
 FUNCTIONS: Final = ("abs", "coalesce", "days", "hours", "in_list", "max", "min", "minutes")
 RESERVED: Final = ("event", "false", "null", "true")
 
-_LIST_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+_LIST_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")  # \Z: $ would match before a final newline
 _NUMT: Final = (int, float)
 _SCALARS: Final = (str, int, float, bool)
 

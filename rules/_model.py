@@ -57,7 +57,14 @@ MAX_PRIORITY: Final = 1_000_000
 MAX_RULES: Final = 1_000
 MAX_RULESET_BYTES: Final = 1_048_576
 
-_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
+# What a rule set may name, defined once so nothing that validates can be refused
+# downstream (Redis keeps '|'- and ','-separated fields; \Z, not $, which matches before
+# a final newline).  Rule ids: letters, digits, _ . -; versions and labels: up to 100
+# characters without control characters, '|' or ','.
+_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,99}\Z")
+_NAME = re.compile(r"[^\x00-\x1f\x7f|,]{1,100}\Z")
+#: the longest ttl: expires_at must stay a time every sink can store (ClickHouse: year 2286)
+MAX_TTL_MS: Final = 100 * 365 * 86_400_000
 
 
 class Problem(NamedTuple):
@@ -569,11 +576,12 @@ class _Validator:
             if k not in TOP_KEYS:
                 self.add(None, (k,), f"unknown key {k!r}", _suggest(str(k), TOP_KEYS))
         version = data.get("version")
-        if not isinstance(version, str) or not version.strip() or "\n" in version or len(version) > 100:
+        if not isinstance(version, str) or not version.strip() or not _NAME.match(version):
             self.add(
                 None,
                 ("version",),
-                "version must be a non-empty one-line string (at most 100 characters)",
+                "version must be a non-empty one-line string (at most 100 characters, "
+                "no control characters, '|' or ',')",
                 'quote it, e.g. version: "2026-11-23.1"',
             )
             version = None
@@ -721,12 +729,14 @@ class _Validator:
                 ttl_ms = parse_duration(raw["ttl"])
                 if ttl_ms <= 0:
                     raise ValueError("zero")
+                if ttl_ms > MAX_TTL_MS:
+                    raise ValueError("too long")
             except (ValueError, TypeError, AttributeError):
                 self.add(
                     rule_id,
                     (*base, "ttl"),
                     f"bad ttl {_brief(raw['ttl'])}",
-                    f"use {DURATION_HELP}, more than zero",
+                    f"use {DURATION_HELP}, more than zero and at most 36500d",
                 )
                 ttl_ms = None
         elif action == "blacklist":
@@ -749,8 +759,13 @@ class _Validator:
             self.add(rule_id, (*base, "group"), "group must be a non-empty string")
             group = None
         label = raw.get("label", rule_id)
-        if not isinstance(label, str) or not label.strip() or len(label) > 100:
-            self.add(rule_id, (*base, "label"), "label must be a non-empty string (at most 100 characters)")
+        if not isinstance(label, str) or not label.strip() or not _NAME.match(label):
+            self.add(
+                rule_id,
+                (*base, "label"),
+                "label must be a non-empty string "
+                "(at most 100 characters, no control characters, '|' or ',')",
+            )
             label = rule_id or ""
         description = raw.get("description", "")
         if not isinstance(description, str):
@@ -760,11 +775,15 @@ class _Validator:
         events: tuple[str, ...] | None = None
         if "events" in raw:
             ev = raw["events"]
-            if not isinstance(ev, list) or not ev or not all(isinstance(x, str) and x.strip() for x in ev):
+            if (
+                not isinstance(ev, list)
+                or not ev
+                or not all(isinstance(x, str) and x.strip() and _NAME.match(x) for x in ev)
+            ):
                 self.add(
                     rule_id,
                     (*base, "events"),
-                    "events must be a non-empty list of event types",
+                    "events must be a non-empty list of event types (no control characters, '|' or ',')",
                     "e.g. events: [login, order]; leave it out to evaluate on every event",
                 )
             else:

@@ -445,3 +445,43 @@ def test_guard_index_gives_the_same_evaluation_as_running_every_rule(
     if len(specs) >= saved:
         assert any(p.guards for p in indexed._plans.values())
     assert indexed.evaluate(event(), "user", "u1", feats) == plain.evaluate(event(), "user", "u1", feats)
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "words"),
+    [
+        ("version", '"v1|x"', "version must be"),
+        ("version", '"v1\\u0000"', "version must be"),
+        ("label", '"a|b"', "label must be"),
+        ("label", '"lab\\nel"', "label must be"),
+        ("id", '"r1\\n"', "id must be"),
+        ("events", '["login\\u0000"]', "events must be"),
+        ("ttl", "100000d", "bad ttl"),
+        ("when", '"in_list(\\"x\\\\n\\", event.ip)"', "invalid list name"),
+    ],
+)
+def test_nothing_that_validates_can_be_refused_by_a_sink(where: str, value: str, words: str) -> None:
+    """Before: '|' in a version or label published fine, then the Redis mirror dead-lettered
+    every blacklist entry; 'r1\\n' passed the id regex ($ matches before a final newline);
+    a 100000d ttl gave expires_at past what ClickHouse stores (year 2286)."""
+    import rules
+
+    rule = {
+        "id": '"r1"',
+        "entity": "user",
+        "when": '"a > 1"',
+        "score": "1",
+        "label": "x",
+        "ttl": "1d",
+        "action": "blacklist",
+    }
+    top = {"version": '"v1"'}
+    if where in top:
+        top[where] = value
+    else:
+        rule[where] = value
+    body = ", ".join(f"{k}: {v}" for k, v in rule.items())
+    text = f"version: {top['version']}\nrules:\n  - {{{body}}}\n"
+    with pytest.raises(rules.RuleSetError) as info:
+        rules.load_ruleset(text, {"user": {"a": "int"}})
+    assert any(words in p.message for p in info.value.problems), info.value.problems
