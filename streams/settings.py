@@ -113,6 +113,16 @@ class Settings(BaseSettings):
 
     # --- Live worker (streams/) -------------------------------------------
     event_max_bytes: int = Field(65_536, ge=256, description="size limit of one raw event message")
+    pii_fields: CommaList = Field(
+        ("phone",),
+        description="personal fields hashed at ingest, dotted paths, comma-separated "
+        "(the top-level phone always)",
+    )
+    dlq_retention_ms: int = Field(
+        604_800_000,
+        ge=0,
+        description="retention of the DLQ topic when bypass creates it (0 = the broker's default)",
+    )
     max_future_ms: int = Field(
         3_600_000,
         ge=0,
@@ -183,6 +193,13 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one raw topic is required")
         return tuple(value)
+
+    @field_validator("pii_fields", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        return tuple(value or ())
 
     def _as_text(self, mask: bool) -> dict[str, str | None]:
         out: dict[str, str | None] = {}

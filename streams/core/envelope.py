@@ -19,6 +19,12 @@ HMAC-SHA256(key, normalized number) before anything downstream sees the event.  
 same number written differently (``+86 138-0000-0000`` / ``+8613800000000``) gives the
 same hash, so features over phones stay exact, and the live path and replay agree.
 
+Other personal fields (``BYPASS_PII_FIELDS``: dotted paths such as ``attrs.email``; the
+top-level ``phone`` always) are replaced by ``pii_`` + the first 32 hex digits of
+HMAC-SHA256(key, the value as text) the same way.  A message that is refused keeps its
+original bytes on the DLQ only when they are not a JSON object; otherwise its DLQ copy is
+the object with those fields hashed (:meth:`EnvelopeDecoder.redact`).
+
 Every failure raises :class:`InvalidEventError` whose ``reason`` field is a short code
 (put in the DLQ ``bypass.reason`` header) and whose message says what is wrong.
 
@@ -57,6 +63,7 @@ __all__ = [
     "check_event_time",
     "decoder_from_settings",
     "hash_phone",
+    "hash_pii",
     "normalize_phone",
     "validate",
 ]
@@ -109,6 +116,12 @@ def normalize_phone(phone: str) -> str:
             "phone",
         )
     return text
+
+
+def hash_pii(value: Any, key: bytes) -> str:
+    """``pii_`` + the first 32 hex digits of HMAC-SHA256(key, the value as text)."""
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return "pii_" + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def hash_phone(phone: str, key: bytes) -> str:
@@ -269,7 +282,7 @@ class EnvelopeDecoder:
     the size limit of one raw message.
     """
 
-    __slots__ = ("_key", "max_bytes", "max_future_ms", "max_past_ms")
+    __slots__ = ("_key", "_pii", "max_bytes", "max_future_ms", "max_past_ms")
 
     def __init__(
         self,
@@ -278,6 +291,7 @@ class EnvelopeDecoder:
         max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_future_ms: int = 0,
         max_past_ms: int = 0,
+        pii_fields: tuple[str, ...] = (),
     ) -> None:
         if not phone_key:
             raise ValueError("phone_key must not be empty")
@@ -285,6 +299,8 @@ class EnvelopeDecoder:
         self.max_bytes = max_bytes
         self.max_future_ms = max_future_ms
         self.max_past_ms = max_past_ms
+        # dotted paths of the personal fields besides the top-level phone
+        self._pii = tuple(tuple(p.split(".")) for p in pii_fields if p and p != "phone")
 
     def __repr__(self) -> str:  # never show the key
         return f"EnvelopeDecoder(max_bytes={self.max_bytes})"
@@ -309,15 +325,62 @@ class EnvelopeDecoder:
         return checked
 
     def prepare(self, event: Any) -> dict[str, Any]:
-        """Validate an already decoded event and hash its phone (in place)."""
+        """Validate an already decoded event and hash its personal fields (in place)."""
         checked = validate(event)
         phone = checked.get("phone")
         if phone is not None:
             checked["phone"] = hash_phone(phone, self._key)
+        if self._pii:
+            self._hash_pii(checked)
         return checked
+
+    def _hash_pii(self, obj: dict[str, Any]) -> None:
+        for path in self._pii:
+            parent: Any = obj
+            for part in path[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if isinstance(parent, dict) and parent.get(path[-1]) is not None:
+                parent[path[-1]] = hash_pii(parent[path[-1]], self._key)
+
+    def _holds_pii(self, obj: dict[str, Any]) -> bool:
+        if obj.get("phone") is not None:
+            return True
+        for path in self._pii:
+            node: Any = obj
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                return True
+        return False
+
+    def redact(self, raw: bytes | None) -> bytes | None:
+        """The DLQ copy of a refused message: when it is a JSON object, that object with its
+        personal fields hashed (the phone hashed even when it is not a valid number); else
+        the original bytes, untouched (nothing can be found in them to hash)."""
+        if raw is None or len(raw) > self.max_bytes:
+            return raw
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw
+        if not isinstance(obj, dict) or not self._holds_pii(obj):
+            return raw  # nothing personal in it: byte for byte
+        phone = obj.get("phone")
+        if phone is not None:
+            try:
+                obj["phone"] = hash_phone(phone, self._key)
+            except InvalidEventError:
+                obj["phone"] = hash_pii(phone, self._key)
+        self._hash_pii(obj)
+        try:
+            return orjson.dumps(obj)
+        except TypeError:  # nested too deep to encode again: keep nothing personal, keep the ids
+            return orjson.dumps({k: obj.get(k) for k in ("event_id", "type", "ts", "user_id") if k in obj})
 
 
 class _DecoderSettings(Protocol):
+    @property
+    def pii_fields(self) -> tuple[str, ...]: ...
     @property
     def event_max_bytes(self) -> int: ...
     @property
@@ -335,4 +398,5 @@ def decoder_from_settings(settings: _DecoderSettings) -> EnvelopeDecoder:
         max_bytes=settings.event_max_bytes,
         max_future_ms=settings.max_future_ms,
         max_past_ms=settings.max_past_ms,
+        pii_fields=settings.pii_fields,
     )

@@ -36,6 +36,7 @@ __all__ = [
     "committed_offsets",
     "consumer",
     "end_offsets",
+    "ensure_dlq",
     "ensure_topics",
     "producer",
     "topic_partitions",
@@ -197,6 +198,13 @@ def end_offsets(
     finally:
         client.close()
     return out
+
+
+def ensure_dlq(settings: Settings) -> list[str]:
+    """The DLQ topic, created with BYPASS_DLQ_RETENTION_MS when bypass creates it (it holds
+    what producers sent: keep it no longer than the data may be kept)."""
+    config = {"retention.ms": str(settings.dlq_retention_ms)} if settings.dlq_retention_ms else None
+    return ensure_topics(settings, [settings.dlq_topic], config=config)
 
 
 def topic_partitions(

@@ -102,7 +102,8 @@ def check_schema(client: SchemaClient, database: str) -> None:
 
 def build_runner(settings: Settings, sink: Sink, topics: list[str], name: str, **kwargs: Any) -> SinkRunner:
     """A runner consuming ``topics`` into ``sink`` in consumer group ``<app_id>-sink-<name>``."""
-    kafka.ensure_topics(settings, [*topics, settings.dlq_topic])
+    kafka.ensure_topics(settings, topics)
+    kafka.ensure_dlq(settings)
     consumer = kafka.consumer(
         settings,
         group_id=f"{settings.app_id}-sink-{name}",

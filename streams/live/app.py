@@ -397,7 +397,7 @@ class Pipeline:
                     invalid_message(
                         error,
                         key=message.key,
-                        value=message.value,
+                        value=self.decoder.redact(message.value),
                         topic=topic,
                         partition=partition,
                         offset=offset,

@@ -411,7 +411,7 @@ class Replay:
                             invalid_message(
                                 InvalidEventError(rec.message or "", reason=reason),
                                 key=rec.key,
-                                value=rec.raw,
+                                value=decoder.redact(rec.raw),
                                 topic=rec.topic,
                                 partition=rec.partition,
                                 offset=rec.offset,

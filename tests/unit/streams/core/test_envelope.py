@@ -292,3 +292,32 @@ def test_a_far_future_time_stamped_as_its_own_kafka_time_is_caught_by_the_clock(
         decoder.decode(raw, 253_402_300_799_999, now_ms=now)
     assert info.value.reason == "ts_out_of_bounds"
     assert decoder.decode(orjson.dumps(good(ts=now + 60_000)), now + 60_000, now_ms=now)["ts"] == now + 60_000
+
+
+def test_configured_personal_fields_are_hashed_at_ingest() -> None:
+    """Before: a phone under attrs passed unhashed into the internal topics."""
+    decoder = EnvelopeDecoder(KEY, pii_fields=("phone", "attrs.phone", "attrs.email"))
+    event = decoder.decode(orjson.dumps(good(attrs={"phone": "+8613800000000", "email": "a@b.c", "n": 1})))
+    assert event["attrs"]["phone"].startswith("pii_") and event["attrs"]["email"].startswith("pii_")
+    assert event["attrs"]["n"] == 1 and event["phone"].startswith("ph_")
+    raw = orjson.dumps(event)
+    assert b"8613800000000" not in raw and b"a@b.c" not in raw
+    # the same value always hashes the same (features over it stay exact), another key differently
+    again = decoder.decode(orjson.dumps(good(attrs={"email": "a@b.c"})))
+    assert again["attrs"]["email"] == event["attrs"]["email"]
+
+
+def test_a_refused_message_keeps_no_personal_data_on_the_dlq_when_it_parses() -> None:
+    """Before: the ingest DLQ kept the original bytes, raw phone included."""
+    decoder = EnvelopeDecoder(KEY, pii_fields=("attrs.email",))
+    refused = orjson.dumps({"type": "login", "phone": "+86 138 0000 0000", "attrs": {"email": "a@b.c"}})
+    with pytest.raises(InvalidEventError):
+        decoder.decode(refused)  # no event_id
+    copy = decoder.redact(refused)
+    assert copy is not None and b"138" not in copy and b"a@b.c" not in copy
+    assert orjson.loads(copy)["phone"].startswith("ph_")
+    bad_phone = orjson.dumps({"event_id": "e", "phone": "call me at 555"})
+    assert b"555" not in (decoder.redact(bad_phone) or b"")  # not a number: hashed as text
+    assert decoder.redact(b"{not json") == b"{not json"  # nothing to find: the original bytes
+    plain = b'{"type": "login"}'
+    assert decoder.redact(plain) == plain  # nothing personal: byte for byte
