@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from streams.core import kafka
-from streams.core.envelope import EnvelopeDecoder
+from streams.core.envelope import EnvelopeDecoder, decoder_from_settings
 from streams.local.simulate import SimConfig, Simulator
 from streams.producer import EventProducer
 from streams.replay import (
@@ -241,7 +241,7 @@ def test_live_replay_and_the_batch_step_agree_and_dead_letter_the_same_poison(
     driven from a list give the same hits over one stream, and dead-letter the same poison
     event; replay goes on after it."""
     from streams.core.assembly import build_processor, load_for_spec, load_spec
-    from streams.core.envelope import EnvelopeDecoder
+    from streams.core.envelope import EnvelopeDecoder, decoder_from_settings
     from streams.core.order import SourceEvent
     from streams.core.rulestore import publish_ruleset
     from streams.core.step import BatchStep, MemoryStore
@@ -647,7 +647,10 @@ def test_malformed_messages_are_counted_and_sent_to_the_dlq_only_with_dlq(
     loud = run_replay(rsettings, from_ms=t1, to_ms=t2, rules_file=RULES, dlq=True)
     assert loud.stats.dlq_sent == len(bad)
     dead = read_topic(rsettings, names.dlq_topic)
-    assert sorted(m.value() for m in dead) == sorted(bad)
+    # byte for byte, but for personal fields: the one holding a phone has it hashed
+    redact = decoder_from_settings(rsettings).redact
+    assert sorted(m.value() for m in dead) == sorted(redact(b) or b"" for b in bad)
+    assert not any(str(events[0]["phone"]).encode() in m.value() for m in dead)
     headers = dict(dead[0].headers())
     assert headers["bypass.source.topic"] == names.raw_topic.encode()
     assert headers["bypass.reason"] in {b"not_json", b"missing_field", b"not_object", b"wrong_type"}
