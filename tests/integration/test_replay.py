@@ -241,7 +241,7 @@ def test_live_replay_and_the_batch_step_agree_and_dead_letter_the_same_poison(
     driven from a list give the same hits over one stream, and dead-letter the same poison
     event; replay goes on after it."""
     from streams.core.assembly import build_processor, load_for_spec, load_spec
-    from streams.core.envelope import EnvelopeDecoder, decoder_from_settings
+    from streams.core.envelope import EnvelopeDecoder
     from streams.core.order import SourceEvent
     from streams.core.rulestore import publish_ruleset
     from streams.core.step import BatchStep, MemoryStore
