@@ -44,7 +44,7 @@ import itertools
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -176,11 +176,15 @@ class BatchStep:
     def fan_out(self, sources: Iterable[SourceEvent]) -> dict[str, list[tuple[str, SourceEvent]]]:
         """Per entity kind: the (key, event) pairs of every event carrying its key field."""
         out: dict[str, list[tuple[str, SourceEvent]]] = {entity: [] for entity in self.entities}
-        entity_keys = self.spec.entity_keys
+        keys = self.keys
         for source in sources:
-            for entity, key in entity_keys(source.event):
-                out[entity].append((str(key), source))
+            for entity, key in keys(source.event):
+                out[entity].append((key, source))
         return out
+
+    def keys(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(entity kind, key) of every entity whose key field ``event`` carries."""
+        return [(entity, str(key)) for entity, key in self.spec.entity_keys(event)]
 
     def run(self, sources: Iterable[SourceEvent], store: StateStore) -> StepResult:
         """Fan out, group and process one batch of sources (replay, tests)."""
@@ -328,10 +332,14 @@ class MemoryStore:
 
     def load(self, entity: str, key: str) -> tuple[bytes | None, features.EntityState | None]:
         raw = self._data.get(entity, {}).get(key)
-        hit = self._cache.get(entity, {}).pop(key, None)
-        if hit is not None and raw is not None and hit[0] is raw:
-            return raw, hit[1]
-        return raw, None
+        hit = self._cache.get(entity, {}).pop(key, None)  # popped: save() puts it back last
+        return raw, (hit[1] if hit is not None and raw is not None and hit[0] is raw else None)
+
+    def peek(self, entity: str, key: str) -> tuple[bytes | None, features.EntityState | None]:
+        """Like :meth:`load`, leaving the cache as it is (eviction sweeps, checks)."""
+        raw = self._data.get(entity, {}).get(key)
+        hit = self._cache.get(entity, {}).get(key)
+        return raw, (hit[1] if hit is not None and raw is not None and hit[0] is raw else None)
 
     def save(
         self, entity: str, key: str, data: bytes | None, state: features.EntityState | None, changed: bool
@@ -358,9 +366,7 @@ class MemoryStore:
         return list(self._data.get(entity, {}))
 
     def cached(self, entity: str, key: str) -> features.EntityState | None:
-        hit = self._cache.get(entity, {}).get(key)
-        raw = self._data.get(entity, {}).get(key)
-        return hit[1] if hit is not None and hit[0] is raw else None
+        return self.peek(entity, key)[1]
 
     def snapshots(self) -> Iterator[tuple[str, str, bytes]]:
         """Every (entity, key, snapshot): for checkpoints."""

@@ -23,9 +23,10 @@ and outputs through Kafka.
 
 Re-keying.  The ingest agent computes each (entity, key)'s partition with Kafka's default
 partitioner (:func:`streams.live.setup.bundle_partition`) and sends all events of one
-batch for one (entity kind, partition) as one *bundle* message to that partition: a JSON
-array of ``[key, topic, partition, offset, kafka_ts_ms, event]`` entries, so the
-repartition hop costs one Kafka message per bundle instead of one per event and entity.
+batch for one (entity kind, partition) as one *bundle* message to that partition,
+``{"e": [[key, topic, partition, offset, kafka_ts_ms, running_max_ts, event], ...], "p":
+progress}`` (:func:`pack_bundles`), so the repartition hop costs one Kafka message per
+bundle instead of one per event and entity.
 The table assigns each key's changelog record to the same partition, so the partition of
 the repartition topic that carries a key also holds that key's state: co-partitioned, and
 a worker that takes a partition over rebuilds exactly the keys it will see.
@@ -46,7 +47,8 @@ maximum.  At BYPASS_ORDER_MAX_HELD held events the raw partitions running ahead 
 
 Eviction.  Every ``evict_every_batches`` batches an entity agent sweeps its table: a key
 of a partition it owns whose state the step says is evictable at the worker's event-time
-watermark (the largest event time its entity agents have processed, never the wall clock)
+watermark (the largest event time its entity agents have processed, capped by the clock so
+an outlier from the future cannot make every key look stale: :meth:`Pipeline.eviction_time`)
 is deleted (a tombstone on the changelog) and dropped from the decoded-state cache.
 
 Delivery.  At-least-once: the entity agent sends hits and writes state before the batch's
@@ -170,6 +172,13 @@ class _PartitionOrder:
         return orjson.dumps([[t, p, top, nxt] for (t, p), (top, nxt, _) in sorted(self.progress.items())])
 
 
+def _valid(hit: tuple[bytes, features.EntityState] | None, raw: bytes | None) -> features.EntityState | None:
+    """A cached decoded state, if it was decoded from the bytes the table holds now."""
+    if hit is not None and raw is not None and (hit[0] is raw or hit[0] == raw):
+        return hit[1]
+    return None
+
+
 def _unexpected(exc: Exception) -> InvalidEventError:
     """An unexpected failure on one raw message, as a dead-letter reason (``ingest_error``)."""
     return InvalidEventError(f"{type(exc).__name__}: {exc}", reason="ingest_error")
@@ -196,10 +205,12 @@ class TableStore:
     def load(self, entity: str, key: str) -> tuple[bytes | None, features.EntityState | None]:
         kb = key.encode()
         raw: bytes | None = self.table.get(kb)
-        hit = self.cache.pop(kb, None)
-        if hit is not None and raw is not None and (hit[0] is raw or hit[0] == raw):
-            return raw, hit[1]
-        return raw, None
+        return raw, _valid(self.cache.pop(kb, None), raw)  # popped: save() puts it back last
+
+    def peek(self, kb: bytes) -> tuple[bytes | None, features.EntityState | None]:
+        """Like :meth:`load`, leaving the cache as it is (eviction sweeps)."""
+        raw: bytes | None = self.table.get(kb)
+        return raw, _valid(self.cache.get(kb), raw)
 
     def save(
         self, entity: str, key: str, data: bytes | None, state: features.EntityState | None, changed: bool
@@ -208,14 +219,7 @@ class TableStore:
             return
         kb = key.encode()
         if changed:
-            table = self.table
-            if self.direct:
-                if self._changelog is None:
-                    self._changelog = table.changelog_topic.get_topic_name()
-                table.data[kb] = data
-                self.outbox.append((self._changelog, kb, data, table.partition_for_key(kb), None))
-            else:
-                table[kb] = data
+            self.put_raw(kb, data, self.table.partition_for_key(kb))
         if state is not None and self.cache_keys:
             self.cache[kb] = (data, state)
 
@@ -223,7 +227,8 @@ class TableStore:
         self.cache.pop(key.encode(), None)
 
     def put_raw(self, kb: bytes, data: bytes, partition: int) -> None:
-        """A record that is not an entity state (ordering progress) into ``partition``."""
+        """Write ``kb`` into the table's ``partition`` (an entity state, or a record of the
+        agent's own such as the ordering progress)."""
         table = self.table
         if self.direct:
             if self._changelog is None:
@@ -372,7 +377,7 @@ class Pipeline:
         n = self.partitions
         clock = self.clock
         next_offset = self._next_offset
-        entity_keys = self.spec.entity_keys
+        entity_keys = self.step.keys
         per_source: dict[tuple[str, int], list[SourceEvent]] = defaultdict(list)
         # id(source) -> (the running maximum its key starts with, its event as JSON, its keys)
         prepared: dict[int, tuple[int, bytes, list[tuple[str, str]]]] = {}
@@ -389,7 +394,7 @@ class Pipeline:
             timestamp_ms = round(message.timestamp * 1000) if message.timestamp else None
             try:
                 event = decode(message.value, timestamp_ms, now_ms=now_ms)
-                keys = [(entity, str(key)) for entity, key in entity_keys(event)]
+                keys = entity_keys(event)
                 fragment = orjson.dumps(event)
             except Exception as exc:
                 error = exc if isinstance(exc, InvalidEventError) else _unexpected(exc)
@@ -461,17 +466,13 @@ class Pipeline:
         entity partition knows of it (in memory, or persisted in the table), so a key
         computed after a restart or a move is the one the previous owner would have
         computed (see the README: what is left when a late event meets a restart)."""
-        best: int | None = None
-        for order in self._orders.values():
-            known = order.progress.get(tp)
-            if known is not None and known[0] is not None and (best is None or known[0] > best):
-                best = known[0]
-        for entity, table in self.tables.items():
-            for partition in self._owned_partitions(entity):
-                stored = _read_progress(table.get(progress_key(partition))).get(tp)
-                if stored is not None and stored[0] is not None and (best is None or stored[0] > best):
-                    best = stored[0]
-        self.clock.seed(tp[0], tp[1], best)
+        known = [order.progress.get(tp, (None,))[0] for order in self._orders.values()]
+        known += [
+            _read_progress(table.get(progress_key(partition))).get(tp, (None,))[0]
+            for entity, table in self.tables.items()
+            for partition in self._owned_partitions(entity)
+        ]
+        self.clock.seed(tp[0], tp[1], max((top for top in known if top is not None), default=None))
 
     def _progress(self, owned: Sequence[tuple[str, int]]) -> list[list[Any]]:
         """Per owned raw partition: [topic, partition, running max, next offset, caught up]:
@@ -532,14 +533,14 @@ class Pipeline:
         s = self.settings
         if not s.event_time_order or time.monotonic() - self._progress_sent < s.order_heartbeat_ms / 1000:
             return
-        owned = self._owned_raw()
-        missing = [tp for tp in owned if tp not in self._next_offset]
+        missing = [tp for tp in self._owned_raw() if tp not in self._next_offset]
         if missing:
             committed = await asyncio.get_running_loop().run_in_executor(
                 None, kafka.committed_offsets, s, s.app_id, missing
             )
+            still_owned = set(self._owned_raw())  # the assignment may have changed meanwhile
             for tp, offset in committed.items():
-                if tp not in self._next_offset and tp in self._owned_raw():
+                if tp not in self._next_offset and tp in still_owned:
                     self._init_source(tp)
                     self._next_offset[tp] = offset
         async with self._ingest_lock:
@@ -819,11 +820,9 @@ class Pipeline:
                 await asyncio.sleep(0)  # heartbeats keep flowing during a long sweep
             if kb.startswith(PROGRESS_PREFIX) or table.partition_for_key(kb) not in owned:
                 continue
-            raw = table.get(kb)
+            raw, state = store.peek(kb)
             if raw is None:
                 continue
-            hit = store.cache.get(kb)
-            state = hit[1] if hit is not None and (hit[0] is raw or hit[0] == raw) else None
             if self.step.evictable(entity, raw, state, now_ms):
                 del table[kb]
                 store.cache.pop(kb, None)

@@ -462,8 +462,8 @@ class Replay:
                     return
                 for entity in step.entities:
                     for key in store.keys(entity):
-                        raw, _ = store.load(entity, key)
-                        if raw is not None and step.evictable(entity, raw, store.cached(entity, key), now_ms):
+                        raw, state = store.peek(entity, key)  # not load(): that takes it from the cache
+                        if raw is not None and step.evictable(entity, raw, state, now_ms):
                             store.delete(entity, key)
 
             with progress:
@@ -568,14 +568,7 @@ def _unbounded_features(spec: features.FeatureSpec) -> list[str]:
     """Names of the all-time aggregates (no window). ``since`` and ``sequence`` are left
     out: a rule compares them with thresholds that a warm-up as long as the longest
     window covers."""
-    names = []
-    for feature in getattr(spec, "features", ()) or ():
-        if getattr(feature, "window_ms", 0) is None and getattr(feature, "agg", None) not in (
-            "since",
-            "sequence",
-        ):
-            names.append(str(getattr(feature, "name", "?")))
-    return names
+    return [f.name for f in spec.features if f.window_ms is None and f.agg not in ("since", "sequence")]
 
 
 def iter_hits_jsonl(path: Path) -> Iterator[dict[str, Any]]:
