@@ -3,6 +3,8 @@
 -- Run them in the bypass database (`USE bypass`, or clickhouse-client --database bypass)
 -- and pass the {name:Type} parameters, e.g.
 --   clickhouse-client --database bypass --param_entity=user --param_key=u1 --queries-file ...
+-- Rows with an error (the rule failed at run time, e.g. a division by zero) never
+-- count: the rollup leaves them out, and queries on risk_hits filter error = ''.
 -- Every count is exact by hit_id: the rollup keeps uniqExact states of hit ids, and
 -- queries on risk_hits read FINAL (or LIMIT 1 BY hit_id), so retried or re-delivered
 -- hits are never counted twice. Each query starts with a "-- name:" line
@@ -28,7 +30,7 @@ LIMIT 20;
 -- WHERE entity/key uses the by_entity projection; LIMIT 1 BY hit_id removes copies.
 SELECT
     event_time, rule_id, label, mode, score, decision, ruleset_version, run_id,
-    event_id, features, features_text
+    event_id, features, features_text, error
 FROM risk_hits
 WHERE entity = {entity:String} AND key = {key:String}
 ORDER BY event_time DESC, hit_id
@@ -51,9 +53,9 @@ CROSS JOIN
 (
     SELECT uniqExact(event_id) AS flagged_events
     FROM risk_hits FINAL
-    WHERE event_time >= now64(3, 'UTC') - toIntervalDay({days:UInt32}) AND run_id = 'live'
+    WHERE event_time >= now64(3, 'UTC') - toIntervalDay({days:UInt32}) AND run_id = 'live' AND error = ''
 ) AS total
-WHERE event_time >= now64(3, 'UTC') - toIntervalDay({days:UInt32}) AND run_id = 'live'
+WHERE event_time >= now64(3, 'UTC') - toIntervalDay({days:UInt32}) AND run_id = 'live' AND error = ''
 GROUP BY rule_id, mode
 ORDER BY rule_id, mode;
 
@@ -75,7 +77,7 @@ FROM
         max(ruleset_version = {old_version:String}) AS in_old,
         max(ruleset_version = {new_version:String}) AS in_new
     FROM risk_hits FINAL
-    WHERE ruleset_version IN ({old_version:String}, {new_version:String})
+    WHERE ruleset_version IN ({old_version:String}, {new_version:String}) AND error = ''
     GROUP BY rule_id, event_id, entity, key
 )
 GROUP BY rule_id

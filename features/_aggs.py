@@ -132,13 +132,29 @@ def geo_point(g: Any) -> tuple[float, float] | None:
 
 
 def distinct_key(v: Any) -> Any:
-    """The value ``distinct`` counts: strings, numbers and booleans; None otherwise."""
+    """The value ``distinct`` counts: strings, numbers and booleans; None otherwise.
+
+    A boolean is keyed as the pair ``(True, v)`` so ``true`` and ``1`` are two values (in a
+    Python dict they would be one); snapshots hold the pair as a JSON array."""
     t = type(v)
-    if t is str or t is int or t is bool:
+    if t is str or t is int:
         return v
+    if t is bool:
+        return (True, v)
     if t is float:
         return v if math.isfinite(v) else None
     return None
+
+
+def _distinct_loaded_key(k: Any) -> Any:
+    """A snapshot's key back to :func:`distinct_key`'s form (a pair comes back as a list;
+    a bare boolean is from a snapshot written before booleans were keyed apart)."""
+    t = type(k)
+    if t is list:
+        return (True, k[1])
+    if t is bool:
+        return (True, k)
+    return k
 
 
 # ---------------------------------------------------------------- self-description, registry
@@ -226,7 +242,7 @@ class Logic:
     value_type: ClassVar[str] = "any"
     params: ClassVar[tuple[Param, ...]] = (WINDOW,)
 
-    __slots__ = ("cap", "get", "lateness", "name", "window")
+    __slots__ = ("cap", "get", "lateness", "name", "skipped", "window")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -275,6 +291,10 @@ class Logic:
         self.lateness = lateness_ms
         self.cap = cap
         self.get: Callable[[Event], Any] = make_getter(feature.field) if feature.field else (lambda ev: None)
+        #: events that matched but whose field held a value this aggregation cannot use (a
+        #: string or boolean where a number is needed, an object where a value is, a bad
+        #: geo point); a count for metrics, never part of any state
+        self.skipped = 0
 
     @property
     def always(self) -> bool:
@@ -350,7 +370,13 @@ class Additive(Logic):
     def apply(self, st: _AddState, t: int, ev: Event, m: bool, tmax: int) -> Any:
         v: Any = None
         if m:
-            v = 1 if self.is_count else _num(self.get(ev))
+            if self.is_count:
+                v = 1
+            else:
+                raw = self.get(ev)
+                v = _num(raw)
+                if v is None and raw is not None:
+                    self.skipped += 1
         ts = st.ts
         if t < tmax:
             if v is not None:
@@ -593,7 +619,12 @@ class Extreme(Logic):
         return max(vals) if self.is_max else min(vals)
 
     def apply(self, st: _ExtState, t: int, ev: Event, m: bool, tmax: int) -> Any:
-        v = _num(self.get(ev)) if m else None
+        v = None
+        if m:
+            raw = self.get(ev)
+            v = _num(raw)
+            if v is None and raw is not None:
+                self.skipped += 1
         if t < tmax:
             if v is not None:
                 p = bisect_right(st.ts, t, st.h)
@@ -926,7 +957,8 @@ class Distinct(Logic):
     """``distinct``: how many different non-null values of ``field`` in the window.
 
     Values are strings, numbers and booleans (objects and arrays are ignored like null);
-    equality is Python's (1 and 1.0 are one value). Exact below the cap. Above it, only the
+    numbers compare as numbers (1 and 1.0 are one value), booleans only equal booleans
+    (``true`` and ``1`` are two values). Exact below the cap. Above it, only the
     ``cap`` most recently seen values are kept, so for in-order events the value is
     exactly ``min(exact, cap)``: never more than the truth, and exact whenever the truth
     is at most ``cap``.
@@ -948,6 +980,8 @@ class Distinct(Logic):
         v = self.get(ev) if m else None
         if v is not None and type(v) is not str:
             v = distinct_key(v)
+            if v is None:
+                self.skipped += 1
         occ = st.occ
         L = self.lateness
         w_ms = self.window
@@ -1069,7 +1103,7 @@ class Distinct(Logic):
     def load(self, data: Any, tmax: int) -> _DistinctState:
         st = _DistinctState()
         for k, ds in data:
-            st.occ[k] = _undeltas(ds, tmax)
+            st.occ[_distinct_loaded_key(k)] = _undeltas(ds, tmax)
         self._rebuild(st, tmax)
         return st
 
@@ -1150,7 +1184,12 @@ class GeoSpread(Logic):
         return best, lo
 
     def apply(self, st: _GeoState, t: int, ev: Event, m: bool, tmax: int) -> Any:
-        g = geo_point(self.get(ev)) if m else None
+        g = None
+        if m:
+            raw = self.get(ev)
+            g = geo_point(raw)
+            if g is None and raw is not None:
+                self.skipped += 1
         w_ms = self.window
         if t < tmax:
             if g is not None:
@@ -1290,7 +1329,12 @@ class MaxSpeed(Logic):
         return best
 
     def apply(self, st: _SpeedState, t: int, ev: Event, m: bool, tmax: int) -> Any:
-        p = geo_point(self.get(ev)) if m else None
+        p = None
+        if m:
+            raw = self.get(ev)
+            p = geo_point(raw)
+            if p is None and raw is not None:
+                self.skipped += 1
         ts = st.ts
         w_ms = self.window
         if t < tmax:

@@ -225,6 +225,19 @@ class FeatureEngine:
             )
         return plan
 
+    def skipped_values(self) -> dict[str, int]:
+        """Feature name -> how many applied events matched the feature but held, at its
+        field, a value its aggregation cannot use and skipped like a missing one: a string
+        or a boolean where a number is needed (``"amount": "50000"`` is not 50000), an
+        object or array for ``distinct``, an invalid geo point. Counted since the engine
+        was built, for metrics; never part of any state or result (features stay pure)."""
+        out: dict[str, int] = {}
+        for plan in self._plans.values():
+            for lg in plan.logics:
+                if lg.skipped:
+                    out[lg.name] = out.get(lg.name, 0) + lg.skipped
+        return out
+
     def feature_names(self, entity: str) -> tuple[str, ...]:
         """The feature names of an entity kind, in spec order (the keys of ``features``)."""
         return self._plan(entity).names

@@ -38,6 +38,15 @@ A missing feature or envelope field is null.
 * A rule hits when its expression is truthy and not null. So a rule over a
   missing feature never fires by accident, whichever way it is negated.
 
+Booleans are not numbers
+------------------------
+``true``/``false`` equal only ``true``/``false``: ``a == true`` does not hold for
+``a = 1``, and ``1 in [true]`` is false (Python's ``True == 1`` is not used). Ordering
+them (``a > 0`` with ``a = true``) is a type error, like a string and a number; arithmetic
+on them is a :class:`RuleRuntimeError`. The feature spec's ``where`` and the features
+(``sum`` skips a boolean, ``distinct`` counts ``true`` apart from ``1``) use the same rule.
+Numbers compare as numbers (``1 == 1.0``).
+
 Run-time errors
 ---------------
 Evaluation can raise only these (the rule set catches them per rule, reports
@@ -267,6 +276,45 @@ _CMP: Final[Mapping[type, Callable[[Any, Any], Any]]] = {
 }
 
 _ORDERING: Final = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+
+
+def _bool_eq(a: Any, b: Any) -> bool:
+    """``==`` where true/false equal only true/false (Python's ``True == 1`` does not hold)."""
+    return bool(a == b) and (a.__class__ is bool) is (b.__class__ is bool)
+
+
+def _bool_ne(a: Any, b: Any) -> bool:
+    return not _bool_eq(a, b)
+
+
+def _no_bool_order(opf: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """An ordering that raises TypeError for true/false, as it does for a string and a number."""
+
+    def order(a: Any, b: Any) -> Any:
+        if a.__class__ is bool or b.__class__ is bool:
+            raise TypeError("true/false cannot be ordered with < <= > >=")
+        return opf(a, b)
+
+    return order
+
+
+#: The comparisons used when an operand's type is only known at run time (``any``): the
+#: same semantics as the feature spec's ``where`` (booleans are not numbers).
+_CMP_ANY: Final[Mapping[type, Callable[[Any, Any], Any]]] = {
+    ast.Lt: _no_bool_order(operator.lt),
+    ast.LtE: _no_bool_order(operator.le),
+    ast.Gt: _no_bool_order(operator.gt),
+    ast.GtE: _no_bool_order(operator.ge),
+    ast.Eq: _bool_eq,
+    ast.NotEq: _bool_ne,
+}
+
+
+def _member_key(v: Any) -> Any:
+    """The key of a value in a list literal: true/false apart from 1/0."""
+    return (True, v) if v.__class__ is bool else v
+
+
 _GUARD_OPS: Final[Mapping[type, str]] = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 
 
@@ -417,7 +465,15 @@ def _cmp_chain(parts: list[Fn], ops: list[Callable[[Any, Any], Any]]) -> Fn:
     return chain
 
 
-def _membership(left: Fn, values: frozenset[Any], negate: bool) -> Fn:
+def _membership(left: Fn, values: frozenset[Any], negate: bool, tagged: bool = False) -> Fn:
+    """``x in [...]``; ``tagged``: the values are :func:`_member_key` keys (an ``any`` operand)."""
+    if tagged:
+
+        def in_tagged(f: Mapping[str, Any], e: Mapping[str, Any], lp: ListProvider | None) -> bool:
+            v = left(f, e, lp)
+            return v is not None and (_member_key(v) in values) is not negate
+
+        return in_tagged
     if negate:
 
         def not_in(f: Mapping[str, Any], e: Mapping[str, Any], lp: ListProvider | None) -> bool:
@@ -930,7 +986,10 @@ class _Compiler:
                 ok = False
                 continue
             values.append(t.value)
-        return frozenset(values) if ok else None
+        if not ok:
+            return None
+        # an ``any`` operand: true/false kept apart from 1/0 (see _member_key)
+        return frozenset(map(_member_key, values)) if left_type == ANY else frozenset(values)
 
     def _comparable(self, n: ast.AST, a: str, b: str, *, equality: bool) -> bool:
         if a == NULL or b == NULL:
@@ -957,7 +1016,7 @@ class _Compiler:
             values = self._list_literal(n.comparators[0], left.type)
             if values is None:
                 return _T(_NO_FN, ANY, True)
-            fn = _membership(left.fn, values, isinstance(n.ops[0], ast.NotIn))
+            fn = _membership(left.fn, values, isinstance(n.ops[0], ast.NotIn), left.type == ANY)
             return self._maybe_fold(n, _T(fn, BOOL, False), left.const)
         parts = [left]
         ops: list[Callable[[Any, Any], Any]] = []
@@ -981,6 +1040,8 @@ class _Compiler:
                 comp, prev.type, right.type, equality=not isinstance(op, _ORDERING)
             ):
                 bad = True
+            if ANY in (prev.type, right.type):
+                opf = _CMP_ANY[type(op)]
             parts.append(right)
             ops.append(opf)
             prev = right
@@ -989,7 +1050,10 @@ class _Compiler:
         if len(ops) == 1 and parts[1].const:
             c = parts[1].value
             if isinstance(n.left, ast.Name) and not left.const:
-                fn = _feature_cmp_const(n.left.id, type(n.ops[0]), c)
+                if left.type == ANY:  # run-time types: the comparisons of _CMP_ANY
+                    fn = _cmp_const(left.fn, ops[0], c)
+                else:
+                    fn = _feature_cmp_const(n.left.id, type(n.ops[0]), c)
                 guard = None
                 op_symbol = _GUARD_OPS.get(type(n.ops[0]))
                 if op_symbol is not None and type(c) in _NUMT:

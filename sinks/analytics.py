@@ -4,7 +4,8 @@
 re-delivered hits are not counted twice); its window starts at the hour that holds
 ``now - since``. ``entity_history`` reads ``risk_hits`` through the ``by_entity``
 projection and de-duplicates with ``LIMIT 1 BY hit_id`` (no ``FINAL``, which would
-bypass the projection).
+bypass the projection); it lists rules that failed at run time too, with their ``error``
+(the rollup leaves them out).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ LIMIT {limit:UInt32}
 ENTITY_HISTORY_SQL = """
 SELECT
     event_time, rule_id, label, mode, score, decision, counted, suppressed,
-    ruleset_version, run_id, event_id, event_type, features, features_text, hit_id
+    ruleset_version, run_id, event_id, event_type, features, features_text, hit_id, error
 FROM risk_hits
 WHERE entity = {entity:String} AND key = {key:String}
   AND ({run_id:String} = '' OR run_id = {run_id:String})

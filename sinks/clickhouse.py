@@ -55,6 +55,7 @@ HIT_COLUMN_FIELDS: Final[Mapping[str, str]] = {
     "counted": "counted",
     "suppressed": "suppressed",
     "rollout_excluded": "rollout_excluded",
+    "error": "error",
     "features": "features",
     "features_text": "features",
     "decision": "decision",
@@ -177,7 +178,7 @@ def _hit_values_fast(o: Mapping[str, Any]) -> tuple[Any, ...] | None:
         counted, suppressed, excluded = o["counted"], o["suppressed"], o["rollout_excluded"]
     except KeyError:
         return None
-    label, decision, features = o.get("label"), o.get("decision"), o.get("features")
+    label, decision, features, error = o.get("label"), o.get("decision"), o.get("features"), o.get("error")
     str_ = str
     if not (
         type(hit_id) is str_ and hit_id and type(event_id) is str_ and event_id
@@ -192,6 +193,7 @@ def _hit_values_fast(o: Mapping[str, Any]) -> tuple[Any, ...] | None:
         and type(counted) is bool and type(suppressed) is bool and type(excluded) is bool
         and (label is None or type(label) is str_) and (decision is None or type(decision) is str_)
         and (features is None or type(features) is dict)
+        and (error is None or type(error) is str_)
     ):  # fmt: skip
         return None
     numbers, texts = split_features(features)
@@ -209,6 +211,7 @@ def _hit_values_fast(o: Mapping[str, Any]) -> tuple[Any, ...] | None:
         counted,
         suppressed,
         excluded,
+        error or "",
         numbers,
         texts,
         decision or "",
@@ -237,6 +240,7 @@ def _hit_row_checked(obj: Mapping[str, Any]) -> dict[str, Any]:
         "counted": obj["counted"],
         "suppressed": obj["suppressed"],
         "rollout_excluded": obj["rollout_excluded"],
+        "error": obj.get("error") or "",
         "features": numbers,
         "features_text": texts,
         "decision": obj.get("decision") or "",

@@ -38,6 +38,9 @@ Tables
   works directly and a null feature stays visible as NULL; values that are not
   numbers (strings, lists) go to ``features_text`` (strings as such, anything
   else as JSON).
+* ``error`` (migration 4): empty, or why the rule failed at run time (``division by
+  zero``); such a row never counts (``counted`` is false) and every query that counts
+  hits, the rollup included, reads ``WHERE error = ''``.
 * ``non_replicated_deduplication_window``: makes ClickHouse honour
   ``insert_deduplication_token`` on this non-replicated table (checked on the
   chdb 26.9 engine: the same token inserted twice adds the rows once).
@@ -49,7 +52,8 @@ block, including a retried insert that the target table de-duplicated by its
 token (checked: the MV's count grows on the retry) and any hit delivered twice
 in two different batches. ``uniqExact`` of the hit id is exact by construction;
 its state costs ~16 bytes per distinct hit per hour row, acceptable for hit
-volumes (not for raw events). Read with ``uniqExactMerge(hits)``.
+volumes (not for raw events). Read with ``uniqExactMerge(hits)``. Rows with an
+``error`` are left out (migration 4 recreated the view with that filter).
 
 ``risk_blacklist`` - the blacklist entries from ``bypass.blacklist``, one row per
 (entity, key, label, rule-set version, event id); redelivery collapses.
@@ -222,6 +226,33 @@ ENGINE = ReplacingMergeTree(inserted_at)
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (entity, key, label, ruleset_version, event_id)
 SETTINGS non_replicated_deduplication_window = 10000
+""",
+        ),
+    ),
+    Migration(
+        4,
+        "risk_hits_error",
+        (
+            "ALTER TABLE {db}.risk_hits "
+            "ADD COLUMN IF NOT EXISTS error String DEFAULT '' AFTER rollout_excluded",
+            # the rollup leaves out rules that failed at run time: recreated with that filter
+            # (hits inserted between the two statements miss the rollup, which only matters
+            # when a writer runs during the upgrade)
+            "DROP VIEW IF EXISTS {db}.risk_hits_hourly_mv",
+            """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.risk_hits_hourly_mv TO {db}.risk_hits_hourly AS
+SELECT
+    toStartOfHour(event_time) AS hour,
+    rule_id,
+    mode,
+    ruleset_version,
+    run_id,
+    uniqExactState(hit_id) AS hits,
+    uniqExactStateIf(hit_id, counted AND NOT suppressed) AS counted_hits,
+    uniqExactState(toString(entity), key) AS entities
+FROM {db}.risk_hits
+WHERE error = ''
+GROUP BY hour, rule_id, mode, ruleset_version, run_id
 """,
         ),
     ),

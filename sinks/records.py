@@ -28,9 +28,10 @@ none renamed). This module holds, once each:
 ``bypass.blacklist`` (Kafka key ``entity:key``): entity, key, label, rule_ids, event_id,
 event_ts, expires_at (epoch ms: event time + the longest ttl), ruleset_version.
 
-The checks cover what the writers store and rely on: a hit's ``user_id``, ``action``,
-``error`` and ``total_score`` are not stored in ClickHouse and not checked, so a reader
-accepts records of producers that do not write them. ``label`` and ``decision`` may be
+The checks cover what the writers store and rely on: a hit's ``user_id``, ``action`` and
+``total_score`` are not stored in ClickHouse and not checked, so a reader accepts records
+of producers that do not write them; ``error`` (null, or why the rule failed at run time)
+is stored, and checked to be a string or null. ``label`` and ``decision`` may be
 null (stored as ""). Stdlib, orjson and the ``rules`` types only: the processor imports
 this module, so nothing here pulls in a client.
 """
@@ -206,12 +207,12 @@ def check_hit(obj: Mapping[str, Any]) -> None:
     Checked: every field the ClickHouse writer stores (ids and ``mode`` non-empty,
     ``event_ts`` epoch ms, ``score`` a finite number, the flags booleans, ``features`` an
     object or null, ``label``/``decision`` a string or null, ``source_partition`` an Int32,
-    ``source_offset`` an Int64). ``user_id``, ``action``, ``error`` and ``total_score`` are
-    not checked."""
+    ``source_offset`` an Int64, ``error`` a string or null). ``user_id``, ``action`` and
+    ``total_score`` are not checked."""
     features = obj.get("features")
     if features is not None and not isinstance(features, dict):
         raise RecordError("field 'features' must be an object", reason="wrong_type", field="features")
-    for name in ("decision", "label"):
+    for name in ("decision", "label", "error"):
         value = obj.get(name)
         if value is not None and not isinstance(value, str):
             raise RecordError(f"field {name!r} must be a string", reason="wrong_type", field=name)

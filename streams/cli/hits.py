@@ -127,7 +127,7 @@ def entity(entity: str, key: str, limit: int, run_id: str) -> None:
             f"{r['event_time']:%Y-%m-%d %H:%M:%S.%f}"[:-3],
             r["rule_id"],
             r["label"],
-            r["mode"],
+            f"{r['mode']} (failed: {r['error']})" if r.get("error") else r["mode"],
             f"{r['score']:g}",
             r["decision"],
             r["ruleset_version"],

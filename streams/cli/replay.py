@@ -210,6 +210,13 @@ def print_summary(console: Any, summary: ReplaySummary) -> None:
         ("sent to the DLQ", f"{s.dlq_sent:,}" if s.dlq_sent else "none (add --dlq to send them)"),
         ("duplicates / late", f"{s.duplicates:,} / {s.late_rejected:,}"),
         ("rule errors", f"{s.rule_errors:,}"),
+        (
+            "values skipped",
+            ", ".join(f"{k} {v:,}" for k, v in sorted(s.values_skipped.items()))
+            + " (a feature's field held what it cannot use, e.g. a string for a sum)"
+            if s.values_skipped
+            else "none",
+        ),
         ("hits", f"{s.hits:,}"),
         (
             "blacklist entries",
@@ -221,7 +228,7 @@ def print_summary(console: Any, summary: ReplaySummary) -> None:
     ]
     if s.malformed_by_reason:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.malformed_by_reason.items()))
-        rows.insert(9, ("malformed by reason", reasons))
+        rows.insert(5, ("malformed by reason", reasons))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

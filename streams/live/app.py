@@ -263,6 +263,7 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.processor = processor
+        self._skipped_seen: dict[str, int] = {}  # feature -> skipped values already counted
         self.metrics = metrics or Metrics()
         self.decoder = decoder_from_settings(settings)
         self.spec = processor.spec
@@ -786,6 +787,11 @@ class Pipeline:
             m.duplicates.labels(entity=entity).inc(result.duplicates)
         if result.late:
             m.late.labels(entity=entity).inc(len(result.late))
+        for name, total in self.processor.engine.skipped_values().items():
+            seen = self._skipped_seen.get(name, 0)
+            if total != seen:  # a new engine (smaller total) starts over
+                m.feature_skipped.labels(feature=name).inc(total - seen if total > seen else total)
+                self._skipped_seen[name] = total
 
     def eviction_time(self) -> int | None:
         """The event time eviction sweeps at: the largest event time processed, never beyond

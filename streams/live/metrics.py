@@ -10,6 +10,9 @@ bypass_processing_latency_seconds           histogram                    Kafka m
                                                                          raw event -> its hit sent
 bypass_hits_total                           counter    rule_id, mode     hit records emitted
 bypass_rule_errors_total                    counter    rule_id           rules that failed at run time
+bypass_feature_values_skipped_total         counter    feature           values a feature skipped: the
+                                                                         field held what its aggregation
+                                                                         cannot use ("50000" for a sum)
 bypass_blacklist_total                      counter    entity            blacklist records emitted
 bypass_batch_size                           histogram  agent             events per agent batch
 bypass_state_evicted_total                  counter    entity            keys dropped from the state
@@ -63,6 +66,12 @@ class Metrics:
         self.hits = Counter("bypass_hits", "hit records emitted", ["rule_id", "mode"], registry=r)
         self.rule_errors = Counter(
             "bypass_rule_errors", "rules that failed at run time", ["rule_id"], registry=r
+        )
+        self.feature_skipped = Counter(
+            "bypass_feature_values_skipped",
+            "values a feature skipped because its aggregation cannot use them (a string for a sum)",
+            ["feature"],
+            registry=r,
         )
         self.blacklist = Counter("bypass_blacklist", "blacklist records emitted", ["entity"], registry=r)
         self.batch_size = Histogram(

@@ -428,7 +428,7 @@ class Demo:
                 db,
                 "SELECT rule_id, any(label), mode, count(), countIf(counted AND NOT suppressed), "
                 "countIf(suppressed), uniqExact(entity, key) FROM $db.risk_hits FINAL "
-                "GROUP BY rule_id, mode ORDER BY rule_id",
+                "WHERE error = '' GROUP BY rule_id, mode ORDER BY rule_id",
             )
         ).result_rows
         hits = Table(title=f"hits per rule (ClickHouse {db}.risk_hits FINAL)", header_style="bold")
@@ -588,7 +588,7 @@ class Demo:
         console.print(f'export BYPASS_PHONE_HASH_KEY="$(cat {key_file})"', highlight=False, soft_wrap=True)
         count_sql = _sql(
             self.env["BYPASS_CLICKHOUSE_DATABASE"],
-            "SELECT rule_id, count() FROM $db.risk_hits FINAL GROUP BY rule_id",
+            "SELECT rule_id, count() FROM $db.risk_hits FINAL WHERE error = '' GROUP BY rule_id",
         )
         url = self.env.get("BYPASS_CLICKHOUSE_URL", "")
         pids = " ".join(str(c.pid) for c in self.children)

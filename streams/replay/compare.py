@@ -28,7 +28,7 @@ def count_live_hits(
             "WHERE run_id = {run:String} AND ruleset_version = {v:String} "
             "AND event_time >= fromUnixTimestamp64Milli({t1:Int64}, 'UTC') "
             "AND event_time < fromUnixTimestamp64Milli({t2:Int64}, 'UTC') "
-            "AND source_topic IN {topics:Array(String)}",
+            "AND source_topic IN {topics:Array(String)} AND error = ''",
             parameters={
                 "run": LIVE_RUN_ID,
                 "v": ruleset_version,
@@ -55,7 +55,7 @@ def read_live_hits(settings: Settings, from_ms: int, to_ms: int, topics: list[st
             "WHERE run_id = {run:String} "
             "AND event_time >= fromUnixTimestamp64Milli({t1:Int64}, 'UTC') "
             "AND event_time < fromUnixTimestamp64Milli({t2:Int64}, 'UTC') "
-            "AND source_topic IN {topics:Array(String)}",
+            "AND source_topic IN {topics:Array(String)} AND error = ''",
             parameters={"run": LIVE_RUN_ID, "t1": from_ms, "t2": to_ms, "topics": list(topics)},
         )
     except Exception as exc:

@@ -102,6 +102,7 @@ class ReplayStats:
     duplicates: int = 0
     late_rejected: int = 0
     rule_errors: int = 0
+    values_skipped: dict[str, int] = field(default_factory=dict)  # feature -> unusable values
     hits: int = 0
     hits_by_rule: dict[str, int] = field(default_factory=dict)
     blacklist: int = 0

@@ -353,6 +353,8 @@ class Replay:
 
             def save(complete: bool) -> None:
                 out.flush()
+                for name, count in processor.engine.skipped_values().items():
+                    stats.values_skipped[name] = stats.values_skipped.get(name, 0) + count
                 stats.elapsed_s = prior_elapsed + (time.monotonic() - t_start)
                 ck = Checkpoint(
                     run_id=run_id,
@@ -444,7 +446,7 @@ class Replay:
                 for hit in result.hits:
                     rule = hit.record["rule_id"]
                     stats.hits_by_rule[rule] = stats.hits_by_rule.get(rule, 0) + 1
-                    if live is not None:
+                    if live is not None and hit.record["error"] is None:  # as the live side: no errors
                         replayed.setdefault(rule, set()).add(hit.record["event_id"])
                     out.hit(hit)
                 stats.hits += len(result.hits)
@@ -498,6 +500,8 @@ class Replay:
                 save(False)
             else:
                 out.flush()
+                for name, count in processor.engine.skipped_values().items():
+                    stats.values_skipped[name] = stats.values_skipped.get(name, 0) + count
                 stats.elapsed_s = prior_elapsed + (time.monotonic() - t_start)
                 if stats.in_range_events == 0:
                     seen = (

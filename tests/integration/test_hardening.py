@@ -94,6 +94,14 @@ def test_a_deeply_nested_event_and_a_far_future_time_cost_only_themselves(
         {"event_id": "atk-1", "type": "login", "ts": 253402300799999, "user_id": "u-h", "device_id": "d-ok"}
     )
     later = login(99, t + 60_000)
+    # a valid event whose amount is text: the sum skips it, and says so in a metric
+    text_amount = {
+        "event_id": "amt-1",
+        "type": "order",
+        "ts": t + 20_000,
+        "user_id": "u-h",
+        "attrs": {"amount": "50000"},
+    }
     # one backlog, so the bad messages share an ingest batch with the good ones
     with EventProducer(s, topic=raw) as producer:
         producer.send_many(before)
@@ -105,13 +113,15 @@ def test_a_deeply_nested_event_and_a_far_future_time_cost_only_themselves(
     plain.produce(raw, future, key=b"u-h", timestamp=253402300799999)  # one stamping the event time
     assert plain.flush(10) == 0
     with EventProducer(s, topic=raw) as producer:
-        producer.send_many([later])
+        producer.send_many([text_amount, later])
     worker = Worker(s, tmp_path / "worker.log")
     try:
         got = hits_of(s, "seen_login", 11)
         dlq = read_topic(s, s.dlq_topic, lambda m: len(m) >= 3, timeout_s=30, settle_s=1)
+        skipped = worker.metric("bypass_feature_values_skipped_total", 'feature="order_amount_1h"')
     finally:
         worker.stop()
+    assert skipped == 1.0
     assert got == {e["event_id"] for e in [*before, *after, later]}, worker.text()[-3000:]
     reasons = sorted(dict(m.headers())["bypass.reason"].decode() for m in dlq)
     assert reasons == ["too_deep", "ts_out_of_bounds", "ts_out_of_bounds"]

@@ -57,13 +57,13 @@ def ch_settings(settings: Settings) -> Settings:
 def test_migrate_cli_is_idempotent_and_versioned(ch_settings: Settings) -> None:
     first = bypass(ch_settings, "clickhouse", "migrate")
     assert first.returncode == 0, first.stderr
-    assert "schema version 3; applied none (up to date)" in first.stdout  # the fixture migrated already
+    assert "schema version 4; applied none (up to date)" in first.stdout  # the fixture migrated already
     ttl = bypass(ch_settings.model_copy(update={"clickhouse_ttl_days": 30}), "clickhouse", "migrate")
     assert "TTL set to 30 days on risk_hits" in ttl.stdout, ttl.stdout + ttl.stderr
     client = _client(ch_settings)
     db = ch_settings.clickhouse_database
     versions = client.query(f"SELECT version FROM {db}.schema_migrations FINAL ORDER BY version").result_rows
-    assert [v[0] for v in versions] == [1, 2, 3]
+    assert [v[0] for v in versions] == [1, 2, 3, 4]
     ddl = client.query(f"SHOW CREATE TABLE {db}.risk_hits").result_rows[0][0]
     assert "toIntervalDay(30)" in ddl
     again = bypass(ch_settings.model_copy(update={"clickhouse_ttl_days": 30}), "clickhouse", "migrate")
@@ -125,6 +125,52 @@ def test_redelivered_hits_are_stored_exactly_once_by_hit_id(ch_settings: Setting
         {"city": "Beijing"},
         hits[7]["event_ts"],
     )
+
+
+def test_failed_rules_are_stored_with_their_error_and_never_counted(settings: Settings) -> None:
+    """Issue 14, finding 6: a rule failing on every event (`x / 0`) used to look like a rule
+    that hits, in `risk_hits` and in the rollup behind `bypass hits top`. Also: a database
+    at schema version 3 (no `error` column, unfiltered rollup) is upgraded in place."""
+    from sinks.clickhouse_schema import MIGRATIONS
+
+    s = sink_settings(settings)
+    client = _client(s)
+    db = s.clickhouse_database
+    client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
+        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree(applied_at) "
+        "ORDER BY version"
+    )
+    for m in MIGRATIONS[:3]:  # what an earlier release left behind
+        for statement in m.statements:
+            client.command(statement.format(db=db))
+        client.insert(f"{db}.schema_migrations", [[m.version, m.name]], column_names=["version", "name"])
+    assert migrate(client, db).applied == (4,)
+    now = int(time.time() * 1000)
+    good = [{**sample_hit(i), "event_ts": now - 1000 - i} for i in range(5)]
+    failed = [
+        {
+            **sample_hit(100 + i),
+            "rule_id": "broken",
+            "counted": False,
+            "error": "division by zero",
+            "event_ts": now - i,
+        }
+        for i in range(7)
+    ]
+    produce(s, s.hits_topic, good + failed)
+    running = start_in_thread(_runner(s))
+    try:
+        wait_for(lambda: _count(client, f"SELECT count() FROM {db}.risk_hits FINAL"), 12)
+    finally:
+        running.close()
+    errors = client.query(f"SELECT error, count() FROM {db}.risk_hits FINAL GROUP BY error ORDER BY error")
+    assert errors.result_rows == [("", 5), ("division by zero", 7)]
+    assert _count(client, f"SELECT uniqExactMerge(hits) FROM {db}.risk_hits_hourly") == 5
+    top = bypass(s, "hits", "top", "--since", "1d")
+    assert top.returncode == 0, top.stderr
+    assert "broken" not in top.stdout and good[0]["rule_id"] in top.stdout
 
 
 def test_same_batch_retried_with_its_token_is_dropped_by_clickhouse(ch_settings: Settings) -> None:

@@ -56,7 +56,9 @@ def point(ev: dict[str, Any], path: str) -> tuple[float, float] | None:
 
 
 def distinct_key(v: Any) -> Any:
-    if isinstance(v, (str, bool, int)):
+    if isinstance(v, bool):
+        return ("bool", v)  # true and 1 are two values
+    if isinstance(v, (str, int)):
         return v
     if isinstance(v, float) and math.isfinite(v):
         return v

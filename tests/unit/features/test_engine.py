@@ -415,3 +415,45 @@ def test_no_event_id_is_ever_applied_twice_with_a_tiny_cap(case: dict[str, Any],
     for key, s in states.items():
         last = engine.apply("user", s, {"event_id": "last", "ts": s.tmax + 1, "user_id": key})
         assert last.features["n"] == len(applied[key]) + 1
+
+
+def test_distinct_counts_true_apart_from_one_also_after_a_snapshot() -> None:
+    """Issue 14, finding 9: booleans are not numbers, in features as in rules and `where`."""
+    spec = spec_of({"name": "flags", "entity": "user", "agg": "distinct", "field": "attrs.flag"})
+    engine = FeatureEngine(spec)
+    s = engine.new_state("user")
+    values = [True, 1, 1.0, False, 0, "true"]
+    got = [
+        engine.apply("user", s, ev(i, T0 + i, attrs={"flag": v})).features["flags"]
+        for i, v in enumerate(values)
+    ]
+    assert got == [1, 2, 2, 3, 4, 5]
+    restored = engine.loads("user", engine.dumps(s))
+    assert engine.apply("user", restored, ev(10, T0 + 10, attrs={"flag": True})).features["flags"] == 5
+    assert engine.apply("user", restored, ev(11, T0 + 11, attrs={"flag": 2})).features["flags"] == 6
+
+
+def test_values_a_feature_cannot_use_are_skipped_and_counted() -> None:
+    """Issue 14, finding 9: `"amount": "50000"` used to vanish from a sum with no trace."""
+    spec = spec_of(
+        {"name": "amount", "entity": "user", "agg": "sum", "field": "amount", "where": {"type": "order"}},
+        {"name": "biggest", "entity": "user", "agg": "max", "field": "amount"},
+        {"name": "cities", "entity": "user", "agg": "distinct", "field": "city"},
+        {"name": "orders", "entity": "user", "agg": "count", "where": {"type": "order"}},
+    )
+    engine = FeatureEngine(spec)
+    s = engine.new_state("user")
+    events = [
+        ev(1, T0, "order", amount=10, city="a"),
+        ev(2, T0 + 1, "order", amount="50000", city={"x": 1}),  # text amount, object city
+        ev(3, T0 + 2, "order", amount=True),  # a boolean is not a number
+        ev(4, T0 + 3, "view", amount="7"),  # not an order: the sum does not look, the max does
+        ev(5, T0 + 4, "order"),  # missing is not skipped: there is nothing to skip
+    ]
+    last = None
+    for e in events:
+        last = engine.apply("user", s, e).features
+    assert last == {"amount": 10, "biggest": 10, "cities": 1, "orders": 4}
+    assert engine.skipped_values() == {"amount": 2, "biggest": 3, "cities": 1}
+    engine.apply("user", s, events[1])  # a redelivery is not applied, so not counted again
+    assert engine.skipped_values()["amount"] == 2

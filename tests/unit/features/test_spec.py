@@ -153,3 +153,48 @@ def test_load_spec_accepts_text_path_and_mapping(tmp_path: Path) -> None:
         load_spec(tmp_path / "missing.yaml")
     with pytest.raises(SpecError, match="invalid YAML"):
         load_spec("entities: [\n")
+
+
+# -- declared event types (issue 20 item 5) ---------------------------------------------
+
+
+def test_declared_event_types_are_kept_and_optional() -> None:
+    spec = FeatureSpec.from_dict({"entities": ENTS, "events": ["login", "order"], "features": []})
+    assert spec.events == ("login", "order")
+    assert FeatureSpec.from_dict({"entities": ENTS, "features": []}).events is None  # any type goes
+    assert load_spec(ROOT / "examples/features.yaml").events is not None
+
+
+@pytest.mark.parametrize(
+    ("feature", "needle"),
+    [
+        (
+            {"name": "n", "entity": "user", "agg": "count", "where": {"type": "logn"}},
+            "feature 'n': 'where' type: unknown event type 'logn' (did you mean 'login'?)",
+        ),
+        (
+            {"name": "n", "entity": "user", "agg": "count", "where": {"type": ["login", "ordr"]}},
+            "unknown event type 'ordr' (did you mean 'order'?)",
+        ),
+        (
+            {"name": "s", "entity": "user", "agg": "sequence", "steps": ["login", "zzz"], "within": "1h"},
+            "feature 's': 'steps': unknown event type 'zzz' (the feature spec declares login, order)",
+        ),
+    ],
+)
+def test_a_feature_naming_an_undeclared_event_type_is_rejected(feature: dict[str, Any], needle: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        FeatureSpec.from_dict({"entities": ENTS, "events": ["login", "order"], "features": [feature]})
+    assert needle in exc.value.message
+    assert exc.value.fields["problem"] == "unknown event type"
+
+
+def test_undeclared_types_are_fine_without_events() -> None:
+    f = {"name": "n", "entity": "user", "agg": "count", "where": {"type": "anything"}}
+    assert FeatureSpec.from_dict({"entities": ENTS, "features": [f]}).features[0].name == "n"
+
+
+@pytest.mark.parametrize("events", [[], "login", ["login", 3], ["login", "login"], ["a b"]])
+def test_bad_events_declaration_is_rejected(events: Any) -> None:
+    with pytest.raises(SpecError, match="'events'"):
+        FeatureSpec.from_dict({"entities": ENTS, "events": events, "features": []})

@@ -393,3 +393,44 @@ def test_division_by_a_constant_zero_is_refused_at_load(op: str) -> None:
         rules.load_ruleset(text, {"user": {"a": "int"}})
     [problem] = info.value.problems
     assert problem.rule_id == "r" and "constant zero" in problem.message
+
+
+# --- booleans are not numbers (issue 14, finding 9): one semantics with the feature spec's `where`
+
+
+@pytest.mark.parametrize(
+    ("expr", "value", "want"),
+    [
+        ("a == true", 1, False),  # Python's True == 1 did match before
+        ("a == true", True, True),
+        ("a != true", 1, True),
+        ("a == 1", True, False),
+        ("a == 1", 1.0, True),  # numbers compare as numbers
+        ("true == a", 1, False),
+        ("a == event.flag", 1, False),
+        ("a in [true]", 1, False),
+        ("a in [true, 1]", 1, True),
+        ("a in [true, 1]", True, True),
+        ("a in [1]", True, False),
+        ("a not in [1]", True, True),
+        ("a in [0, 2]", False, False),
+    ],
+)
+def test_true_and_false_equal_only_true_and_false(expr: str, value: Any, want: bool) -> None:
+    assert ev(expr, {"a": value}, {"flag": True}) is want
+
+
+def test_a_feature_and_a_where_agree_on_true_versus_one() -> None:
+    from features._paths import make_matcher
+
+    match = make_matcher({"x": (True,)})
+    assert match is not None
+    for value in (1, True, 0, False):
+        assert match({"x": value}) is ev("a == true", {"a": value})
+
+
+@pytest.mark.parametrize("expr", ["a > 0", "a >= 1", "0 < a", "a > n"])
+def test_ordering_true_or_false_is_a_type_error_like_a_string(expr: str) -> None:
+    with pytest.raises(TypeError):
+        ev(expr, {"a": True, "n": 0})
+    assert ev(expr, {"a": 2, "n": 0}) is True

@@ -31,6 +31,8 @@ def test_hit_row_maps_every_column_in_order() -> None:
     assert row["features"] == {"logins_1h": 7.0, "distinct_devices_1d": 2.0, "x": None}
     assert row["features_text"] == {"city": "Beijing"}
     assert row["counted"] is True and row["source_offset"] == 7
+    assert row["error"] == ""  # no run-time error: stored empty
+    assert hit_row({**hit, "error": "division by zero"})["error"] == "division by zero"
 
 
 def test_ms_text_is_exact_and_fixed_width() -> None:
@@ -54,6 +56,8 @@ def test_ms_text_is_exact_and_fixed_width() -> None:
         ("decision", {"a": 1}, "wrong_type"),
         ("source_partition", 2**40, "bad_value"),
         ("run_id", None, "missing_field"),
+        ("error", 5, "wrong_type"),
+        ("error", None, None),  # a record without the field: no error
     ],
 )
 def test_hit_row_rejects_what_does_not_fit(field: str, value: object, reason: str | None) -> None:
@@ -145,6 +149,7 @@ def test_sample_hit_round_trips_through_json() -> None:
         {"label": None, "decision": None, "features": None},
         {"key": ""},
         {"event_ts": 0},
+        {"error": "division by zero", "counted": False},
     ],
 )
 def test_fast_and_checked_paths_give_the_same_row(change: dict[str, object]) -> None:
@@ -155,7 +160,15 @@ def test_fast_and_checked_paths_give_the_same_row(change: dict[str, object]) -> 
 
 
 @pytest.mark.parametrize(
-    "change", [{"event_ts": True}, {"counted": 1}, {"score": float("nan")}, {"mode": ""}, {"features": "x"}]
+    "change",
+    [
+        {"event_ts": True},
+        {"counted": 1},
+        {"score": float("nan")},
+        {"mode": ""},
+        {"features": "x"},
+        {"error": 1},
+    ],
 )
 def test_fast_path_never_accepts_what_the_checked_path_rejects(change: dict[str, object]) -> None:
     from sinks.clickhouse import _hit_row_fast
