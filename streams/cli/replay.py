@@ -25,8 +25,10 @@ hit ids, as live.
 \b
 Which events:
   --from / --to    the time range, by the events' own time. ISO 8601
-                   (2026-11-01T10:00:00Z, or 2026-11-01 10:00 meaning UTC) or epoch
-                   milliseconds. Only events with time in [FROM, TO) produce hits.
+                   (2026-11-01T10:00:00Z, or 2026-11-01 10:00 meaning UTC), epoch
+                   milliseconds, or relative to now: -1d or 1d (a day ago),
+                   now-2h30m, now, today, yesterday (00:00 UTC). Only events with
+                   time in [FROM, TO) produce hits.
   --warmup         how much earlier history to read first, to rebuild the windowed
                    state (counts over 30 days need the 30 days before FROM). These
                    events produce no hits. 'auto' (default) = the longest window of
@@ -50,6 +52,12 @@ Where the hits go (--out):
               live hit's id. Use --run-id live to backfill a gap in the live
               labels after an outage; only such a live backfill also writes
               the blacklist entries (to risk_blacklist).
+
+\b
+--emit-blacklist (with --run-id live) also produces the backfill's blacklist
+entries to the blacklist topic, as the live worker does, so the Redis mirror
+applies them and inline services see them. Entries already expired are not
+produced; replaying twice changes nothing in Redis. A backtest never emits.
 
 --compare prints, per rule, the live hits already in ClickHouse for the range
 (run id 'live'), the replayed hits, and how many were added and removed
@@ -81,6 +89,7 @@ consumer group.
 
 \b
 Examples:
+  bypass replay --from -1d --to now --rules new.yaml --compare
   bypass replay --from 2026-11-01 --to 2026-11-02 --rules new.yaml --compare
   bypass replay --from 2026-11-01T00:00 --to 2026-11-01T06:00 --out clickhouse --run-id live
   bypass replay --from 1793491200000 --to 1793577600000 --out jsonl --out-file hits.jsonl
@@ -120,6 +129,11 @@ def _warmup(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option(
     "--dlq", is_flag=True, help="send malformed messages and processing errors to the dead-letter topic"
 )
+@click.option(
+    "--emit-blacklist",
+    is_flag=True,
+    help="with --run-id live: also produce the blacklist entries to the blacklist topic (Redis mirror)",
+)
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def replay(
     from_ms: int | None,
@@ -134,6 +148,7 @@ def replay(
     compare: bool,
     resume: bool,
     dlq: bool,
+    emit_blacklist: bool,
     no_progress: bool,
 ) -> None:
     from rich.console import Console
@@ -155,6 +170,7 @@ def replay(
         compare=compare,
         resume=resume,
         dlq=dlq,
+        emit_blacklist=emit_blacklist,
         progress=not no_progress,
     )
     runner = Replay(settings, options, console=console)
@@ -221,7 +237,13 @@ def print_summary(console: Any, summary: ReplaySummary) -> None:
         (
             "blacklist entries",
             f"{s.blacklist:,}"
-            + (" (written to risk_blacklist)" if summary.blacklist_written else " (counted only)"),
+            + (" (written to risk_blacklist)" if summary.blacklist_written else " (counted only)")
+            + (
+                f"; {s.blacklist_emitted:,} produced to the blacklist topic, {s.blacklist_expired:,} "
+                "already expired"
+                if s.blacklist_emitted or s.blacklist_expired
+                else ""
+            ),
         ),
         ("output", f"{summary.out}: {summary.out_target}"),
         ("time", f"{s.elapsed_s:,.1f} s ({rate:,.0f} messages/s)"),
@@ -251,5 +273,4 @@ def print_summary(console: Any, summary: ReplaySummary) -> None:
         if not summary.compare:
             cmp.add_row("(no hits on either side)", "0", "0", "+0", "-0")
         console.print(cmp)
-    for warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    # the warnings (summary.warnings) were printed when they arose: not again here

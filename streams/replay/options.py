@@ -85,6 +85,7 @@ class ReplayOptions:
     compare: bool = False
     resume: bool = False
     dlq: bool = False
+    emit_blacklist: bool = False
     progress: bool = True
 
 
@@ -106,6 +107,8 @@ class ReplayStats:
     hits: int = 0
     hits_by_rule: dict[str, int] = field(default_factory=dict)
     blacklist: int = 0
+    blacklist_emitted: int = 0  # --emit-blacklist: produced to the blacklist topic
+    blacklist_expired: int = 0  # --emit-blacklist: not produced, already expired
     min_ts_ms: int | None = None
     max_ts_ms: int | None = None
     elapsed_s: float = 0.0

@@ -15,25 +15,28 @@ hold the same hits: a retried or re-run batch is dropped, never a different one.
 
 Only a live backfill (``--run-id live``) also writes blacklist entries (to
 ``risk_blacklist``, which has no run id: a backtest must not add entries that were never
-in effect).
+in effect). With ``--emit-blacklist`` (live backfills only) :class:`BlacklistEmitter` also
+produces them to the blacklist topic, as the live worker does, so the Redis mirror
+applies them and inline services see the backfilled labels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from sinks.base import RecordError, SinkBackpressureError, SourceRecord
-from sinks.records import BlacklistRecord, HitRecord
+from sinks.records import BlacklistRecord, HitRecord, blacklist_key
 from streams.core.step import Emitted
 from streams.replay.options import LIVE_RUN_ID, ReplayError
 
 if TYPE_CHECKING:
     from sinks.clickhouse import InsertClient
 
-__all__ = ["ReplayOutput", "open_output"]
+__all__ = ["BlacklistEmitter", "ReplayOutput", "entry_id", "open_output"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,65 @@ class ReplayOutput:
         close = getattr(self.sink, "close", None)
         if close is not None:
             close()
+
+
+def entry_id(record: BlacklistRecord) -> str:
+    """A blacklist entry's deterministic id: sha256 of (entity, key, label, rule-set version,
+    event id), the same fields ``risk_blacklist`` is keyed by. The same event under the same
+    rules always gives the same id, however often it is replayed."""
+    parts = (record["entity"], record["key"], record["label"], record["ruleset_version"], record["event_id"])
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+class BlacklistEmitter:
+    """``--emit-blacklist``: a live backfill's blacklist records produced to the blacklist
+    topic with the live worker's key and value, so the Redis mirror applies them.
+
+    - Idempotent end to end: the records are those live would have produced (same value),
+      and the mirror's merge is idempotent, so replaying twice changes nothing in Redis;
+      each message carries ``bypass.entry_id`` (:func:`entry_id`) and ``bypass.run_id``.
+    - An entry already expired by the wall clock is not produced (it could block no one).
+    - :meth:`flush` waits for the broker's acknowledgements; the replay calls it before
+      each checkpoint, so a resumed run never skips an entry (at-least-once).
+    """
+
+    def __init__(self, producer: Any, topic: str, run_id: str) -> None:
+        self._producer = producer
+        self.topic = topic
+        self._run_id = run_id.encode()
+        self.produced = 0
+        self.expired = 0
+        self._failed: list[str] = []
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failed.append(str(err))
+
+    def add(self, emitted: Emitted[BlacklistRecord]) -> None:
+        record = emitted.record
+        if record["expires_at"] <= time.time_ns() // 1_000_000:
+            self.expired += 1
+            return
+        self._producer.produce(
+            self.topic,
+            key=blacklist_key(record["entity"], record["key"]).encode(),
+            value=emitted.value,
+            headers=[("bypass.entry_id", entry_id(record).encode()), ("bypass.run_id", self._run_id)],
+            on_delivery=self._delivered,
+        )
+        self._producer.poll(0)
+        self.produced += 1
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until the broker has every entry produced so far, or raise ReplayError."""
+        left = self._producer.flush(timeout_s)
+        if left or self._failed:
+            failed, self._failed = self._failed, []
+            raise ReplayError(
+                f"the blacklist topic {self.topic} did not take {left + len(failed)} entries "
+                f"({failed[0] if failed else 'no answer within ' + str(int(timeout_s)) + ' s'}); "
+                "the replay stopped: run it again with --resume once Kafka answers"
+            )
 
 
 def open_output(

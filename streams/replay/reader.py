@@ -151,6 +151,7 @@ class ReplayReader:
     # --- set-up ----------------------------------------------------------------
     def discover(self) -> list[TP]:
         """The partitions of the topics (a clear ReplayError for a missing topic)."""
+        kafka.check_reachable(self.settings)  # one clear line within seconds, not a 15 s wait
         try:
             metadata = self.consumer.list_topics(timeout=15)
         except KafkaException as exc:

@@ -28,8 +28,9 @@ wins, i.e. the replayed copy (identical but for ``run_id``) replaces the live on
 is what a backfill after an outage wants (``--run-id live``); for any other run id replay
 warns first, with the number of live rows it would relabel.  ``--compare`` reads the live
 side *before* writing anything and compares by (rule id, event id), which is stable
-across rule-set versions.  Nothing is produced to the Kafka topics (``bypass.hits``,
-``bypass.blacklist``), so the Redis mirror is not fed by a replay.
+across rule-set versions.  Nothing is produced to ``bypass.hits``; a live backfill with
+``--emit-blacklist`` produces its blacklist entries to ``bypass.blacklist`` (those not
+expired yet), so the Redis mirror applies them (:class:`streams.replay.outputs.BlacklistEmitter`).
 
 Dead letters: a malformed message, and an event whose processing raises (the live path
 dead-letters exactly the same events: ``processing_error``), are counted and the replay
@@ -77,7 +78,7 @@ from streams.replay.options import (
     compare_hits,
     new_run_id,
 )
-from streams.replay.outputs import ReplayOutput, open_output
+from streams.replay.outputs import BlacklistEmitter, ReplayOutput, open_output
 from streams.replay.progress import Progress
 from streams.replay.reader import Record, ReplayReader
 from streams.settings import Settings
@@ -142,6 +143,12 @@ class Replay:
             raise ReplayError("--out-file only goes with --out jsonl", option="--out-file")
         if o.rules_file is not None and o.rules_version is not None:
             raise ReplayError("give either --rules FILE or --rules-version V, not both", option="--rules")
+        if o.emit_blacklist and o.run_id != LIVE_RUN_ID:
+            raise ReplayError(
+                "--emit-blacklist goes with --run-id live: only a backfill of the live labels may "
+                "reach inline services (a backtest never does)",
+                option="--emit-blacklist",
+            )
         checkpoint: Checkpoint | None = None
         if o.resume:
             if not o.run_id:
@@ -187,6 +194,7 @@ class Replay:
             "out_file": str(o.out_file) if o.out_file else None,
             "compare": o.compare,
             "dlq": o.dlq,
+            "emit_blacklist": o.emit_blacklist,
             "rules_file": str(o.rules_file) if o.rules_file else None,
             "rules_version": o.rules_version,
             "chunk": int(s.replay_batch_size),
@@ -310,6 +318,7 @@ class Replay:
         reader = ReplayReader(settings, topics, run_id, decoder, warn=self._warn)
         dlq_producer: KafkaProducer | None = None
         output: ReplayOutput | None = None
+        emitter: BlacklistEmitter | None = None
         try:
             tps = reader.discover()
             reader.find_offsets(select_from - skew_ms, stop_ms)
@@ -341,6 +350,10 @@ class Replay:
                 from streams.core.kafka import producer
 
                 dlq_producer = producer(settings)
+            if params.get("emit_blacklist") and run_id == LIVE_RUN_ID:
+                from streams.core.kafka import producer
+
+                emitter = BlacklistEmitter(producer(settings), settings.blacklist_topic, run_id)
 
             progress = Progress(
                 self._console if self.options.progress else None,
@@ -351,10 +364,24 @@ class Replay:
             last_ckpt = t_start
             out = output
 
+            prior_skipped = dict(stats.values_skipped)  # from the checkpoint, if resumed
+            prior_emitted, prior_expired = stats.blacklist_emitted, stats.blacklist_expired
+
+            def count_skipped() -> None:
+                """Values the features skipped: the checkpoint's count plus this process's."""
+                now_skipped = processor.engine.skipped_values()
+                stats.values_skipped = {
+                    name: prior_skipped.get(name, 0) + now_skipped.get(name, 0)
+                    for name in sorted(prior_skipped.keys() | now_skipped.keys())
+                }
+
             def save(complete: bool) -> None:
                 out.flush()
-                for name, count in processor.engine.skipped_values().items():
-                    stats.values_skipped[name] = stats.values_skipped.get(name, 0) + count
+                if emitter is not None:
+                    emitter.flush()
+                    stats.blacklist_emitted = prior_emitted + emitter.produced
+                    stats.blacklist_expired = prior_expired + emitter.expired
+                count_skipped()
                 stats.elapsed_s = prior_elapsed + (time.monotonic() - t_start)
                 ck = Checkpoint(
                     run_id=run_id,
@@ -453,6 +480,8 @@ class Replay:
                 stats.blacklist += len(result.blacklist)
                 for entry in result.blacklist:
                     out.blacklist(entry)
+                    if emitter is not None:
+                        emitter.add(entry)
                 for rec in chunk:
                     positions[(rec.topic, rec.partition)] = rec.offset + 1
                 if self._on_chunk is not None:
@@ -500,8 +529,11 @@ class Replay:
                 save(False)
             else:
                 out.flush()
-                for name, count in processor.engine.skipped_values().items():
-                    stats.values_skipped[name] = stats.values_skipped.get(name, 0) + count
+                if emitter is not None:
+                    emitter.flush()
+                    stats.blacklist_emitted = prior_emitted + emitter.produced
+                    stats.blacklist_expired = prior_expired + emitter.expired
+                count_skipped()
                 stats.elapsed_s = prior_elapsed + (time.monotonic() - t_start)
                 if stats.in_range_events == 0:
                     seen = (

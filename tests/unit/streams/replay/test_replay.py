@@ -258,3 +258,92 @@ def test_merge_equals_the_live_ingest_merge(tss: list[list[int]], seed: int) -> 
     ]
     live = [(s.event["ts"], s.topic, s.partition, s.offset) for s in merge_sources(sequences)]
     assert ours == live
+
+
+# --- --emit-blacklist (issue 15, item 1)
+
+
+def test_a_backtest_never_emits_to_the_blacklist_topic(tmp_path: Path) -> None:
+    from streams.replay import Replay, ReplayError, ReplayOptions
+    from streams.settings import Settings
+
+    s = Settings(state_dir=tmp_path)
+    for run_id in ("bt-1", None):  # a named backtest, and a new run id
+        options = ReplayOptions(from_ms=1, to_ms=2, run_id=run_id, emit_blacklist=True, progress=False)
+        with pytest.raises(ReplayError, match="--emit-blacklist goes with --run-id live"):
+            Replay(s, options).run()
+
+
+class _Producer:
+    """Records what the emitter produces; ``fail`` makes deliveries fail."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.sent: list[tuple[str, bytes, bytes, dict[str, bytes]]] = []
+        self.fail = fail
+        self._callbacks: list[object] = []
+
+    def produce(
+        self, topic: str, *, key: bytes, value: bytes, headers: list[tuple[str, bytes]], on_delivery: object
+    ) -> None:
+        self.sent.append((topic, key, value, dict(headers)))
+        self._callbacks.append(on_delivery)
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        for cb in self._callbacks:
+            cb(self.fail, None)  # type: ignore[operator]
+        self._callbacks.clear()
+        return 0
+
+
+def _entry(event_id: str, expires_at: int) -> object:
+    import orjson
+
+    from streams.core.order import SourceEvent
+    from streams.core.step import Emitted
+
+    record = {
+        "entity": "user",
+        "key": "u1",
+        "label": "fraud",
+        "rule_ids": ["r1"],
+        "event_id": event_id,
+        "event_ts": 1,
+        "expires_at": expires_at,
+        "ruleset_version": "v1",
+    }
+    source = SourceEvent({"event_id": event_id}, "raw", 0, 7, None)
+    return Emitted("user", "u1", record, orjson.dumps(record), source)
+
+
+def test_the_emitter_produces_live_records_with_deterministic_ids_and_skips_expired_ones() -> None:
+    import time
+
+    from streams.replay.outputs import BlacklistEmitter, entry_id
+
+    producer = _Producer()
+    emitter = BlacklistEmitter(producer, "bl", "live")
+    future = time.time_ns() // 1_000_000 + 3_600_000
+    for emitted in (_entry("e1", future), _entry("e2", 1_000), _entry("e1", future)):
+        emitter.add(emitted)  # type: ignore[arg-type]
+    emitter.flush()
+    assert (emitter.produced, emitter.expired) == (2, 1)
+    (t1, k1, v1, h1), (_, _, v2, h2) = producer.sent
+    assert (t1, k1) == ("bl", b"user:u1") and v1 == v2  # the live worker's key and value
+    assert h1 == h2 == {"bypass.entry_id": h1["bypass.entry_id"], "bypass.run_id": b"live"}
+    assert h1["bypass.entry_id"].decode() == entry_id(_entry("e1", 0).record)  # type: ignore[attr-defined]
+    assert entry_id(_entry("e1", 0).record) != entry_id(_entry("e2", 0).record)  # type: ignore[attr-defined]
+
+
+def test_the_emitter_stops_the_replay_when_kafka_does_not_take_the_entries() -> None:
+    import time
+
+    from streams.replay import ReplayError
+    from streams.replay.outputs import BlacklistEmitter
+
+    emitter = BlacklistEmitter(_Producer(fail="broker down"), "bl", "live")
+    emitter.add(_entry("e1", time.time_ns() // 1_000_000 + 60_000))  # type: ignore[arg-type]
+    with pytest.raises(ReplayError, match="did not take 1 entries .broker down.*--resume"):
+        emitter.flush()
