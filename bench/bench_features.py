@@ -13,7 +13,7 @@ Measures, per (event, entity kind it carries) exactly as the live path and repla
 dedup horizon. Reports events/s (input events; wall clock and per CPU second, which is the fairer
 figure on a shared machine) and applies/s, then the serialized
 state (``engine.dumps``) per user at the end of the stream: mean, p50, p90, max.
-Goals (issue 3): >= 50,000 events/s on one core; <= 2 KB of state per typical user.
+Goals: >= 50,000 events/s on one core; <= 2 KB of state per typical user.
 """
 
 from __future__ import annotations

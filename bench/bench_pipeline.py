@@ -250,6 +250,18 @@ def child_serve() -> None:
 # --------------------------------------------------------------------------- driver
 
 
+def _bench_spec(state: Path) -> Path:
+    """The example spec with the probe's event type declared (a rule naming an undeclared
+    type is refused)."""
+    path = state / "features.yaml"
+    text = FEATURES.read_text(encoding="utf-8")
+    if "\nevents: [" in text:
+        text = text.replace("\nevents: [", f"\nevents: [{PROBE_TYPE}, ", 1)
+    state.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def _env(
     bootstrap: str, state: Path, prefix: str, raw: str, phone_key: str, *, ordered: bool = True
 ) -> dict[str, str]:
@@ -263,7 +275,7 @@ def _env(
             "BYPASS_BLACKLIST_TOPIC": f"{prefix}.blacklist",
             "BYPASS_DLQ_TOPIC": f"{prefix}.dlq",
             "BYPASS_RULES_TOPIC": f"{prefix}.rules",
-            "BYPASS_FEATURES_SPEC": str(FEATURES),
+            "BYPASS_FEATURES_SPEC": str(_bench_spec(state)),
             "BYPASS_PHONE_HASH_KEY": phone_key,
             "BYPASS_STATE_DIR": str(state / prefix),
             "BYPASS_TOPIC_PARTITIONS": str(PARTITIONS),

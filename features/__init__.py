@@ -24,7 +24,7 @@ Time (``_time``): the one grammar of durations and instants of bypass, used by t
 ``format_duration`` / ``format_ms``, ``DURATION_HELP`` / ``TIME_HELP`` for help texts;
 ``DurationError`` / ``TimeFormatError`` (ConfigErrors) otherwise.
 
-Semantics (issue 3): windows are ``(t - W, t]`` in event time; an event contributes to
+Semantics: windows are ``(t - W, t]`` in event time; an event contributes to
 every entity kind whose key field it carries; a late event (older than the key's newest)
 within the allowed lateness is applied and its features computed as of its own time over
 what was applied so far, an older one is rejected (``status == "late_rejected"``,

@@ -11,10 +11,16 @@ that registry (``LOGICS``). It validates the keys every feature has (``name``,
 ``entity``, ``agg``, ``where``) and parses each parameter key the same way whichever
 aggregation takes it: ``field`` a dotted path, ``window`` and ``within`` durations in the
 one grammar of ``features._time``, ``steps`` a non-empty list of event types.
+
+A spec may declare its event types (top-level ``events: [login, order, ...]``). Then a
+``where: {type: ...}`` or a sequence step naming another type is a SpecError with a
+"did you mean", and rule validation rejects a rule whose ``events:`` names one
+(``FeatureSpec.events``). A spec without ``events:`` accepts any type.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from collections.abc import Mapping
@@ -34,6 +40,9 @@ from features.errors import DurationError, SpecError
 AGGS: tuple[str, ...] = tuple(sorted(LOGICS))
 
 _COMMON_KEYS = frozenset({"name", "entity", "agg", "where"})
+_TOP_KEYS = ("entities", "events", "features")
+#: the envelope field holding the event type (what ``events:`` declares values of)
+TYPE_FIELD = "type"
 # what a spec that leaves out a required parameter is told, per key ({agg}: the agg name)
 _MISSING_HINT: dict[str, str] = {
     "field": "agg {agg!r} needs the path of the value",
@@ -107,10 +116,12 @@ class Feature:
 
 @dataclass(frozen=True, slots=True)
 class FeatureSpec:
-    """A validated feature spec: entity kinds and their features (in spec order)."""
+    """A validated feature spec: entity kinds and their features (in spec order), and the
+    declared event types (``events``; None when the spec declares none: any type goes)."""
 
     entities: Mapping[str, str]
     features: tuple[Feature, ...]
+    events: tuple[str, ...] | None = None
     _by_entity: Mapping[str, tuple[Feature, ...]] = field(repr=False, compare=False, default_factory=dict)
     _key_getters: tuple[tuple[str, str, Getter | None], ...] = field(repr=False, compare=False, default=())
 
@@ -130,13 +141,14 @@ class FeatureSpec:
         """Validate an already-parsed spec mapping; raises SpecError naming the feature."""
         if not isinstance(data, Mapping):
             raise SpecError("feature spec: expected a mapping with 'entities' and 'features'", feature=None)
-        unknown = set(data) - {"entities", "features"}
+        unknown = set(data) - set(_TOP_KEYS)
         if unknown:
             raise SpecError(
                 f"feature spec: unknown top-level key(s) {sorted(map(str, unknown))} "
-                "(expected 'entities' and 'features')",
+                "(expected 'entities', 'features' and optionally 'events')",
                 feature=None,
             )
+        events = _parse_events(data.get("events"))
         ents = data.get("entities")
         if not isinstance(ents, Mapping) or not ents:
             raise SpecError(
@@ -160,7 +172,7 @@ class FeatureSpec:
         feats: list[Feature] = []
         seen: set[str] = set()
         for i, item in enumerate(raw):
-            f = _parse_feature(item, i, entities)
+            f = _parse_feature(item, i, entities, events)
             if f.name in seen:
                 raise SpecError(
                     f"feature {f.name!r}: duplicate name (feature names must be unique)",
@@ -175,7 +187,11 @@ class FeatureSpec:
             raise SpecError("feature spec: state key collision; rename a feature", feature=None)
         key_getters = tuple((e, p, None if "." not in p else make_getter(p)) for e, p in entities.items())
         return cls(
-            entities=dict(entities), features=tuple(feats), _by_entity=by_entity, _key_getters=key_getters
+            entities=dict(entities),
+            features=tuple(feats),
+            events=events,
+            _by_entity=by_entity,
+            _key_getters=key_getters,
         )
 
     def features_of(self, entity: str) -> tuple[Feature, ...]:
@@ -218,7 +234,36 @@ class FeatureSpec:
         return tuple(f.name for f in self.features if f.span_ms() is None)
 
 
-def _parse_feature(item: Any, i: int, entities: Mapping[str, str]) -> Feature:
+def _parse_events(raw: Any) -> tuple[str, ...] | None:
+    """The optional top-level ``events``: a non-empty list of distinct event type names."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(e, str) and _NAME.match(e) for e in raw):
+        raise SpecError(
+            f"feature spec: 'events' must be a non-empty list of event type names "
+            f"(letters, digits, underscores), e.g. [login, order], got {raw!r}"[:300],
+            feature=None,
+        )
+    dup = sorted({e for e in raw if raw.count(e) > 1})
+    if dup:
+        raise SpecError(f"feature spec: 'events' lists {', '.join(dup)} more than once", feature=None)
+    return tuple(raw)
+
+
+def unknown_event_type(etype: Any, declared: tuple[str, ...] | None) -> str | None:
+    """None when ``etype`` is a declared event type (or none are declared), else the
+    message: ``unknown event type 'contract_sgn' (did you mean 'contract_sign'?)``.
+    Shared by the spec (``where: {type: ...}``, ``steps``) and rule validation."""
+    if declared is None or etype in declared:
+        return None
+    close = difflib.get_close_matches(str(etype), list(declared), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"the feature spec declares {', '.join(declared)}"
+    return f"unknown event type {etype!r} ({hint})"
+
+
+def _parse_feature(
+    item: Any, i: int, entities: Mapping[str, str], events: tuple[str, ...] | None = None
+) -> Feature:
     if not isinstance(item, Mapping):
         raise SpecError(f"feature #{i + 1}: expected a mapping, got {item!r}", feature=None)
     name = item.get("name")
@@ -284,6 +329,13 @@ def _parse_feature(item: Any, i: int, entities: Mapping[str, str]) -> Feature:
         steps = tuple(raw_steps)
     within = given("within")
     within_ms = None if within is None else parse_duration(within, feature=name, what="within")
+    for path, values in where:
+        for v in values if path == TYPE_FIELD else ():
+            if (problem := unknown_event_type(v, events)) is not None:
+                raise err(f"'where' type: {problem}", "unknown event type")
+    for step in steps:
+        if (problem := unknown_event_type(step, events)) is not None:
+            raise err(f"'steps': {problem}", "unknown event type")
     feature = Feature(
         name=name,
         entity=entity,

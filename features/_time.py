@@ -19,8 +19,11 @@ zero parts left out, ``0ms`` for zero.
 Instants, ``parse_time_ms``: ISO 8601 calendar dates ``YYYY-MM-DD``, optionally with a
 time ``[T| ]HH:MM[:SS[.fraction]]`` and a zone ``Z`` / ``±HH[:MM]`` (UTC when no zone is
 given; a fraction finer than a millisecond is cut off, as an epoch-ms clock would), or
-plain digits meaning epoch milliseconds; and, only when the caller passes ``now_ms``,
-``now``, ``now-<duration>`` and ``now+<duration>``. The result is epoch milliseconds
+plain digits meaning epoch milliseconds; and, only when the caller passes ``now_ms``
+(the command line always does), times relative to it: ``now``, ``now-<duration>`` and
+``now+<duration>``, the short ``-<duration>`` / ``+<duration>``, a bare duration with a
+unit meaning that long ago (``1d`` = ``-1d`` = ``now-1d``: what ``--since 1d`` says), and
+``today`` / ``yesterday`` (the start of that UTC day). The result is epoch milliseconds
 between years 1 and 9999 (``MIN_TIME_MS`` .. ``MAX_TIME_MS``), the range ``format_ms``
 can write back (``2026-11-01T10:00:00.000Z``).
 """
@@ -36,7 +39,8 @@ from features.errors import DurationError, TimeFormatError
 DURATION_HELP: Final = "a duration: 500ms, 30s, 5m, 1h30m, 30d, 2w or milliseconds"
 TIME_HELP: Final = (
     "a time: ISO 8601 (2026-11-01T10:00:00Z, 2026-11-01T10:00:00+08:00, "
-    "2026-11-01 10:00 or 2026-11-01, UTC when no zone is given) or epoch milliseconds"
+    "2026-11-01 10:00 or 2026-11-01, UTC when no zone is given), epoch milliseconds, "
+    "or relative: now, -1d or 1d (a day ago), now-2h30m, today, yesterday (UTC)"
 )
 
 MAX_DURATION_MS: Final = 10**15 - 1
@@ -71,6 +75,9 @@ _ISO: Final = re.compile(
     re.IGNORECASE,
 )
 _NOW: Final = re.compile(r"now(?: *([+-]) *(.*))?", re.IGNORECASE)
+_SHORT: Final = re.compile(r"([+-]) *(.+)")
+_DAY_MS: Final = 86_400_000
+_DAYS: Final = {"today": 0, "yesterday": 1}
 
 
 def parse_duration_ms(text: str, *, allow_zero: bool = False) -> int:
@@ -122,7 +129,8 @@ def parse_time_ms(text: str, *, now_ms: int | None = None) -> int:
 
     ``"2026-11-01T10:00:00Z"``, ``"2026-11-01T10:00:00+08:00"``, ``"2026-11-01 10:00"``
     and ``"2026-11-01"`` (UTC when no zone), ``"1793527200000"`` (epoch ms); with
-    ``now_ms`` given, also ``"now"``, ``"now-1h"``, ``"now+30m"`` (relative to it). Raises
+    ``now_ms`` given, also ``"now"``, ``"now-1h"``, ``"now+30m"``, ``"-1d"``, ``"+1h"``,
+    ``"1d"`` (a day before ``now_ms``), ``"today"`` and ``"yesterday"`` (00:00 UTC). Raises
     ``TimeFormatError`` (fields ``text``, ``reason``) on anything else, or when the
     instant is outside years 1..9999.
     """
@@ -135,13 +143,25 @@ def parse_time_ms(text: str, *, now_ms: int | None = None) -> int:
         if int(value) > MAX_TIME_MS:
             _time_error(text, f"epoch milliseconds too large: at most {MAX_TIME_MS} (year 9999)")
         return int(value)
-    now = _NOW.fullmatch(value)
+    now = _NOW.fullmatch(value) or _SHORT.fullmatch(value)
     if now is not None:
         return _relative(text, now, now_ms)
     iso = _ISO.fullmatch(value)
-    if iso is None:
+    if iso is not None:
+        return _iso_ms(text, iso)
+    if value.lower() in _DAYS:
+        if now_ms is None:
+            _time_error(text, f"{value!r} is not accepted here (no current time given); expected {TIME_HELP}")
+        return _in_range(text, now_ms - now_ms % _DAY_MS - _DAYS[value.lower()] * _DAY_MS)
+    try:
+        ago = parse_duration_ms(value)  # a bare duration with a unit (digits were epoch ms)
+    except DurationError:
         _time_error(text, f"expected {TIME_HELP}")
-    return _iso_ms(text, iso)
+    if now_ms is None:
+        _time_error(
+            text, f"a duration ago is not accepted here (no current time given); expected {TIME_HELP}"
+        )
+    return _in_range(text, now_ms - ago)
 
 
 def format_ms(ms: int) -> str:
@@ -158,14 +178,20 @@ def format_ms(ms: int) -> str:
 
 def _relative(text: str, m: re.Match[str], now_ms: int | None) -> int:
     if now_ms is None:
-        _time_error(text, f"'now' is not accepted here (no current time given); expected {TIME_HELP}")
+        what = "'now'" if m.group(0).lower().startswith("now") else "a time relative to now"
+        _time_error(text, f"{what} is not accepted here (no current time given); expected {TIME_HELP}")
     ms = now_ms
     if m.group(1) is not None:
         try:
             delta = parse_duration_ms(m.group(2), allow_zero=True)
         except DurationError as exc:
-            _time_error(text, f"bad duration after 'now{m.group(1)}': {exc.fields['reason']}")
+            before = m.group(0)[: m.start(2)].strip()
+            _time_error(text, f"bad duration after {before!r}: {exc.fields['reason']}")
         ms = now_ms + delta if m.group(1) == "+" else now_ms - delta
+    return _in_range(text, ms)
+
+
+def _in_range(text: str, ms: int) -> int:
     if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
         _time_error(text, "outside years 1..9999")
     return ms

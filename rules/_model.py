@@ -545,9 +545,11 @@ class _Validator:
         positions: Mapping[Path, Pos],
         schema: Schema | None,
         source: str | None,
+        event_types: Sequence[str] | None = None,
     ) -> None:
         self.positions = positions
         self.schema = schema
+        self.event_types = None if event_types is None else tuple(event_types)
         self.source = source
         self.problems: list[Problem] = []
 
@@ -788,6 +790,16 @@ class _Validator:
                 )
             else:
                 events = tuple(dict.fromkeys(ev))
+                for j, etype in enumerate(ev):
+                    if self.event_types is not None and etype not in self.event_types:
+                        self.add(
+                            rule_id,
+                            (*base, "events", j),
+                            f"unknown event type {_brief(etype)}: the feature spec does not declare it, "
+                            "so the rule would never fire",
+                            _suggest(etype, self.event_types)
+                            or f"the feature spec declares {', '.join(self.event_types)}",
+                        )
 
         compiled: CompiledExpr | None = None
         when = raw.get("when")
@@ -851,6 +863,14 @@ def _suggest(word: str, candidates: Sequence[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else ""
 
 
+def _event_types(schema: Any, event_types: Sequence[str] | None) -> Sequence[str] | None:
+    """The declared event types: given, else a FeatureSpec's ``events`` (None: any type)."""
+    if event_types is not None:
+        return event_types
+    declared = getattr(schema, "events", None)
+    return declared if isinstance(declared, tuple) else None
+
+
 def _as_schema(schema: Schema | _HasSchema | None) -> Schema | None:
     if schema is None:
         return None
@@ -869,13 +889,16 @@ def build_ruleset(
     *,
     positions: Mapping[Path, Pos] | None = None,
     source: str | None = None,
+    event_types: Sequence[str] | None = None,
 ) -> RuleSet:
     """Validate and compile an already-parsed rule set (e.g. from JSON).
 
     ``positions`` maps paths such as ``("rules", 0, "when")`` to :class:`Pos`
-    so problems point at the source. Raises :class:`RuleSetError`.
+    so problems point at the source. ``event_types`` are the known event types (default:
+    a FeatureSpec's declared ``events``; None accepts any): a rule's ``events:`` naming
+    another is a problem with a "did you mean". Raises :class:`RuleSetError`.
     """
-    validator = _Validator(positions or {}, _as_schema(schema), source)
+    validator = _Validator(positions or {}, _as_schema(schema), source, _event_types(schema, event_types))
     ruleset = validator.run(data)
     if ruleset is None:
         raise RuleSetError(validator.problems or [Problem(None, 1, 1, "invalid rule set", "")], source=source)
@@ -887,15 +910,16 @@ def load_ruleset(
     schema: Schema | _HasSchema | None,
     *,
     source: str | None = None,
+    event_types: Sequence[str] | None = None,
 ) -> RuleSet:
     """Parse, validate and compile a YAML rule set as a whole.
 
     ``schema`` is ``entity -> feature name -> type`` (``FeatureSpec.schema()``;
     a ``FeatureSpec`` itself is accepted too). ``None`` skips name and type
     checks (syntax and safety are still checked); only tools without a feature
-    spec, such as ``bypass rules diff``, should do that. ``source`` names the
-    file in messages. Raises :class:`RuleSetError` naming every problem with
-    rule id, line and column.
+    spec, such as ``bypass rules diff``, should do that. ``event_types``: as in
+    :func:`build_ruleset`. ``source`` names the file in messages. Raises
+    :class:`RuleSetError` naming every problem with rule id, line and column.
     """
     size = len(text.encode("utf-8", errors="replace"))
     if size > MAX_RULESET_BYTES:
@@ -942,7 +966,7 @@ def load_ruleset(
         for path, pos, key in duplicates
     ]
     try:
-        ruleset = build_ruleset(data, schema, positions=positions, source=source)
+        ruleset = build_ruleset(data, schema, positions=positions, source=source, event_types=event_types)
     except RuleSetError as exc:
         raise RuleSetError([*dup_problems, *exc.problems], source=source) from None
     if dup_problems:

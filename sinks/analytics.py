@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from features import parse_duration_ms, parse_time_ms
+from features import parse_time_ms
 from features.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -20,20 +20,12 @@ if TYPE_CHECKING:
 
 
 def parse_since(text: str, *, now_ms: int) -> int:
-    """A duration before now (``1d``, ``6h``, ``1h30m``: the one grammar of
-    ``features.parse_duration_ms``) or an instant (``features.parse_time_ms``: ISO 8601,
-    epoch ms, ``now-1d``) -> epoch ms."""
-    try:
-        return now_ms - parse_duration_ms(text)
-    except ConfigError:
-        pass
+    """A time in the one grammar of ``features.parse_time_ms`` read against ``now_ms``
+    (``1d`` / ``-1d`` a day ago, ``yesterday``, ISO 8601, epoch ms ...) -> epoch ms."""
     try:
         return parse_time_ms(text, now_ms=now_ms)
-    except ConfigError:
-        raise ConfigError(
-            f"--since {text!r}: use a duration like 1d, 6h, 1h30m or a time like 2025-11-23T00:00:00Z",
-            option="--since",
-        ) from None
+    except ConfigError as exc:
+        raise ConfigError(f"--since: {exc.message}", option="--since") from None
 
 
 TOP_RULES_SQL = """

@@ -1,6 +1,6 @@
 """The record contracts of ``bypass.hits`` and ``bypass.blacklist``, in one place.
 
-Both topics carry one JSON object per message (issue 5 contract: fields may be added,
+Both topics carry one JSON object per message (the contract: fields may be added,
 none renamed). This module holds, once each:
 
 - the field names and types: :data:`HIT_FIELDS` / :class:`HitRecord` and

@@ -30,7 +30,9 @@ def features() -> None:
 
 
 @features.command("eval")
-@click.option("--spec", "spec_path", required=True, metavar="FEATURES.yaml", help="feature spec (YAML)")
+@click.option(
+    "--spec", "spec_path", metavar="FEATURES.yaml", help="feature spec (YAML; default: BYPASS_FEATURES_SPEC)"
+)
 @click.option(
     "--events",
     "events_file",
@@ -39,10 +41,10 @@ def features() -> None:
     metavar="EVENTS.jsonl",
     help="'-' for stdin",
 )
-def eval_(spec_path: str, events_file: IO[bytes]) -> None:
+def eval_(spec_path: str | None, events_file: IO[bytes]) -> None:
     """Print the features of every (event, entity) as JSON lines, in input order."""
-    spec = load_spec(spec_path)
     settings = Settings()
+    spec = load_spec(spec_path if spec_path is not None else settings.features_spec)
     engine = FeatureEngine(
         spec,
         cap=settings.state_cap,

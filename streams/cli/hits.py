@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from features import format_ms
+from streams.cli.params import TIME, check_entity_kind, utc_text
 from streams.settings import Settings
 
 
@@ -44,7 +45,14 @@ def hits() -> None:
 
 
 @hits.command()
-@click.option("--since", default="1d", show_default=True, help="duration (1d, 6h, 30m) or ISO time")
+@click.option(
+    "--since",
+    "since_ms",
+    type=TIME,
+    default="1d",
+    show_default=True,
+    help="a time: 1d or -1d (a day ago), 6h, yesterday, 2026-11-01T10:00Z, epoch ms",
+)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option(
     "--run-id",
@@ -52,7 +60,7 @@ def hits() -> None:
     show_default=True,
     help="only this run: live, or a replay's run id; 'all' counts every run together",
 )
-def top(since: str, limit: int, run_id: str) -> None:
+def top(since_ms: int, limit: int, run_id: str) -> None:
     """Rules with the most hits since --since (exact distinct hits, hourly rollup).
 
     Counts the live labels by default, so backtests and replays written to ClickHouse
@@ -61,14 +69,13 @@ def top(since: str, limit: int, run_id: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sinks.analytics import parse_since, top_rules
+    from sinks.analytics import top_rules
 
     settings = Settings()
-    since_ms = parse_since(since, now_ms=time.time_ns() // 1_000_000)
     rows = _query(
         top_rules, _client(settings), since_ms=since_ms, limit=limit, run_id="" if run_id == "all" else run_id
     )
-    table = Table(title=f"top rules since {since} (hour-aligned)")
+    table = Table(title=f"top rules since {format_ms(since_ms)} (hour-aligned)")
     for col, justify in [
         ("rule", "left"),
         ("mode", "left"),
@@ -86,8 +93,8 @@ def top(since: str, limit: int, run_id: str) -> None:
             str(r["hits"]),
             str(r["counted"]),
             str(r["entities"]),
-            f"{r['first_hour']:%Y-%m-%d %H:00}",
-            f"{r['last_hour']:%Y-%m-%d %H:00}",
+            utc_text(r["first_hour"], "%Y-%m-%d %H:00"),
+            utc_text(r["last_hour"], "%Y-%m-%d %H:00"),
         )
     Console(width=160).print(table)
     if not rows:
@@ -107,6 +114,7 @@ def entity(entity: str, key: str, limit: int, run_id: str) -> None:
     from sinks.analytics import entity_history
 
     settings = Settings()
+    check_entity_kind(entity, settings)
     rows = _query(entity_history, _client(settings), entity, key, limit=limit, run_id=run_id)
     table = Table(title=f"hits of {entity} {key}")
     for col in (
@@ -124,7 +132,7 @@ def entity(entity: str, key: str, limit: int, run_id: str) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(
-            f"{r['event_time']:%Y-%m-%d %H:%M:%S.%f}"[:-3],
+            utc_text(r["event_time"], "%Y-%m-%d %H:%M:%S.%f"),
             r["rule_id"],
             r["label"],
             f"{r['mode']} (failed: {r['error']})" if r.get("error") else r["mode"],

@@ -49,8 +49,10 @@ def lists() -> None:
 def check(entity: str, key: str) -> None:
     """Is ENTITY KEY blacklisted? Exit 0 and print each label if listed, exit 1 if not."""
     from sinks.redis_mirror import lookup
+    from streams.cli.params import check_entity_kind
 
     settings = Settings()
+    check_entity_kind(entity, settings)
     client = _client(settings)
     entries = _call(settings, lookup, client, settings.redis_key_prefix, entity, key)
     if not entries:

@@ -12,6 +12,7 @@ from streams.settings import Settings
 def settings(as_env: bool) -> None:
     """Print the effective settings (secrets masked)."""
     values = Settings().masked()
+    width = max((len(name) for name in values), default=0)  # one column, however long the names
     for name, value in values.items():
         shown = "" if value is None else value
-        click.echo(f"{name}={shown}" if as_env else f"{name:32} {shown}")
+        click.echo(f"{name}={shown}" if as_env else f"{name:<{width}}  {shown}".rstrip())

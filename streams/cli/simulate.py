@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from features import format_ms
 from streams.local.simulate import (
     DEFAULT_START_MS,
     Mix,
@@ -99,7 +100,8 @@ def _to_kafka(events: Iterator[dict[str, Any]], topic: str | None) -> str:
     "truth_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="ground-truth file [default: truth.jsonl beside --out-file; ./truth.jsonl for kafka]",
+    help="ground-truth file [default: truth.jsonl beside --out-file; for kafka or stdout: "
+    "truth.jsonl in BYPASS_STATE_DIR]",
 )
 @click.option("--topic", default=None, help="Kafka topic [default: the first of BYPASS_RAW_TOPICS]")
 @click.option(
@@ -107,7 +109,8 @@ def _to_kafka(events: Iterator[dict[str, Any]], topic: str | None) -> str:
     "start_text",
     default=str(DEFAULT_START_MS),
     show_default=True,
-    help="first event time: epoch ms, ISO date (UTC), or 'now' (traffic ends at the current minute)",
+    help="first event time: ISO 8601 (UTC unless it says), epoch ms, -2d, yesterday ...; "
+    "or 'now': the traffic ends at the current minute",
 )
 @click.option(
     "--time-scale",
@@ -182,7 +185,10 @@ def simulate(
     stdout = out == "jsonl" and str(out_file) == "-"
     if truth_path is None:
         if out == "kafka" or stdout:
-            truth_path = Path("truth.jsonl")
+            from streams.settings import Settings
+
+            truth_path = Path(Settings().state_dir) / "truth.jsonl"  # never litter the working directory
+            truth_path.parent.mkdir(parents=True, exist_ok=True)
         else:
             truth_path = out_file.parent / "truth.jsonl"
     write_truth(truth_path, sim.truth)
@@ -222,9 +228,8 @@ def _summary(sim: Simulator, types: Counter[str], where: str, truth_path: Path, 
     table.add_column("value", justify="right")
     table.add_row("events", f"{total:,} -> {where}")
     table.add_row("wall time", f"{elapsed:.1f} s ({total / max(elapsed, 1e-9):,.0f} events/s)")
-    table.add_row(
-        "event time", f"{cfg.span_ms / 3_600_000:.1f} h from {cfg.start_ms} (scale {cfg.time_scale:g})"
-    )
+    table.add_row("event time", f"{cfg.span_ms / 3_600_000:.1f} h from {format_ms(cfg.start_ms)}")
+    table.add_row("time scale", f"{cfg.time_scale:g} (1 s of traffic = {cfg.time_scale:g} s of event time)")
     for name, n in sorted(types.items(), key=lambda kv: -kv[1]):
         table.add_row(f"  {name}", f"{n:,}")
     evasive = Counter(t["scenario"] for t in sim.truth if t["variant"] == "evasive")

@@ -43,7 +43,7 @@ def load_spec(settings: Settings) -> features.FeatureSpec:
 
 def load_for_spec(text: str, spec: features.FeatureSpec, *, source: str | None = None) -> rules.RuleSet:
     """Load (validate) a rule set against ``spec``; raises ``rules.RuleSetError``."""
-    return rules.load_ruleset(text, spec.schema(), source=source)
+    return rules.load_ruleset(text, spec.schema(), source=source, event_types=spec.events)
 
 
 def build_engine(spec: features.FeatureSpec, settings: Settings) -> features.FeatureEngine:

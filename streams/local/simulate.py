@@ -286,7 +286,8 @@ def parse_rate(text: str) -> float:
 
 
 def parse_start_ms(text: str, *, span_ms: int = 0, now_ms: int | None = None) -> int:
-    """Epoch ms, an ISO-8601 date/time (UTC unless it says otherwise), or ``now``.
+    """A time in the one grammar of ``features.parse_time_ms`` (ISO 8601, epoch ms, and
+    with ``now_ms`` given ``-1d``, ``yesterday`` ...), or ``now``.
 
     ``now`` means: the traffic *ends* at the current minute (start = now rounded down to
     the minute, minus ``span_ms``), so Kafka retention by timestamp and blacklist TTLs
@@ -298,9 +299,9 @@ def parse_start_ms(text: str, *, span_ms: int = 0, now_ms: int | None = None) ->
             raise ConfigError("--start now needs the current time", option="--start")
         return now_ms - now_ms % MINUTE_MS - span_ms
     try:
-        return parse_time_ms(value)
+        return parse_time_ms(value, now_ms=now_ms)
     except ConfigError as exc:
-        raise ConfigError(f"bad --start: {exc.message}, or 'now'", option="--start") from None
+        raise ConfigError(f"bad --start: {exc.message}", option="--start") from None
 
 
 def parse_mix(text: str) -> Mix:

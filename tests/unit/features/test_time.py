@@ -366,3 +366,46 @@ def test_a_bad_ttl_names_the_rule_and_shows_the_grammar() -> None:
     assert problem.message == "bad ttl '0d'"
     assert DURATION_HELP in problem.suggestion
     assert (problem.line, problem.col) == (3, text.splitlines()[2].index("0d") + 1)
+
+
+# -- relative times (issue 20 item 7): read against the caller's now_ms ----------------------
+
+NOW = 1_793_527_200_000 + 3_723_000  # 2026-11-01T11:02:03Z
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("now", NOW),
+        ("-1d", NOW - 86_400_000),
+        ("1d", NOW - 86_400_000),  # a bare duration: that long ago (what `--since 1d` says)
+        ("now-1d", NOW - 86_400_000),
+        ("- 2h30m", NOW - 9_000_000),
+        ("+1h", NOW + 3_600_000),
+        ("today", 1_793_491_200_000),  # 2026-11-01T00:00:00Z
+        ("Yesterday", 1_793_491_200_000 - 86_400_000),
+        ("2026-11-01T10:00:00Z", 1_793_527_200_000),  # absolute forms unchanged
+        ("1793527200000", 1_793_527_200_000),  # digits are epoch ms, never a duration
+    ],
+)
+def test_relative_time_forms(text: str, expected: int) -> None:
+    assert parse_time_ms(text, now_ms=NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("-1d", "a time relative to now is not accepted here"),
+        ("1d", "a duration ago is not accepted here"),
+        ("today", "'today' is not accepted here"),
+    ],
+)
+def test_relative_times_need_a_clock(text: str, needle: str) -> None:
+    with pytest.raises(TimeFormatError, match=needle):
+        parse_time_ms(text)
+
+
+@pytest.mark.parametrize(("text", "needle"), [("-1x", "bad duration after '-'"), ("tomorow", "ISO 8601")])
+def test_bad_relative_times_say_why(text: str, needle: str) -> None:
+    with pytest.raises(TimeFormatError, match=needle):
+        parse_time_ms(text, now_ms=NOW)

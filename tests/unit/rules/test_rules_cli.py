@@ -218,3 +218,68 @@ def test_diff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = orjson.loads(out)
     assert d["added"] == ["device_farm_v2"] and d["removed"] == ["device_farm"]
     assert d["changed"][0]["rule_id"] == "impossible_travel"
+
+
+def test_test_reports_a_rule_that_fails_at_run_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14, finding 6: a rule failing on every event looked like a rule that hits."""
+    rules_file = tmp_path / "r.yaml"
+    rules_file.write_text(
+        'version: "t-err"\n'
+        "rules:\n"
+        "  - {id: per_order, entity: user, when: 'distinct_phones_30d / order_amount_1h > 1', score: 10}\n"
+    )
+    events = write_events(tmp_path, EVENTS[:3])
+    code, out, err = run(
+        ["rules", "test", "--rules", str(rules_file), "--features", FEATURES, "--events", events], capsys
+    )
+    assert code == 0
+    hits = [h for line in out.splitlines() for h in orjson.loads(line)["hits"]]
+    assert len(hits) == 3 and all(h["error"] and not h["counted"] for h in hits)
+    assert (
+        "warning: rule 'per_order' failed at run time on 3 (event, entity) pairs "
+        f"(never counted as a hit); first at {events}:1: " in err
+    )
+    assert "division by zero" in err
+
+
+def test_validate_rejects_a_typo_in_event_types_with_did_you_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20 item 5: `events: [contract_sgn]` used to validate and never fire."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        'version: "v2"\n'
+        "decisions: {reject: 80, review: 50}\n"
+        "rules:\n"
+        "  - id: r1\n"
+        "    entity: user\n"
+        "    when: phone_changes_30d > 3\n"
+        "    events: [phone_change, contract_sgn]\n"
+        "    score: 10\n"
+    )
+    code, out, err = run(["rules", "validate", str(bad), "--features", FEATURES], capsys)
+    assert code == 1
+    assert out.strip().splitlines() == [
+        f"{bad}:7:28: rule r1: unknown event type 'contract_sgn': the feature spec does not declare it, "
+        "so the rule would never fire (did you mean 'contract_sign'?)"
+    ]
+    assert "1 problem," in err
+
+
+def test_validate_and_test_default_to_bypass_features_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20 item 8: `rules validate` reads BYPASS_FEATURES_SPEC like `rules publish`."""
+    monkeypatch.setenv("BYPASS_FEATURES_SPEC", FEATURES)
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(["rules", "validate", RULES], capsys)
+    assert code == 0 and out.startswith("ok:")
+    events = write_events(tmp_path, EVENTS)
+    code, out, _ = run(["rules", "test", "--rules", RULES, "--events", events, "--hits-only"], capsys)
+    assert code == 0 and out.strip()
+    monkeypatch.setenv("BYPASS_FEATURES_SPEC", str(tmp_path / "nope.yaml"))
+    code, _, err = run(["rules", "validate", RULES], capsys)
+    assert code == 1
+    assert "nope.yaml' not found: pass --features FEATURES.yaml or set BYPASS_FEATURES_SPEC" in err

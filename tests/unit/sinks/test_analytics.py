@@ -14,8 +14,10 @@ def test_parse_since_durations_and_iso() -> None:
     assert parse_since("1d", now_ms=NOW) == NOW - 86_400_000
     assert parse_since("30m", now_ms=NOW) == NOW - 1_800_000
     assert parse_since("2025-11-23T00:00:00Z", now_ms=0) == NOW
-    with pytest.raises(ConfigError):
-        parse_since("yesterday", now_ms=NOW)
+    assert parse_since("-1d", now_ms=NOW) == parse_since("now-1d", now_ms=NOW) == NOW - 86_400_000
+    assert parse_since("yesterday", now_ms=NOW + 3_600_000) == NOW - 86_400_000  # NOW is 00:00 UTC
+    with pytest.raises(ConfigError, match="--since: bad time 'last week'"):
+        parse_since("last week", now_ms=NOW)
 
 
 def test_blacklist_entry_encoding_round_trips() -> None:

@@ -136,3 +136,68 @@ def test_the_clickhouse_writer_starts_only_after_the_schema_is_migrated(compose:
     assert services["migrate"]["command"] == ["bypass", "clickhouse", "migrate"]
     needs = services["sink-clickhouse"]["depends_on"]
     assert needs["migrate"]["condition"] == "service_completed_successfully"
+
+
+# -- issue 20 item 9: operator files ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(OWN_SERVICES))
+def test_own_long_running_services_have_a_healthcheck(compose: dict[str, Any], name: str) -> None:
+    check = compose["services"][name].get("healthcheck")
+    assert check is not None, f"{name} has no healthcheck"
+    test = check["test"]
+    assert test[0] == "CMD" and test[1:3] == ["python", "-c"]
+    compile(test[3], f"{name} healthcheck", "exec")  # the image has Python; the snippet is valid
+    assert "$" not in test[3]  # compose would interpolate it
+    wanted = {"worker": "/healthz", "sink-clickhouse": "BYPASS_CLICKHOUSE_URL", "sink-redis": "ping()"}
+    assert wanted[name] in test[3]
+
+
+def test_the_worker_healthcheck_asks_the_metrics_port_the_worker_serves(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    assert "BYPASS_METRICS_PORT" in worker["healthcheck"]["test"][3]
+    assert _env(worker)["BYPASS_METRICS_PORT"] != "0"
+
+
+def test_own_services_read_spec_and_rules_from_a_mounted_directory(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in [*OWN_SERVICES, "rules", "migrate"]:
+        mounts = services[name].get("volumes") or []
+        mount = next((m for m in mounts if m.endswith(":/etc/bypass:ro")), None)
+        assert mount is not None, f"{name}: no read-only config mount"
+        host = _interpolate(mount.split(":/etc/bypass")[0])
+        assert (ROOT / host).resolve() == ROOT / "examples"  # the default: the repo's examples
+        assert _env(services[name])["BYPASS_FEATURES_SPEC"] == "/etc/bypass/features.yaml"
+    assert services["rules"]["command"] == ["bypass", "rules", "publish", "/etc/bypass/rules.yaml"]
+    assert (ROOT / "examples/features.yaml").is_file() and (ROOT / "examples/rules.yaml").is_file()
+
+
+def test_clickhouse_image_is_the_local_stack_version(compose: dict[str, Any]) -> None:
+    pin = re.search(r'"chdb-core==(\d+)\.(\d+)\.', (ROOT / "pyproject.toml").read_text())
+    assert pin is not None
+    image = compose["services"]["clickhouse"]["image"]
+    assert image == f"clickhouse/clickhouse-server:{pin.group(1)}.{pin.group(2)}"
+
+
+def test_the_license_file_matches_pyproject() -> None:
+    text = (ROOT / "LICENSE").read_text()
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_user_facing_text_points_only_at_files_that_exist() -> None:
+    """No ARCHITECTURE.md / STYLE.md / docs/ / issue references in what users read."""
+    texts = [ROOT / "README.md", COMPOSE, DOCKERFILE, *sorted((ROOT / "examples").iterdir())]
+    texts += sorted(p for d in ("features", "rules", "sinks", "streams") for p in (ROOT / d).rglob("*.py"))
+    bad = re.compile(r"ARCHITECTURE\.md|STYLE\.md|\bdocs/|\bissue \d|issue \"")
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in texts for m in bad.finditer(p.read_text())]
+    assert found == []
+    for p in texts:
+        for ref in _PATH_REF.findall(p.read_text()):
+            assert (ROOT / ref).exists(), f"{p.relative_to(ROOT)} names {ref}, which does not exist"
+
+
+_PATH_REF = re.compile(
+    r"(?<![\w/.-])((?:examples|features|rules|sinks|streams|bench)/[\w/]+\.(?:py|yaml|sql))\b"
+)
