@@ -58,6 +58,25 @@ volumes (not for raw events). Read with ``uniqExactMerge(hits)``. Rows with an
 ``risk_blacklist`` - the blacklist entries from ``bypass.blacklist``, one row per
 (entity, key, label, rule-set version, event id); redelivery collapses.
 
+``risk_events`` (migration 6) - the event archive: every valid raw event as ingest sees it
+(phone and ``BYPASS_PII_FIELDS`` already hashed), written by ``bypass sink clickhouse`` from
+the raw topics. ``ReplacingMergeTree`` ordered by ``event_id`` (a redelivered or re-read
+event adds nothing after ``FINAL``), daily partitions (``toDate(event_time)``), bloom-filter
+indexes on user, device and IP for one entity's events; ``attrs`` as JSON text
+(``JSONExtractFloat(attrs, 'amount')``). TTL: ``BYPASS_ARCHIVE_TTL_DAYS``.
+
+``risk_labels`` (migration 7) - outcome labels (``bypass labels import``): entity, key,
+label, time, source; keyed by all of them, so a re-import adds nothing after ``FINAL``.
+
+``risk_decisions`` (migration 8) - the decision log: one row per (event, entity) evaluated
+(``pass`` rows sampled by ``BYPASS_DECISION_SAMPLE``, ``sample_rate`` says by how much),
+with the counted rule ids that hit (``rule_ids``), the shadow ones (``shadow_rule_ids``),
+score, rule-set version and run id.
+
+``risk_ruleset_versions`` - the audit trail of rule sets: one row per publish and per
+activation (``bypass rules publish`` / ``activate``): version, action, when, by whom,
+source file, rule count, the YAML and the rules-topic offset of the record.
+
 TTL (``BYPASS_CLICKHOUSE_TTL_DAYS`` = N, 0 keeps everything): hits and the rollup
 expire N days after their event time / hour; a blacklist entry N days after it
 *expires* (``expires_at``), never while it is still active - counting from its
@@ -256,6 +275,112 @@ GROUP BY hour, rule_id, mode, ruleset_version, run_id
 """,
         ),
     ),
+    Migration(
+        5,
+        "risk_ruleset_versions",
+        (
+            """
+CREATE TABLE IF NOT EXISTS {db}.risk_ruleset_versions
+(
+    version      String,
+    action       LowCardinality(String),
+    at           DateTime64(3, 'UTC'),
+    by           String,
+    source       String,
+    rules        UInt32,
+    yaml         String,
+    topic_offset Int64,
+    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+ORDER BY (version, action, at, topic_offset)
+""",
+        ),
+    ),
+    Migration(
+        6,
+        "risk_events",
+        (
+            """
+CREATE TABLE IF NOT EXISTS {db}.risk_events
+(
+    event_id         String,
+    event_type       LowCardinality(String),
+    event_time       DateTime64(3, 'UTC'),
+    user_id          String,
+    device_id        String,
+    ip               String,
+    phone            String,
+    geo_lat          Nullable(Float64),
+    geo_lon          Nullable(Float64),
+    geo_city         LowCardinality(String),
+    attrs            String,
+    source_topic     LowCardinality(String),
+    source_partition Int32,
+    source_offset    Int64,
+    inserted_at      DateTime64(3, 'UTC') DEFAULT now64(3),
+    INDEX idx_user user_id TYPE bloom_filter(0.01) GRANULARITY 4,
+    INDEX idx_device device_id TYPE bloom_filter(0.01) GRANULARITY 4,
+    INDEX idx_ip ip TYPE bloom_filter(0.01) GRANULARITY 4
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toDate(event_time)
+ORDER BY event_id
+SETTINGS non_replicated_deduplication_window = 10000
+""",
+        ),
+    ),
+    Migration(
+        7,
+        "risk_labels",
+        (
+            """
+CREATE TABLE IF NOT EXISTS {db}.risk_labels
+(
+    entity      LowCardinality(String),
+    key         String,
+    label       LowCardinality(String),
+    ts          DateTime64(3, 'UTC'),
+    source      LowCardinality(String),
+    imported_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(imported_at)
+ORDER BY (entity, key, label, source, ts)
+""",
+        ),
+    ),
+    Migration(
+        8,
+        "risk_decisions",
+        (
+            """
+CREATE TABLE IF NOT EXISTS {db}.risk_decisions
+(
+    event_id         String,
+    event_type       LowCardinality(String),
+    event_time       DateTime64(3, 'UTC'),
+    entity           LowCardinality(String),
+    key              String,
+    decision         LowCardinality(String),
+    score            Float64,
+    rule_ids         Array(LowCardinality(String)),
+    shadow_rule_ids  Array(LowCardinality(String)),
+    sample_rate      Float64,
+    ruleset_version  LowCardinality(String),
+    run_id           LowCardinality(String),
+    source_topic     LowCardinality(String),
+    source_partition Int32,
+    source_offset    Int64,
+    inserted_at      DateTime64(3, 'UTC') DEFAULT now64(3),
+    INDEX idx_key key TYPE bloom_filter(0.01) GRANULARITY 4
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (ruleset_version, run_id, event_time, event_id, entity, key)
+SETTINGS non_replicated_deduplication_window = 10000
+""",
+        ),
+    ),
 )
 
 # Tables whose TTL follows the setting ``clickhouse_ttl_days`` -> the time column it counts
@@ -264,7 +389,10 @@ TTL_TABLES: dict[str, str] = {
     "risk_hits": "event_time",
     "risk_hits_hourly": "hour",
     "risk_blacklist": "expires_at",
+    "risk_decisions": "event_time",
 }
+#: The event archive's TTL follows its own setting, ``archive_ttl_days``.
+ARCHIVE_TTL_TABLES: dict[str, str] = {"risk_events": "event_time"}
 
 _MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS {db}.schema_migrations
@@ -316,10 +444,13 @@ def _squeeze(expression: str) -> str:
     return re.sub(r"\s+", "", expression)
 
 
-def reconcile_ttl(client: SchemaClient, database: str, ttl_days: int) -> list[str]:
-    """Make each table's TTL match ``ttl_days`` (0 = keep forever). Returns changed tables."""
+def reconcile_ttl(
+    client: SchemaClient, database: str, ttl_days: int, tables: dict[str, str] | None = None
+) -> list[str]:
+    """Make each table's TTL (``tables``, default :data:`TTL_TABLES`) match ``ttl_days``
+    (0 = keep forever). Returns changed tables."""
     changed: list[str] = []
-    for table, column in TTL_TABLES.items():
+    for table, column in (TTL_TABLES if tables is None else tables).items():
         current = _current_ttl(client, database, table)
         if current is None:
             continue
@@ -338,8 +469,11 @@ def reconcile_ttl(client: SchemaClient, database: str, ttl_days: int) -> list[st
     return changed
 
 
-def migrate(client: SchemaClient, database: str, *, ttl_days: int = 0) -> MigrateResult:
-    """Create the database and apply pending migrations; idempotent."""
+def migrate(
+    client: SchemaClient, database: str, *, ttl_days: int = 0, archive_ttl_days: int | None = None
+) -> MigrateResult:
+    """Create the database and apply pending migrations; idempotent. ``archive_ttl_days``
+    sets the TTL of ``risk_events`` (None: left as it is)."""
     check_identifier(database)
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     client.command(_MIGRATIONS_TABLE.format(db=database))
@@ -358,6 +492,8 @@ def migrate(client: SchemaClient, database: str, *, ttl_days: int = 0) -> Migrat
         )
         applied.append(migration.version)
     changed = reconcile_ttl(client, database, ttl_days)
+    if archive_ttl_days is not None:
+        changed += reconcile_ttl(client, database, archive_ttl_days, ARCHIVE_TTL_TABLES)
     return MigrateResult(
         database=database,
         applied=tuple(applied),

@@ -21,6 +21,19 @@ few container objects per record (the Kafka messages, decoded JSON), and with th
 default threshold the messages still alive mid-batch were promoted to the oldest
 generation, triggering a full collection every few batches - measured at ~30% of the
 ClickHouse writer's CPU. Garbage cycles are still collected, only in larger steps.
+
+Progress is logged every ``progress_every_s`` only when something changed (written, dead
+letters, failed flushes, lag): an idle sink stays quiet.  With a :class:`SinkMetrics` the
+runner also keeps Prometheus metrics (``bypass sink ...`` serves them on
+BYPASS_SINK_METRICS_PORT)::
+
+    bypass_sink_consumed_total{sink}           records read
+    bypass_sink_written_total{sink}            records the sink accepted (flushed)
+    bypass_sink_dead_letters_total{sink}       records sent to the DLQ
+    bypass_sink_failed_flushes_total{sink}     flushes refused (each one backs off)
+    bypass_sink_backoff_seconds{sink}          current back-off before the next retry (0: none)
+    bypass_sink_lag{sink}                      records not read yet on its partitions
+    bypass_sink_last_flush_timestamp_seconds{sink}  unix time of the last accepted flush
 """
 
 from __future__ import annotations
@@ -44,11 +57,43 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sinks.base import PipelinedSink, RecordError, Sink, SinkBackpressureError, SourceRecord
 from sinks.dlq import dlq_headers
 
 log = logging.getLogger(__name__)
+
+
+class SinkMetrics:
+    """Prometheus metrics of one sink runner (its own registry), every series at 0 from the start."""
+
+    def __init__(self, sink: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        label = {"sink": sink}
+        self.consumed = Counter("bypass_sink_consumed", "records read", ["sink"], registry=r).labels(**label)
+        self.written = Counter(
+            "bypass_sink_written", "records the sink accepted", ["sink"], registry=r
+        ).labels(**label)
+        self.dead_letters = Counter(
+            "bypass_sink_dead_letters", "records sent to the DLQ", ["sink"], registry=r
+        ).labels(**label)
+        self.failed_flushes = Counter(
+            "bypass_sink_failed_flushes", "flushes refused (each backs off)", ["sink"], registry=r
+        ).labels(**label)
+        self.backoff = Gauge(
+            "bypass_sink_backoff_seconds", "current back-off before the next retry", ["sink"], registry=r
+        ).labels(**label)
+        self.lag = Gauge(
+            "bypass_sink_lag", "records not read yet on the sink's partitions", ["sink"], registry=r
+        ).labels(**label)
+        self.last_flush = Gauge(
+            "bypass_sink_last_flush_timestamp_seconds",
+            "unix time of the last accepted flush",
+            ["sink"],
+            registry=r,
+        ).labels(**label)
 
 
 GC_YOUNG_THRESHOLD = 50_000
@@ -98,6 +143,7 @@ class SinkRunner:
         crash_after_flushes: int | None = None,
         from_beginning: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        metrics: SinkMetrics | None = None,
     ) -> None:
         self.consumer = consumer
         self.sink = sink
@@ -126,6 +172,8 @@ class SinkRunner:
         self.pipelined = self._writer is not None
         self._last_progress = clock()
         self._last_written = 0
+        self._last_logged: tuple[int, ...] | None = None
+        self.metrics = metrics
 
     # --- rebalance ----------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -192,6 +240,8 @@ class SinkRunner:
             except BufferError:
                 self.dlq_producer.poll(0.1)
         self.stats.dead_lettered += 1
+        if self.metrics is not None:
+            self.metrics.dead_letters.inc()
         log.warning(
             "%s: %s[%d]@%d -> %s: %s (%s)",
             self.name,
@@ -225,6 +275,10 @@ class SinkRunner:
                 )
         self.stats.flushes += 1
         self.stats.written += written
+        if self.metrics is not None:
+            self.metrics.written.inc(written)
+            self.metrics.backoff.set(0)
+            self.metrics.last_flush.set(time.time())
         if self.crash_after_flushes is not None and self.stats.flushes >= self.crash_after_flushes:
             log.error(
                 "%s: test hook: exiting after flush %d, before the commit", self.name, self.stats.flushes
@@ -271,6 +325,9 @@ class SinkRunner:
                             self.consumer.pause(paused)
                     delay_ms = min(self.retry_max_ms, self.retry_base_ms * 2 ** min(attempt, 20))
                     delay_ms = max(delay_ms * (0.5 + random.random() / 2), exc.retry_after * 1000 / 4)  # noqa: S311
+                    if self.metrics is not None:
+                        self.metrics.failed_flushes.inc()
+                        self.metrics.backoff.set(delay_ms / 1000)
                     log.warning(
                         "%s: flush failed (attempt %d), retrying in %.1fs: %s",
                         self.name,
@@ -326,6 +383,8 @@ class SinkRunner:
             return self.flush_and_commit(stop, write=lambda: done, offsets=flight.offsets)
         log.warning("%s: %s", self.name, flight.error.message)
         self.stats.failed_flushes += 1
+        if self.metrics is not None:
+            self.metrics.failed_flushes.inc()
         return self.flush_and_commit(
             stop,
             write=lambda: flight.writer.write(flight.batches),
@@ -350,7 +409,16 @@ class SinkRunner:
         except KafkaException:
             pass
         self.stats.lag = lag
+        if self.metrics is not None:
+            self.metrics.lag.set(lag)
         rate = (self.stats.written - self._last_written) / max(1e-9, now - self._last_progress)
+        state = (self.stats.written, self.stats.dead_lettered, self.stats.failed_flushes, lag)
+        quiet = not force and state == self._last_logged
+        self._last_logged = state
+        self._last_progress = now
+        self._last_written = self.stats.written
+        if quiet:  # nothing changed since the last line: an idle sink says nothing
+            return
         log.info(
             "%s: written %d (%.0f/s), dead letters %d, flushes %d (failed %d), lag %d",
             self.name,
@@ -361,8 +429,6 @@ class SinkRunner:
             self.stats.failed_flushes,
             lag,
         )
-        self._last_progress = now
-        self._last_written = self.stats.written
 
     def run(self, stop: threading.Event | None = None, *, idle_exit_s: float | None = None) -> RunnerStats:
         """Run until ``stop`` is set (or, with ``idle_exit_s``, until nothing came for that long)."""
@@ -375,6 +441,7 @@ class SinkRunner:
             while stop is None or not stop.is_set():
                 want = max(1, min(10_000, self.batch_size - self.sink.pending()))
                 msgs = self.consumer.consume(num_messages=want, timeout=0.1)
+                consumed_before = self.stats.consumed
                 for msg in msgs:
                     err = msg.error()
                     if err is not None:
@@ -385,6 +452,8 @@ class SinkRunner:
                         log.warning("%s: consumer error: %s", self.name, err)
                         continue
                     self._handle(msg)
+                if self.metrics is not None and self.stats.consumed != consumed_before:
+                    self.metrics.consumed.inc(self.stats.consumed - consumed_before)
                 if msgs:
                     last_record = self.clock()
                 elif self._assigned_at is None:

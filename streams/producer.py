@@ -170,6 +170,12 @@ class EventProducer:
         return int(self._producer.poll(timeout_s))
 
     @property
+    def confirmed(self) -> int:
+        """Events the broker confirmed (or refused) since the last flush: what a progress
+        bar may count as done."""
+        return self._report.delivered + self._report.failed
+
+    @property
     def in_flight(self) -> int:
         """Events queued and not yet confirmed or failed."""
         return self._in_flight

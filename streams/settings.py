@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     blacklist_topic: str = Field("bypass.blacklist", description="blacklist entries")
     dlq_topic: str = Field("bypass.dlq", description="dead letters: original bytes + reason headers")
     rules_topic: str = Field("bypass.rules", description="compacted topic holding rule-set versions")
+    workers_topic: str = Field(
+        "bypass.workers", description="compacted topic where each running worker reports its rule set"
+    )
+    operator: str = Field(
+        "", description="who publishes or activates rule sets, in their history (default: login@host)"
+    )
     topic_partitions: int = Field(4, ge=1, description="partitions for topics bypass creates")
     topic_replication: int = Field(1, ge=1, description="replication factor for topics bypass creates")
 
@@ -76,12 +82,37 @@ class Settings(BaseSettings):
     clickhouse_database: str = Field("bypass", description="ClickHouse database")
     clickhouse_ttl_days: int = Field(0, ge=0, description="days to keep hits in ClickHouse (0 = forever)")
 
+    # --- Analysts (event archive, decision log) ----------------------------
+    archive_events: bool = Field(
+        True,
+        description="`bypass sink clickhouse` also archives every valid raw event (personal fields "
+        "hashed) into risk_events",
+    )
+    archive_ttl_days: int = Field(
+        0, ge=0, description="days to keep archived events in risk_events (0 = forever)"
+    )
+    decisions_topic: str = Field("bypass.decisions", description="decision records, one per (event, entity)")
+    decision_sample: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="share of pass decisions logged (by event id hash: live and replay sample the same); "
+        "review/reject decisions are always logged",
+    )
+
     # --- Sinks (bypass sink clickhouse | redis) ---------------------------
     sink_batch_size: int = Field(50_000, ge=1, description="records per ClickHouse insert at most")
     sink_batch_ms: int = Field(1_000, ge=1, description="flush a partial batch after this many ms")
     sink_retry_max_ms: int = Field(30_000, ge=100, description="longest back-off between sink retries")
     sink_session_timeout_ms: int = Field(
         10_000, ge=500, description="consumer-group session timeout of the sinks (1 s on Tansu in tests)"
+    )
+    sink_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Prometheus port of `bypass sink clickhouse` (/metrics); `bypass sink redis` uses "
+        "the next one; 0 = off; a taken port: a free one, logged",
     )
     redis_key_prefix: str = Field("bypass:", description="prefix of every Redis key bypass writes")
 
@@ -150,7 +181,9 @@ class Settings(BaseSettings):
         "memory://", description="Faust table store: memory:// or rocksdb://"
     )
     consumer_session_timeout_ms: int = Field(
-        30_000, ge=1_000, description="consumer-group session timeout of the workers"
+        10_000,
+        ge=1_000,
+        description="consumer-group session timeout of the workers (a first join on Tansu waits half of it)",
     )
     consumer_rebalance_timeout_ms: int = Field(
         30_000, ge=1_000, description="consumer-group rebalance timeout (1-3 s on Tansu in tests)"
@@ -161,7 +194,21 @@ class Settings(BaseSettings):
     consumer_fetch_max_wait_ms: int = Field(
         100, ge=1, description="longest time the broker may hold a worker's fetch (latency bound)"
     )
-    metrics_port: int = Field(9108, ge=0, le=65535, description="worker Prometheus port; 0 = off")
+    metrics_port: int = Field(
+        9108,
+        ge=0,
+        le=65535,
+        description="worker port for Prometheus /metrics and /healthz; 0 = off; a taken port: a free "
+        "one, logged",
+    )
+    health_max_wait_ms: int = Field(
+        60_000,
+        ge=0,
+        description="/healthz answers 503 when a batch has waited this long for a dependency (Redis)",
+    )
+    worker_status_s: float = Field(
+        30.0, ge=0, description="seconds between the worker's one-line status logs (0 = none)"
+    )
     event_time_order: bool = Field(
         True,
         description="apply each entity's events in event-time order across source partitions "

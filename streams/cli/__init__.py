@@ -7,6 +7,7 @@ slow down another verb. To add a verb, add one line to ``_VERBS``.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from typing import Any
@@ -30,12 +31,44 @@ _VERBS: dict[str, str] = {
     "lists": "streams.cli.lists:lists",
     "sink": "streams.cli.sink:sink",
     "clickhouse": "streams.cli.clickhouse:clickhouse",
+    "status": "streams.cli.status:status",
 }
+
+
+# the order `bypass --help` lists the verbs in: the order of the work (a verb not named
+# here comes after these, alphabetically)
+_HELP_ORDER: tuple[str, ...] = (
+    "stack",
+    "simulate",
+    "produce",
+    "rules",
+    "worker",
+    "sink",
+    "replay",
+    "hits",
+    "lists",
+    "status",
+    "features",
+    "clickhouse",
+    "settings",
+)
 
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(_VERBS)
+        known = [v for v in _HELP_ORDER if v in _VERBS]
+        return known + sorted(set(_VERBS) - set(known))
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """An unknown verb is a usage error with a "did you mean" (``bypass wroker``)."""
+        name = click.utils.make_str(args[0]) if args else ""
+        if args and name not in _VERBS and not name.startswith("-"):
+            close = difflib.get_close_matches(name, list(_VERBS), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = _VERBS.get(cmd_name)
@@ -62,6 +95,8 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
+        if isinstance(exc, click.UsageError):
+            _suggest_subcommand(exc)
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -73,6 +108,17 @@ def main(argv: list[str] | None = None) -> Any:
     except ValidationError as exc:
         _explain_validation_error(exc)
         sys.exit(1)
+
+
+def _suggest_subcommand(exc: click.UsageError) -> None:
+    """``bypass hits entty`` -> "... Did you mean 'entity'?" (the verbs: ``_LazyGroup``)."""
+    group = exc.ctx.command if exc.ctx is not None else None
+    if not isinstance(group, click.Group) or not exc.message.startswith("No such command "):
+        return
+    name = exc.message.removeprefix("No such command ").rstrip(".").strip("'\"")
+    close = difflib.get_close_matches(name, group.list_commands(exc.ctx), n=1, cutoff=0.6)  # type: ignore[arg-type]
+    if close and exc.message.endswith("."):
+        exc.message += f" Did you mean {close[0]!r}?"
 
 
 def _explain_validation_error(exc: ValidationError) -> None:

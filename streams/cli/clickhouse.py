@@ -22,7 +22,12 @@ def migrate() -> None:
     settings = Settings()
     client = clickhouse_client(settings)
     try:
-        result = run_migrate(client, settings.clickhouse_database, ttl_days=settings.clickhouse_ttl_days)
+        result = run_migrate(
+            client,
+            settings.clickhouse_database,
+            ttl_days=settings.clickhouse_ttl_days,
+            archive_ttl_days=settings.archive_ttl_days,
+        )
     except BypassError:
         raise
     except Exception as exc:
@@ -31,4 +36,6 @@ def migrate() -> None:
     click.echo(f"database {result.database}: schema version {result.current_version}; applied {applied}")
     if result.ttl_changed:
         ttl = f"{settings.clickhouse_ttl_days} days" if settings.clickhouse_ttl_days else "none"
-        click.echo(f"TTL set to {ttl} on {', '.join(result.ttl_changed)}")
+        archive = f"{settings.archive_ttl_days} days" if settings.archive_ttl_days else "none"
+        for table in result.ttl_changed:
+            click.echo(f"TTL set to {archive if table == 'risk_events' else ttl} on {table}")

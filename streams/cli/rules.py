@@ -27,9 +27,23 @@ def _read(path: str, what: str) -> str:
         raise ConfigError(f"{what} {path} is not UTF-8 text: {exc.reason}", path=path) from None
 
 
-def _load_spec(path: str) -> Any:
+_FEATURES_HELP = "feature spec (default: BYPASS_FEATURES_SPEC, as `bypass rules publish` and the worker)"
+
+
+def _load_spec(path: str | None) -> Any:
+    """The feature spec at ``path``; without one, the one BYPASS_FEATURES_SPEC names (the
+    spec `rules publish` and the worker validate against)."""
     from features import load_spec
 
+    if path is None:
+        from streams.settings import Settings
+
+        path = str(Settings().features_spec)
+        if not Path(path).is_file():
+            raise ConfigError(
+                f"feature spec {path!r} not found: pass --features FEATURES.yaml or set BYPASS_FEATURES_SPEC",
+                setting="BYPASS_FEATURES_SPEC",
+            )
     return load_spec(path)
 
 
@@ -44,8 +58,8 @@ def rules() -> None:
 
 @rules.command()
 @click.argument("rules_file", metavar="RULES.yaml")
-@click.option("--features", "features_file", required=True, metavar="FEATURES.yaml", help="feature spec")
-def validate(rules_file: str, features_file: str) -> None:
+@click.option("--features", "features_file", metavar="FEATURES.yaml", help=_FEATURES_HELP)
+def validate(rules_file: str, features_file: str | None) -> None:
     """Check a rule set as a whole: exit 0 with a summary, or 1 listing every problem."""
     spec = _load_spec(features_file)
     try:
@@ -103,7 +117,7 @@ def _lists(path: str | None) -> rules_pkg.StaticLists | None:
 
 @rules.command()
 @click.option("--rules", "rules_file", required=True, metavar="RULES.yaml", help="rule set")
-@click.option("--features", "features_file", required=True, metavar="FEATURES.yaml", help="feature spec")
+@click.option("--features", "features_file", metavar="FEATURES.yaml", help=_FEATURES_HELP)
 @click.option(
     "--events",
     "events_file",
@@ -116,7 +130,7 @@ def _lists(path: str | None) -> rules_pkg.StaticLists | None:
     "--lists", "lists_file", metavar="LISTS.json", help="named lists for in_list(): {name: [values]}"
 )
 def test(
-    rules_file: str, features_file: str, events_file: str, hits_only: bool, lists_file: str | None
+    rules_file: str, features_file: str | None, events_file: str, hits_only: bool, lists_file: str | None
 ) -> None:
     """Run events through features + rules; one JSON line per (event, entity), in input order."""
     import features
@@ -131,6 +145,7 @@ def test(
     states: dict[tuple[str, str], Any] = {}
     out = sys.stdout.buffer
     skipped = 0
+    failed: dict[str, list[Any]] = {}  # rule id -> [count, first line, first error]
     for lineno, event in _events(events_file):
         for entity, key in spec.entity_keys(event):
             state = states.get((entity, key))
@@ -145,12 +160,22 @@ def test(
                 click.echo(f"{events_file}:{lineno}: {entity} {key}: late event skipped ({reason})", err=True)
                 continue
             evaluation = rs.evaluate(event, entity, key, result.features, lists)
+            for hit in evaluation.hits:
+                if hit.error is not None:
+                    seen = failed.setdefault(hit.rule_id, [0, lineno, hit.error])
+                    seen[0] += 1
             if hits_only and not evaluation.hits:
                 continue
             out.write(orjson.dumps(evaluation.as_dict()) + b"\n")
     out.flush()
     if skipped:
         click.echo(f"{skipped} late (event, entity) pairs skipped", err=True)
+    for rule_id, (count, lineno, error) in sorted(failed.items()):
+        click.echo(
+            f"warning: rule {rule_id!r} failed at run time on {count} (event, entity) pair"
+            f"{'s' * (count != 1)} (never counted as a hit); first at {events_file}:{lineno}: {error}",
+            err=True,
+        )
 
 
 @rules.command(name="diff")
@@ -174,6 +199,9 @@ def diff_cmd(old_file: str, new_file: str, features_file: str | None, as_json: b
 
 
 # `bypass rules publish` needs Kafka: streams/cli/rules_publish.py.
+from streams.cli.rules_history import activate, history  # noqa: E402
 from streams.cli.rules_publish import publish  # noqa: E402
 
 rules.add_command(publish)
+rules.add_command(history)
+rules.add_command(activate)

@@ -49,5 +49,19 @@ def publish(rules_file: str) -> None:
         sys.exit(1)
     if published:
         click.echo(f"published rule set version {record.version} from {rules_file} to {settings.rules_topic}")
+        from streams.core.ruleaudit import record_action
+
+        audit = record_action(
+            settings,
+            version=record.version,
+            action="publish",
+            at_ms=record.published_ms,
+            by=record.publisher or "",
+            source=rules_file,
+            text=text,
+            topic_offset=record.offset,
+        )
+        if audit:
+            click.echo(f"warning: the rule set is published but {audit}", err=True)
     else:
         click.echo(f"rule set version {record.version} is already published with this text: nothing to do")

@@ -24,8 +24,11 @@ def sink() -> None:
     "--crash-after-flushes", type=int, default=None, hidden=True, help="test hook: exit before a commit"
 )
 def sink_clickhouse(idle_exit: float | None, crash_after_flushes: int | None) -> None:
-    """Consume bypass.hits and bypass.blacklist into risk_hits / risk_blacklist (exactly once by hit_id)."""
+    """Consume bypass.hits, bypass.blacklist and bypass.decisions into risk_hits / risk_blacklist /
+    risk_decisions (exactly once by hit_id), and archive the raw events into risk_events
+    (BYPASS_ARCHIVE_EVENTS)."""
     from sinks.clickhouse import ClickHouseSink
+    from streams.core.envelope import decoder_from_settings
 
     settings = Settings()
     setup_logging(settings)
@@ -34,19 +37,35 @@ def sink_clickhouse(idle_exit: float | None, crash_after_flushes: int | None) ->
     if client is None:
         return
     check_schema(client, settings.clickhouse_database)
+    topics = clickhouse_topics(settings)
     ch_sink = ClickHouseSink(
         client,
         settings.clickhouse_database,
-        {settings.hits_topic: "hits", settings.blacklist_topic: "blacklist"},
+        topics,
+        decoder=decoder_from_settings(settings) if settings.archive_events else None,
     )
     runner = build_runner(
         settings,
         ch_sink,
-        [settings.hits_topic, settings.blacklist_topic],
+        list(topics),
         "clickhouse",
         crash_after_flushes=crash_after_flushes,
+        metrics_port=settings.sink_metrics_port,
     )
     runner.run(stop, idle_exit_s=idle_exit)
+
+
+def clickhouse_topics(settings: Settings) -> dict[str, str]:
+    """The topics ``bypass sink clickhouse`` consumes -> the kind of row each becomes: hits,
+    blacklist entries, decisions, and (BYPASS_ARCHIVE_EVENTS) the raw events."""
+    topics = {
+        settings.hits_topic: "hits",
+        settings.blacklist_topic: "blacklist",
+        settings.decisions_topic: "decisions",
+    }
+    if settings.archive_events:
+        topics.update(dict.fromkeys(settings.raw_topics, "events"))
+    return topics
 
 
 @sink.command("redis")
@@ -65,6 +84,11 @@ def sink_redis(idle_exit: float | None, from_beginning: bool) -> None:
     client = redis_client(settings.redis_url)
     redis_sink = RedisBlacklistSink(client, prefix=settings.redis_key_prefix)
     runner = build_runner(
-        settings, redis_sink, [settings.blacklist_topic], "redis", from_beginning=from_beginning
+        settings,
+        redis_sink,
+        [settings.blacklist_topic],
+        "redis",
+        from_beginning=from_beginning,
+        metrics_port=settings.sink_metrics_port + 1 if settings.sink_metrics_port else 0,
     )
     runner.run(stop_on_signals(), idle_exit_s=idle_exit)

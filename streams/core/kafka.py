@@ -10,6 +10,13 @@ does and does not do).
     producer(settings, **extra)                      -> Producer
     consumer(settings, group_id=None, **extra)       -> Consumer
     end_offsets(settings, reported)                  -> the true end offset of partitions
+    check_reachable(settings)                        -> a KafkaSetupError within seconds when
+                                                        no bootstrap server accepts a connection
+
+Every client logs through Python logging (logger ``bypass.rdkafka``, confluent-kafka's
+``logger`` option) instead of printing librdkafka's ``%3|...|FAIL|...`` lines to stderr:
+the lines arrive when the client is polled, and a line repeating within
+``RDKAFKA_REPEAT_S`` is logged once (the next one says how many were dropped).
 
 ``extra`` keys are librdkafka option names, either dotted (``**{"linger.ms": 5}``) or
 with underscores (``linger_ms=5``); they override the defaults. Python callbacks keep
@@ -19,6 +26,9 @@ their names (``error_cb``, ``on_delivery``, ``logger`` ...).
 from __future__ import annotations
 
 import logging
+import re
+import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -33,12 +43,14 @@ from streams.settings import Settings
 __all__ = [
     "KafkaSetupError",
     "admin",
+    "check_reachable",
     "committed_offsets",
     "consumer",
     "end_offsets",
     "ensure_dlq",
     "ensure_topics",
     "producer",
+    "rdkafka_logger",
     "topic_partitions",
 ]
 
@@ -60,9 +72,94 @@ def _options(extra: dict[str, Any]) -> dict[str, Any]:
     return {(key if key in _PY_OPTIONS else key.replace("_", ".")): value for key, value in extra.items()}
 
 
+#: A librdkafka log line repeating within this many seconds is logged once.
+RDKAFKA_REPEAT_S = 60.0
+
+# "(after 3ms in state CONNECT, 2 identical error(s) suppressed)" and the like: not part of
+# what makes two lines the same
+_VARYING = re.compile(r"\(after \d+ms[^)]*\)|\d+ identical error\(s\) suppressed|#(producer|consumer)-\d+")
+
+
+class _RepeatFilter(logging.Filter):
+    """Drops a librdkafka line seen less than ``window_s`` ago (same level and text, minus
+    timings and client numbers); the next one let through says how many were dropped."""
+
+    def __init__(self, window_s: float = RDKAFKA_REPEAT_S, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.clock = clock
+        self._seen: dict[tuple[int, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = _VARYING.sub("", record.getMessage())
+        key = (record.levelno, text)
+        now = self.clock()
+        with self._lock:
+            last = self._seen.get(key)
+            if last is not None and now - last[0] < self.window_s:
+                self._seen[key] = (last[0], last[1] + 1)
+                return False
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if last is not None and last[1]:
+            record.msg = f"{record.getMessage()} ({last[1]} more like it in the last {self.window_s:.0f} s)"
+            record.args = None
+        return True
+
+
+_RDKAFKA_LOG = logging.getLogger("bypass.rdkafka")
+_RDKAFKA_LOG.addFilter(_RepeatFilter())
+
+
+def rdkafka_logger() -> logging.Logger:
+    """The logger every bypass Kafka client hands librdkafka's log lines to."""
+    return _RDKAFKA_LOG
+
+
+def _with_logger(conf: dict[str, Any]) -> dict[str, Any]:
+    conf.setdefault("logger", _RDKAFKA_LOG)
+    return conf
+
+
+_reachable: set[str] = set()
+
+
+def check_reachable(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Fail fast (a KafkaSetupError with the one line to read) when no bootstrap server of
+    BYPASS_KAFKA_BOOTSTRAP accepts a TCP connection within ``timeout_s``.
+
+    A short probe before any client is built: a librdkafka client would otherwise retry for
+    its whole timeout, logging every refused connection.  A bootstrap found reachable once
+    is not probed again by this process."""
+    bootstrap = settings.kafka_bootstrap
+    if bootstrap in _reachable:
+        return
+    reasons: list[str] = []
+    for server in (part.strip() for part in bootstrap.split(",")):
+        if not server:
+            continue
+        host, _, port = server.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                _reachable.add(bootstrap)
+                return
+        except ValueError:
+            reasons.append(f"{server}: no port")
+        except OSError as exc:
+            reasons.append(f"{server}: {(exc.strerror or str(exc) or type(exc).__name__).lower()}")
+    raise KafkaSetupError(
+        f"cannot reach Kafka at {bootstrap} ({'; '.join(reasons) or 'no server given'}). "
+        "Is the broker up (`bypass stack status`) and BYPASS_KAFKA_BOOTSTRAP right?",
+        bootstrap=bootstrap,
+    )
+
+
 def admin(settings: Settings, **extra: Any) -> AdminClient:
     """An AdminClient for the configured cluster."""
-    return AdminClient({**settings.kafka_config(), **_options(extra)})
+    return AdminClient(_with_logger({**settings.kafka_config(), **_options(extra)}))
 
 
 def producer(settings: Settings, **extra: Any) -> Producer:
@@ -74,7 +171,7 @@ def producer(settings: Settings, **extra: Any) -> Producer:
         "compression.type": "none",
     }
     conf.update(_options(extra))
-    return Producer(conf)
+    return Producer(_with_logger(conf))
 
 
 def consumer(settings: Settings, group_id: str | None = None, **extra: Any) -> Consumer:
@@ -89,7 +186,7 @@ def consumer(settings: Settings, group_id: str | None = None, **extra: Any) -> C
         "auto.offset.reset": "earliest",
     }
     conf.update(_options(extra))
-    return Consumer(conf)
+    return Consumer(_with_logger(conf))
 
 
 def ensure_topics(
@@ -108,6 +205,7 @@ def ensure_topics(
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return []
+    check_reachable(settings)
     client = admin(settings)
     try:
         existing = set(client.list_topics(timeout=ADMIN_TIMEOUT_S).topics)

@@ -27,7 +27,7 @@ from features.errors import BypassError
 from sinks.base import Sink
 from sinks.clickhouse import connect
 from sinks.clickhouse_schema import MIGRATIONS, SchemaClient, applied_versions, check_identifier
-from sinks.runner import SinkRunner
+from sinks.runner import SinkMetrics, SinkRunner
 from streams.core import kafka
 from streams.settings import Settings, mask_url
 
@@ -100,8 +100,38 @@ def check_schema(client: SchemaClient, database: str) -> None:
         )
 
 
-def build_runner(settings: Settings, sink: Sink, topics: list[str], name: str, **kwargs: Any) -> SinkRunner:
-    """A runner consuming ``topics`` into ``sink`` in consumer group ``<app_id>-sink-<name>``."""
+def _serve_sink_metrics(name: str, port: int) -> SinkMetrics:
+    """The sink's metrics on ``/metrics`` (and a minimal ``/healthz``) of ``port`` (taken: a
+    free one, logged)."""
+    from streams.live import health
+
+    metrics = SinkMetrics(f"sink-{name}")
+
+    def report() -> tuple[int, dict[str, Any]]:
+        return 200, {
+            "status": "ok",
+            "sink": name,
+            "written": health.counter_total(metrics.written),
+            "lag": health.counter_total(metrics.lag),
+            "backoff_s": health.counter_total(metrics.backoff),
+        }
+
+    server = health.serve(metrics.registry, report, port)
+    log.info("sink-%s: metrics on http://127.0.0.1:%d/metrics", name, server.port)
+    return metrics
+
+
+def build_runner(
+    settings: Settings,
+    sink: Sink,
+    topics: list[str],
+    name: str,
+    *,
+    metrics_port: int = 0,
+    **kwargs: Any,
+) -> SinkRunner:
+    """A runner consuming ``topics`` into ``sink`` in consumer group ``<app_id>-sink-<name>``;
+    with ``metrics_port``, its :class:`sinks.runner.SinkMetrics` served there."""
     kafka.ensure_topics(settings, topics)
     kafka.ensure_dlq(settings)
     consumer = kafka.consumer(
@@ -117,6 +147,8 @@ def build_runner(settings: Settings, sink: Sink, topics: list[str], name: str, *
         },
     )
     producer = kafka.producer(settings)
+    if "metrics" not in kwargs and metrics_port:
+        kwargs["metrics"] = _serve_sink_metrics(name, metrics_port)
     return SinkRunner(
         consumer,
         sink,

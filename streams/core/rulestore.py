@@ -1,15 +1,27 @@
 """Rule-set versions on the compacted ``bypass.rules`` topic: publish, read, follow.
 
-Record format (one Kafka message per version, topic ``settings.rules_topic``, one
-partition, ``cleanup.policy=compact``):
+Record format (topic ``settings.rules_topic``, one partition, ``cleanup.policy=compact``):
+
+- a publication, one per version::
 
     key    the version string (UTF-8), so compaction keeps every version once
     value  JSON {"version": str, "text": str (the rule-set YAML), "published_ms": int,
-                 "source": str | null (file name it was published from)}
+                 "source": str | null (file name it was published from),
+                 "publisher": str | null (who published it)}
 
-The active version is the last record on the topic (highest offset) that loads against
-the worker's feature spec.  Versions are immutable: publishing a version that is already
-on the topic with a different text is refused; publishing the same text again is a no-op.
+- an activation (``bypass rules activate``), one per activation::
+
+    key    "\x00activate:<uuid>" (a version string cannot start with NUL), so compaction
+           keeps every activation
+    value  JSON {"kind": "activate", "version": str, "activated_ms": int, "by": str | null}
+
+Each record designates a version: a publication its own, an activation the published
+version it names. The active version is the one the last record (highest offset)
+designates, or the one before it when that does not load against the worker's feature
+spec (:func:`designated`).  Publishing activates; ``activate`` makes any published
+version active again (rollback, roll-forward).  Versions are immutable: publishing a
+version that is already on the topic with a different text is refused; publishing the
+same text again is a no-op.
 
 Every worker follows the topic with its own :class:`RulesFollower`: a confluent-kafka
 consumer outside any consumer group (all partitions assigned from the beginning, nothing
@@ -22,6 +34,7 @@ another process makes to its changelog only show up at the next restart (faust-s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -39,10 +52,16 @@ from streams.core.assembly import load_for_spec, load_spec
 from streams.settings import Settings
 
 __all__ = [
+    "Activation",
     "PublishError",
     "RuleSetRecord",
     "RulesFollower",
+    "activate_ruleset",
+    "designated",
+    "operator_name",
+    "parse_entry",
     "publish_ruleset",
+    "read_entries",
     "read_versions",
     "topic_order",
 ]
@@ -65,6 +84,7 @@ class RuleSetRecord:
     published_ms: int
     source: str | None = None
     offset: int = -1
+    publisher: str | None = None
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -73,6 +93,7 @@ class RuleSetRecord:
                 "text": self.text,
                 "published_ms": self.published_ms,
                 "source": self.source,
+                "publisher": self.publisher,
             }
         )
 
@@ -94,7 +115,82 @@ class RuleSetRecord:
             published_ms=published if isinstance(published, int) else 0,
             source=data.get("source") if isinstance(data.get("source"), str) else None,
             offset=offset,
+            publisher=data.get("publisher") if isinstance(data.get("publisher"), str) else None,
         )
+
+
+ACTIVATE_KEY_PREFIX = b"\x00activate:"
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """``bypass rules activate VERSION``: makes a published version the active one."""
+
+    version: str
+    activated_ms: int
+    by: str | None = None
+    offset: int = -1
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {"kind": "activate", "version": self.version, "activated_ms": self.activated_ms, "by": self.by}
+        )
+
+    def key(self) -> bytes:
+        return ACTIVATE_KEY_PREFIX + uuid.uuid4().hex.encode()
+
+
+Entry = RuleSetRecord | Activation
+
+
+def parse_entry(key: bytes | None, value: bytes | None, offset: int) -> Entry:
+    """A rules-topic message -> a publication or an activation; ValueError otherwise."""
+    if key is not None and key.startswith(ACTIVATE_KEY_PREFIX):
+        if value is None:
+            raise ValueError("tombstone")
+        data = orjson.loads(value)
+        if not isinstance(data, dict) or not isinstance(data.get("version"), str):
+            raise ValueError("not an activation record: expected a JSON object with 'version'")
+        at = data.get("activated_ms")
+        by = data.get("by")
+        return Activation(
+            version=data["version"],
+            activated_ms=at if isinstance(at, int) else 0,
+            by=by if isinstance(by, str) else None,
+            offset=offset,
+        )
+    return RuleSetRecord.from_message(key, value, offset)
+
+
+def designated(entries: list[Entry]) -> list[RuleSetRecord]:
+    """Per entry in topic order, the publication it makes active: a publication itself, an
+    activation the publication of its version (an activation of a version never published
+    designates nothing). The active version is the last of these that loads."""
+    published: dict[str, RuleSetRecord] = {}
+    out: list[RuleSetRecord] = []
+    for entry in sorted(entries, key=topic_order):
+        if isinstance(entry, RuleSetRecord):
+            published[entry.version] = entry
+            out.append(entry)
+        else:
+            record = published.get(entry.version)
+            if record is not None:
+                out.append(record)
+    return out
+
+
+def operator_name(settings: Settings) -> str:
+    """Who publishes or activates: BYPASS_OPERATOR, else the login name and host."""
+    if settings.operator:
+        return settings.operator
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name (a container without a passwd entry)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _reader(settings: Settings) -> Consumer:
@@ -116,8 +212,8 @@ def _partitions(client: Consumer, topic: str, timeout_s: float = 10.0) -> list[i
 
 
 def _catch_up(
-    client: Consumer, topic: str, timeout_s: float, parse: Callable[[Message], RuleSetRecord | None]
-) -> tuple[list[RuleSetRecord], set[int]]:
+    client: Consumer, topic: str, timeout_s: float, parse: Callable[[Message], Entry | None]
+) -> tuple[list[Entry], set[int]]:
     """Assign every partition of ``topic`` from the beginning and read up to its end.
 
     The end is the ``PARTITION_EOF`` event, not the high watermark (Tansu reports a too
@@ -132,7 +228,7 @@ def _catch_up(
         if high > low:
             pending.add(p)
     client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-    records: list[RuleSetRecord] = []
+    records: list[Entry] = []
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         msg = client.poll(POLL_S)
@@ -150,21 +246,30 @@ def _catch_up(
     return records, pending
 
 
-def topic_order(record: RuleSetRecord) -> int:
+def topic_order(record: Entry) -> int:
     """The one order of versions: the topic's (offset). A publisher's clock (``published_ms``)
     never decides: a start and a running worker must agree on the latest version."""
     return record.offset
 
 
-def _parse_quietly(msg: Message) -> RuleSetRecord | None:
+def _parse_quietly(msg: Message) -> Entry | None:
     try:
-        return RuleSetRecord.from_message(msg.key(), msg.value(), msg.offset() or 0)
+        return parse_entry(msg.key(), msg.value(), msg.offset() or 0)
     except ValueError:
         return None
 
 
 def read_versions(settings: Settings, *, timeout_s: float = 15.0) -> list[RuleSetRecord]:
-    """Every record on the rules topic, in publish order (empty when the topic is empty/missing)."""
+    """Every publication on the rules topic, in publish order (empty when there is none)."""
+    return [e for e in read_entries(settings, timeout_s=timeout_s) if isinstance(e, RuleSetRecord)]
+
+
+def read_entries(settings: Settings, *, timeout_s: float = 15.0) -> list[Entry]:
+    """Every record on the rules topic (publications and activations) in topic order."""
+    try:
+        kafka.check_reachable(settings)  # one clear line within seconds, not a 15 s wait
+    except kafka.KafkaSetupError as exc:
+        raise PublishError(f"cannot read {settings.rules_topic!r}: {exc.message}", version=None) from None
     client = _reader(settings)
     try:
         try:
@@ -184,6 +289,58 @@ def read_versions(settings: Settings, *, timeout_s: float = 15.0) -> list[RuleSe
         return records
     finally:
         client.close()
+
+
+def _produce(settings: Settings, key: bytes, value: bytes, what: str, version: str) -> int:
+    """Produce one record to the rules topic and wait for the broker; returns its offset."""
+    errors: list[str] = []
+    offsets: list[int] = []
+
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            offsets.append(msg.offset() or 0)
+
+    producer = kafka.producer(settings)
+    producer.produce(settings.rules_topic, key=key, value=value, on_delivery=delivered)
+    left = producer.flush(15.0)
+    if left or errors:
+        raise PublishError(
+            f"the broker did not confirm {what} {version!r}: {errors[0] if errors else 'timeout'}",
+            version=version,
+        )
+    return offsets[0] if offsets else -1
+
+
+def activate_ruleset(
+    settings: Settings, version: str
+) -> tuple[RuleSetRecord, RuleSetRecord | None, Activation | None]:
+    """Make the published ``version`` the active one (rollback or roll-forward).
+
+    Returns (its publication, the version active before, the activation written): None
+    when it is active already. Raises :class:`PublishError` for a version never published,
+    ``rules.RuleSetError`` when it does not load against BYPASS_FEATURES_SPEC (nothing is
+    written: workers would refuse it)."""
+    entries = read_entries(settings)
+    chain = designated(entries)
+    published = {e.version: e for e in entries if isinstance(e, RuleSetRecord)}
+    record = published.get(version)
+    if record is None:
+        known = ", ".join(list(published)[-10:]) or "none"
+        raise PublishError(
+            f"rule-set version {version!r} was never published on {settings.rules_topic} "
+            f"(published: {known}); publish it first with `bypass rules publish FILE`",
+            version=version,
+        )
+    spec = load_spec(settings)
+    load_for_spec(record.text, spec, source=record.source)  # raises RuleSetError, names the problems
+    before = chain[-1] if chain else None
+    if before is not None and before.version == version:
+        return record, before, None
+    activation = Activation(version=version, activated_ms=int(time.time() * 1000), by=operator_name(settings))
+    offset = _produce(settings, activation.key(), activation.to_bytes(), "the activation of", version)
+    return record, before, Activation(activation.version, activation.activated_ms, activation.by, offset)
 
 
 def publish_ruleset(
@@ -209,24 +366,15 @@ def publish_ruleset(
                 "immutable - give the edited rule set a new `version:`",
                 version=version,
             )
-    record = RuleSetRecord(version=version, text=text, published_ms=int(time.time() * 1000), source=source)
-    errors: list[str] = []
-
-    def delivered(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    producer = kafka.producer(settings)
-    producer.produce(
-        settings.rules_topic, key=version.encode(), value=record.to_bytes(), on_delivery=delivered
+    record = RuleSetRecord(
+        version=version,
+        text=text,
+        published_ms=int(time.time() * 1000),
+        source=source,
+        publisher=operator_name(settings),
     )
-    left = producer.flush(15.0)
-    if left or errors:
-        raise PublishError(
-            f"the broker did not confirm rule set {version!r}: {errors[0] if errors else 'timeout'}",
-            version=version,
-        )
-    return record, True
+    offset = _produce(settings, version.encode(), record.to_bytes(), "rule set", version)
+    return dataclasses.replace(record, offset=offset), True
 
 
 class RulesFollower:
@@ -254,6 +402,7 @@ class RulesFollower:
         self._thread: threading.Thread | None = None
         self._client: Consumer | None = None
         self.active: RuleSetRecord | None = None
+        self._published: dict[str, RuleSetRecord] = {}  # version -> its publication
 
     def _try_load(self, record: RuleSetRecord) -> RuleSet | None:
         try:
@@ -288,9 +437,10 @@ class RulesFollower:
         """Catch up to the end of the topic, activate the latest valid version, then follow."""
         kafka.ensure_topics(self.settings, [self.settings.rules_topic], partitions=1, compacted=True)
         client = _reader(self.settings)
-        records, _ = _catch_up(client, self.settings.rules_topic, timeout_s, self._parse)
-        # the latest version that loads wins; broken ones are reported and skipped
-        for record in reversed(records):
+        entries, _ = _catch_up(client, self.settings.rules_topic, timeout_s, self._parse)
+        self._published.update((e.version, e) for e in entries if isinstance(e, RuleSetRecord))
+        # the latest designated version that loads wins; broken ones are reported and skipped
+        for record in reversed(designated(entries)):
             if self._activate(record):
                 break
         self._client = client
@@ -298,9 +448,9 @@ class RulesFollower:
         self._thread.start()
         return self.active
 
-    def _parse(self, msg: Message) -> RuleSetRecord | None:
+    def _parse(self, msg: Message) -> Entry | None:
         try:
-            return RuleSetRecord.from_message(msg.key(), msg.value(), msg.offset() or 0)
+            return parse_entry(msg.key(), msg.value(), msg.offset() or 0)
         except ValueError as exc:
             log.error(
                 "ignoring a message on %s at offset %s: %s", self.settings.rules_topic, msg.offset(), exc
@@ -321,9 +471,21 @@ class RulesFollower:
                     continue
                 if msg is None or msg.error():
                     continue
-                record = self._parse(msg)
-                if record is not None:
-                    self._activate(record)
+                entry = self._parse(msg)
+                if isinstance(entry, RuleSetRecord):
+                    self._published[entry.version] = entry
+                    self._activate(entry)
+                elif isinstance(entry, Activation):
+                    record = self._published.get(entry.version)
+                    if record is None:
+                        log.error(
+                            "activation of rule-set version %r on %s ignored: never published",
+                            entry.version,
+                            self.settings.rules_topic,
+                        )
+                    else:
+                        log.warning("rule-set version %r activated by %s", entry.version, entry.by)
+                        self._activate(record)
         finally:
             client.close()
 

@@ -25,8 +25,9 @@ Re-keying.  The ingest agent computes each (entity, key)'s partition with Kafka'
 partitioner (:func:`streams.live.setup.bundle_partition`) and sends all events of one
 batch for one (entity kind, partition) as one *bundle* message to that partition,
 ``{"e": [[key, topic, partition, offset, kafka_ts_ms, running_max_ts, event], ...], "p":
-progress}`` (:func:`pack_bundles`), so the repartition hop costs one Kafka message per
-bundle instead of one per event and entity.
+progress, "t": ingest_read_ms}`` (:func:`pack_bundles`; ``t`` starts the processing
+latency), so the repartition hop costs one Kafka message per bundle instead of one per
+event and entity.
 The table assigns each key's changelog record to the same partition, so the partition of
 the repartition topic that carries a key also holds that key's state: co-partitioned, and
 a worker that takes a partition over rebuilds exactly the keys it will see.
@@ -126,11 +127,12 @@ def _read_progress(raw: bytes | None) -> dict[tuple[str, int], tuple[int | None,
 class _Bundle:
     """A bundle message, acknowledged once every event it carried has been processed."""
 
-    __slots__ = ("event", "remaining")
+    __slots__ = ("event", "read_ms", "remaining")
 
-    def __init__(self, event: Any) -> None:
+    def __init__(self, event: Any, read_ms: int | None = None) -> None:
         self.event = event
         self.remaining = 0
+        self.read_ms = read_ms  # when the ingest read its events (wall clock, ms)
 
 
 class _Held:
@@ -292,6 +294,10 @@ class Pipeline:
         self._partition_of: dict[str, int] = {}
         # event-time watermark: the largest event time the entity agents processed (None: none yet)
         self.watermark_ms: int | None = None
+        # per entity kind: id(source) -> when the ingest read it, for the events being processed
+        self._read_at: dict[str, dict[int, int]] = {}
+        # entity kind -> since when (unix time) a batch waits for a dependency (health)
+        self.waiting: dict[str, float] = {}
         self._batches: dict[str, int] = dict.fromkeys(self.entities, 0)
         # the messages each agent produced in its current batch (Outgoing); _drain sends them
         self._outbox: dict[str, list[Outgoing]] = {"ingest": []}
@@ -500,7 +506,10 @@ class Pipeline:
         return out
 
     def _queue_bundles(
-        self, bundles: dict[tuple[str, int], list[bytes]], progress: list[list[Any]] | None
+        self,
+        bundles: dict[tuple[str, int], list[bytes]],
+        progress: list[list[Any]] | None,
+        read_ms: int | None = None,
     ) -> None:
         """Bundles into the ingest outbox.  With ``progress`` every entity partition gets a
         message, its entries (if any) and, last, the progress they are covered by."""
@@ -512,7 +521,7 @@ class Pipeline:
                 parts = bundles.get((entity, partition), [])
                 if not parts and progress is None:
                     continue
-                for payload in pack_bundles(parts, progress):
+                for payload in pack_bundles(parts, progress, read_ms=read_ms if parts else None):
                     out.append((topic, key, payload, partition, None))
 
     async def _ingest_agent(self, stream: Any) -> None:
@@ -521,9 +530,10 @@ class Pipeline:
             messages = [event.message for event in events]
             self.metrics.batch_size.labels(agent="ingest").observe(len(messages))
             async with self._ingest_lock:
+                read_ms = time.time_ns() // 1_000_000
                 bundles = self.ingest(messages)
                 progress = self._progress(self._owned_raw()) if s.event_time_order else None
-                self._queue_bundles(bundles, progress)
+                self._queue_bundles(bundles, progress, read_ms)
                 await self._drain("ingest")
                 self._progress_sent = time.monotonic()
             self._align()
@@ -643,18 +653,21 @@ class Pipeline:
         touched: dict[int, _PartitionOrder] = {}
         late = 0
         pairs: list[tuple[str, SourceEvent]] = []
+        read_at: dict[int, int] = {}
         for ev in events:
             message = ev.message
             order = self._order(entity, message.partition)
             touched[message.partition] = order
-            bundle = _Bundle(ev)
-            order.bundles.append(bundle)
             payload = orjson.loads(message.value)
+            bundle = _Bundle(ev, payload.get("t"))
+            order.bundles.append(bundle)
             released = order.released
             for key, topic, partition, offset, ts_ms, eff_ts, event in payload["e"]:
                 source = SourceEvent(event, topic, partition, offset, ts_ms)
                 if not ordered:  # the behaviour before: arrival order
                     pairs.append((key, source))
+                    if bundle.read_ms is not None:
+                        read_at[id(source)] = bundle.read_ms
                     continue
                 item = (eff_ts, topic, partition, offset)
                 if released is not None and item < released:
@@ -670,12 +683,18 @@ class Pipeline:
             for h in held:
                 pairs.append((h.key, h.source))
                 h.bundle.remaining -= 1
+                if h.bundle.read_ms is not None:
+                    read_at[id(h.source)] = h.bundle.read_ms
             if held and (order.released is None or held[-1].order_key > order.released):
                 order.released = held[-1].order_key
             if order.dirty:
                 self.stores[entity].put_raw(progress_key(partition), order.dump_progress(), partition)
                 order.dirty = False
-        await self.process_pairs(entity, pairs)
+        self._read_at[entity] = read_at
+        try:
+            await self.process_pairs(entity, pairs)
+        finally:
+            self._read_at.pop(entity, None)
 
     async def process_pairs(self, entity: str, pairs: Sequence[tuple[str, SourceEvent]]) -> None:
         """Group released (key, event) pairs by key and run them through the batch step.
@@ -723,13 +742,15 @@ class Pipeline:
                 except SinkBackpressureError as exc:
                     self.metrics.dependency_retries.labels(entity=entity).inc()
                     self.metrics.dependency_waiting.set(1)
+                    self.waiting.setdefault(entity, time.time())
                     waiting = True
                     log.warning("%s; retrying %d %s keys in %.1f s", exc.message, len(items), entity, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
         finally:
             if waiting:
-                self.metrics.dependency_waiting.set(0)
+                self.waiting.pop(entity, None)
+                self.metrics.dependency_waiting.set(1 if self.waiting else 0)
                 log.warning("%s keys processed again after the dependency answered", entity)
 
     def process_keys(self, entity: str, items: Sequence[tuple[str, Sequence[SourceEvent]]]) -> StepResult:
@@ -753,6 +774,7 @@ class Pipeline:
         blacklist_counts: dict[str, int] = defaultdict(int)
         now = time.time()
         observe = m.latency.observe
+        read_at = self._read_at.get(entity) or {}
         keys: dict[str, bytes] = {}
         for hit in result.hits:
             kafka_key = keys.get(hit.key)
@@ -763,8 +785,14 @@ class Pipeline:
             hit_counts[(record["rule_id"], record["mode"])] += 1
             if record.get("error"):
                 error_counts[record["rule_id"]] += 1
-            if hit.source.timestamp_ms is not None:
-                seconds = now - hit.source.timestamp_ms / 1000
+            # processing latency: from the ingest reading the event (its Kafka timestamp
+            # when unknown, capped by it: a backlog or replayed event is not counted old)
+            start_ms = read_at.get(id(hit.source))
+            ts_ms = hit.source.timestamp_ms
+            if ts_ms is not None and (start_ms is None or ts_ms > start_ms):
+                start_ms = ts_ms
+            if start_ms is not None:
+                seconds = now - start_ms / 1000
                 observe(seconds if seconds > 0.0 else 0.0)
         for entry in result.blacklist:
             out.append((bl_name, blacklist_key(entry.entity, entry.key).encode(), entry.value, None, None))
@@ -862,10 +890,15 @@ class Pipeline:
                 await asyncio.sleep(0)
 
 
-def pack_bundles(parts: list[bytes], progress: list[list[Any]] | None = None) -> list[bytes]:
+def pack_bundles(
+    parts: list[bytes], progress: list[list[Any]] | None = None, *, read_ms: int | None = None
+) -> list[bytes]:
     """Join encoded entries into bundle payloads of about BUNDLE_MAX_BYTES at most:
     ``{"e": [entry, ...]}``, the last one with ``"p": progress`` (it covers every entry
-    before it); with ``progress`` and no entries, one payload carrying only the progress."""
+    before it); with ``progress`` and no entries, one payload carrying only the progress.
+    ``read_ms`` (when the ingest read the entries' messages) rides on each as ``"t"``."""
+    if read_ms is not None:
+        return [b'{"t":' + str(int(read_ms)).encode() + b"," + p[1:] for p in pack_bundles(parts, progress)]
     out: list[bytes] = []
     chunk: list[bytes] = []
     size = 8

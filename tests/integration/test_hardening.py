@@ -4,6 +4,7 @@ an outlier time poisons nothing, and a Redis outage delays labels without losing
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,12 @@ def test_redis_down_delays_labels_and_loses_none(stack: Any, hsettings: Settings
                 time.sleep(0.5)
             assert (worker.metric("bypass_dependency_retries_total", 'entity="device"') or 0) > 0
             assert worker.metric("bypass_dependency_waiting") == 1.0
+            # visible in health: degraded, waiting on the device kind's dependency (still 200:
+            # shorter than BYPASS_HEALTH_MAX_WAIT_MS)
+            with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/healthz", timeout=5) as r:
+                health = orjson.loads(r.read())
+            assert health["status"] == "degraded" and health["ready"], health
+            assert health["dependency"]["waiting"] and "device" in health["dependency"]["entity"], health
             time.sleep(3)
             assert read_topic(s, s.dlq_topic, lambda m: True, timeout_s=5, settle_s=0) == []
             listed = hits_of(s, "listed_device", 1, timeout_s=3)
@@ -166,6 +173,8 @@ def test_redis_down_delays_labels_and_loses_none(stack: Any, hsettings: Settings
         listed = hits_of(s, "listed_device", 7, timeout_s=90)
         seen = hits_of(s, "seen_login", 11, timeout_s=30)
         assert worker.metric("bypass_dependency_waiting") == 0.0
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/healthz", timeout=5) as r:
+            assert orjson.loads(r.read())["dependency"]["waiting"] is False
     finally:
         worker.stop()
     assert listed == {"h-u-warm-0", *(e["event_id"] for e in events if e["device_id"] == "d-bad")}

@@ -1,13 +1,17 @@
-"""On-call work on the real stack: a live backfill reaches the inline services (Redis)."""
+"""On-call work on the real stack: a live backfill reaches the inline services (Redis), and a
+rule set is rolled back on running workers within seconds."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
-from sinks_support import read_all, sink_settings, start_in_thread, wait_for
-from test_pipeline import FEATURES, Worker, publish, read_topic
+from sinks_support import bypass, read_all, sink_settings, start_in_thread, wait_for
+from test_pipeline import FEATURES, USER_RULES, Worker, ev, publish, read_topic, values
+from test_pipeline import produce as produce_events
 from test_replay import RULES, direct_hits, produce, run_replay
 
 from sinks.redis_mirror import RedisBlacklistSink, redis_client
@@ -94,3 +98,106 @@ def test_a_live_backfill_with_emit_blacklist_gives_redis_the_live_entries_and_tw
     ids = [dict(m.headers() or [])["bypass.entry_id"] for m in messages]
     assert len(set(ids)) == first.stats.blacklist_emitted  # ... with the same deterministic ids
     assert mirror(bf, new=second.stats.blacklist_emitted) == live  # ... and Redis did not change
+
+
+@pytest.mark.slow
+def test_activate_rolls_two_running_workers_back_within_two_seconds_and_history_says_so(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Issue 15, item 2: before, re-publishing an old version did nothing, so a bad rule set
+    could not be rolled back; nothing listed the versions or what the workers ran."""
+    from sinks.clickhouse import connect
+
+    s = settings.model_copy(
+        update={
+            "features_spec": FEATURES,
+            "topic_partitions": 2,
+            "consumer_session_timeout_ms": 6_000,
+            "consumer_heartbeat_interval_ms": 500,
+            "worker_batch_within_ms": 20,
+            "table_standby_replicas": 0,
+            "operator": "oncall-test",
+        }
+    )
+    kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, s.blacklist_topic])
+    for version in ("u-1", "u-2"):
+        assert publish(s, USER_RULES.format(version=version), tmp_path, f"{version}.yaml").returncode == 0
+    one, two = Worker(s, tmp_path / "w1.log"), Worker(s, tmp_path / "w2.log")
+    workers = [one, two]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            w.metric("bypass_ruleset_info", 'version="u-2"') == 1.0 for w in workers
+        ):
+            time.sleep(0.2)
+        assert all(w.metric("bypass_ruleset_info", 'version="u-2"') == 1.0 for w in workers)
+
+        called = time.monotonic()
+        done = bypass(s, "rules", "activate", "u-1")
+        assert done.returncode == 0, done.stderr
+        assert "activated rule-set version u-1 (was u-2)" in done.stdout
+        assert "warning" not in done.stderr  # the audit row was written
+        switched = time.monotonic()
+        while time.monotonic() - switched < 5 and not all(
+            w.metric("bypass_ruleset_info", 'version="u-1"') == 1.0 for w in workers
+        ):
+            time.sleep(0.02)
+        took = time.monotonic() - switched
+        print(
+            f"\nbypass rules activate took {switched - called:.2f} s; both workers on u-1 {took:.2f} s after"
+        )
+        assert took < 2.0
+        again = bypass(s, "rules", "activate", "u-1")
+        assert again.returncode == 0 and "already active: nothing to do" in again.stdout
+
+        later = [
+            ev(f"rb-{i}", "phone_change", int(time.time() * 1000) + i, "u-rb", phone=f"+8613700{i:06d}")
+            for i in range(3)
+        ]
+        produce_events(s, later)
+        hits = values(
+            read_topic(
+                s,
+                s.hits_topic,
+                lambda m: any(b'"rb-2"' in x.value() for x in m),
+                timeout_s=60,
+                settle_s=1,
+            )
+        )
+        assert {h["ruleset_version"] for h in hits if h["key"] == "u-rb"} == {"u-1"}
+
+        # a worker started now starts on the activated version, not the last published one
+        three = Worker(s, tmp_path / "w3.log")
+        workers.append(three)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and three.metric("bypass_ruleset_info", 'version="u-1"') != 1.0:
+            time.sleep(0.2)
+        assert three.metric("bypass_ruleset_info", 'version="u-1"') == 1.0
+
+        deadline = time.monotonic() + 30
+        rows: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            shown = bypass(s, "rules", "history", "--json")
+            assert shown.returncode == 0, shown.stderr
+            rows = {r["version"]: r for r in map(orjson.loads, shown.stdout.splitlines())}
+            if len(rows.get("u-1", {}).get("workers", [])) == 3:
+                break
+            time.sleep(1)
+        assert rows["u-1"]["active"] and not rows["u-2"]["active"]
+        assert len(rows["u-1"]["workers"]) == 3 and rows["u-2"]["workers"] == []
+        assert [a["by"] for a in rows["u-1"]["activated"]] == ["oncall-test", "oncall-test"]
+        assert rows["u-1"]["source"].endswith("u-1.yaml") and rows["u-1"]["rules"] >= 3
+        table = bypass(s, "rules", "history")
+        assert "ACTIVE" in table.stdout and "u-2" in table.stdout
+    finally:
+        for w in workers:
+            w.stop()
+    client = connect(s.clickhouse_url, username=s.clickhouse_user)
+    audit = client.query(
+        f"SELECT version, action, by FROM {s.clickhouse_database}.risk_ruleset_versions FINAL ORDER BY at"  # noqa: S608
+    ).result_rows
+    assert [tuple(r) for r in audit] == [
+        ("u-1", "publish", "oncall-test"),
+        ("u-2", "publish", "oncall-test"),
+        ("u-1", "activate", "oncall-test"),
+    ]

@@ -1,0 +1,179 @@
+"""What each running worker reports about itself, on a compacted topic (``BYPASS_WORKERS_TOPIC``).
+
+Record (key: the worker id, ``<host>:<pid>:<random>``; a tombstone when the worker stops
+cleanly)::
+
+    {"worker_id": str, "host": str, "pid": int, "started_ms": int, "updated_ms": int,
+     "ruleset_version": str | null, "app_id": str}
+
+A worker writes its record at start, whenever its active rule set changes, and every
+``REPORT_S`` seconds. A reader (``bypass rules history``) takes the newest record per worker
+and counts as running the workers whose record is younger than ``STALE_MS`` by the
+reader's clock, so a worker killed with SIGKILL drops out within a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from streams.core import kafka
+from streams.settings import Settings
+
+__all__ = ["STALE_MS", "WorkerReport", "WorkerReporter", "read_workers"]
+
+log = logging.getLogger(__name__)
+
+REPORT_S = 10.0
+STALE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    worker_id: str
+    host: str
+    pid: int
+    started_ms: int
+    updated_ms: int
+    ruleset_version: str | None
+    app_id: str
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_bytes(cls, value: bytes) -> WorkerReport:
+        data = orjson.loads(value)
+        if not isinstance(data, dict):
+            raise ValueError("not a worker report")
+        version = data.get("ruleset_version")
+        return cls(
+            worker_id=str(data["worker_id"]),
+            host=str(data.get("host", "")),
+            pid=int(data.get("pid", 0)),
+            started_ms=int(data.get("started_ms", 0)),
+            updated_ms=int(data.get("updated_ms", 0)),
+            ruleset_version=version if isinstance(version, str) else None,
+            app_id=str(data.get("app_id", "")),
+        )
+
+
+class WorkerReporter:
+    """Writes this worker's report at :meth:`start`, on :meth:`set_ruleset`, every
+    ``REPORT_S`` seconds from a daemon thread, and a tombstone at :meth:`stop`. A broker
+    that does not answer costs a report, never the worker."""
+
+    def __init__(self, settings: Settings, *, interval_s: float = REPORT_S) -> None:
+        self.settings = settings
+        self.interval_s = interval_s
+        host = socket.gethostname()
+        self.worker_id = f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._host = host
+        self._started_ms = int(time.time() * 1000)
+        self._version: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer = kafka.producer(settings)
+
+    def report(self) -> WorkerReport:
+        return WorkerReport(
+            worker_id=self.worker_id,
+            host=self._host,
+            pid=os.getpid(),
+            started_ms=self._started_ms,
+            updated_ms=int(time.time() * 1000),
+            ruleset_version=self._version,
+            app_id=self.settings.app_id,
+        )
+
+    def _send(self, value: bytes | None) -> None:
+        with self._lock:
+            try:
+                self._producer.produce(self.settings.workers_topic, key=self.worker_id.encode(), value=value)
+                self._producer.poll(0)
+            except Exception as exc:  # a full queue or a broker away: the next report retries
+                log.debug("worker report not sent: %s", exc)
+
+    def set_ruleset(self, version: str) -> None:
+        self._version = version
+        if self._thread is not None:
+            self._send(self.report().to_bytes())
+
+    def start(self) -> None:
+        kafka.ensure_topics(self.settings, [self.settings.workers_topic], partitions=1, compacted=True)
+        self._send(self.report().to_bytes())
+        self._thread = threading.Thread(target=self._run, name="bypass-worker-report", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._send(self.report().to_bytes())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._send(None)  # a tombstone: this worker is gone
+            self._producer.flush(2.0)
+
+
+def read_workers(
+    settings: Settings, *, timeout_s: float = 10.0, now_ms: int | None = None
+) -> list[WorkerReport]:
+    """The workers of ``settings.app_id`` that reported within the last ``STALE_MS``."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    topic = settings.workers_topic
+    client = kafka.consumer(
+        settings,
+        group_id=f"{settings.app_id}-workers-reader-{uuid.uuid4().hex[:12]}",
+        enable_auto_commit=False,
+        enable_partition_eof=True,
+    )
+    latest: dict[bytes, WorkerReport | None] = {}
+    try:
+        meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return []
+        parts = sorted(meta.partitions)
+        pending = set()
+        for p in parts:
+            low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                pending.add(p)
+        client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            msg = client.poll(0.2)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                continue
+            key = msg.key() or b""
+            value = msg.value()
+            try:
+                latest[key] = WorkerReport.from_bytes(value) if value is not None else None
+            except (ValueError, KeyError, TypeError):
+                continue
+    finally:
+        client.close()
+    return sorted(
+        (
+            r
+            for r in latest.values()
+            if r is not None and r.app_id == settings.app_id and now - r.updated_ms < STALE_MS
+        ),
+        key=lambda r: r.worker_id,
+    )
