@@ -1,4 +1,6 @@
-"""``bypass status``: is the worker up? Reads its ``/healthz`` (:mod:`streams.live.health`)."""
+"""``bypass status``: is the worker up? Reads its ``/healthz`` (:mod:`streams.live.health`);
+``--all``: every running worker and writer, the dependencies and the last hour's dead letters
+(:mod:`streams.core.overview`)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,16 @@ import orjson
     metavar="SECONDS",
     help="keep asking until the worker is healthy, for up to this long (a worker just started)",
 )
-def status(url: str | None, port: int | None, host: str, as_json: bool, timeout: float, wait: float) -> None:
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="one screen for on-call: every running worker and writer (as they report on "
+    "BYPASS_WORKERS_TOPIC), Kafka/ClickHouse/Redis reachable, dead letters of the last hour",
+)
+def status(
+    url: str | None, port: int | None, host: str, as_json: bool, timeout: float, wait: float, everything: bool
+) -> None:
     """Show whether a live worker is up: ready, partitions, rule set, events, lag, and
     whether it waits for a dependency (Redis).
 
@@ -42,6 +53,8 @@ def status(url: str | None, port: int | None, host: str, as_json: bool, timeout:
     from streams.settings import get_settings
 
     settings = get_settings()
+    if everything:
+        _overview(settings, as_json)
     if url is None:
         if port is None:
             port = settings.metrics_port
@@ -77,6 +90,20 @@ def status(url: str | None, port: int | None, host: str, as_json: bool, timeout:
     else:
         click.echo(format_health(code, body, settings.raw_topics))
     sys.exit(0 if code == 200 else 1)
+
+
+def _overview(settings: object, as_json: bool) -> None:
+    """``--all``: print the cluster view and exit 0 when everything is healthy, else 1."""
+    from streams.core.overview import gather, render
+    from streams.settings import Settings
+
+    assert isinstance(settings, Settings)  # noqa: S101 - get_settings() gives Settings
+    view = gather(settings)
+    if as_json:
+        click.echo(orjson.dumps(view.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render(view))
+    sys.exit(0 if view.healthy else 1)
 
 
 def _ask(url: str, timeout: float) -> tuple[int, bytes, str | None]:

@@ -1,15 +1,17 @@
-"""What each running worker reports about itself, on a compacted topic (``BYPASS_WORKERS_TOPIC``).
+"""What each running process reports about itself, on a compacted topic (``BYPASS_WORKERS_TOPIC``).
 
-Record (key: the worker id, ``<host>:<pid>:<random>``; a tombstone when the worker stops
-cleanly)::
+Record (key: the process id, ``<host>:<pid>:<random>``; a tombstone when it stops cleanly)::
 
     {"worker_id": str, "host": str, "pid": int, "started_ms": int, "updated_ms": int,
-     "ruleset_version": str | null, "app_id": str}
+     "ruleset_version": str | null, "app_id": str,
+     "kind": "worker" | "sink-clickhouse" | "sink-redis",
+     "code": int, "health": object | null}      # the process's /healthz answer
 
-A worker writes its record at start, whenever its active rule set changes, and every
-``REPORT_S`` seconds. A reader (``bypass rules history``) takes the newest record per worker
-and counts as running the workers whose record is younger than ``STALE_MS`` by the
-reader's clock, so a worker killed with SIGKILL drops out within a minute.
+A worker (and each writer) writes its record at start, whenever its active rule set changes,
+and every ``REPORT_S`` seconds. A reader (``bypass rules history``, ``bypass status --all``)
+takes the newest record per process and counts as running those whose record is younger
+than ``STALE_MS`` by the reader's clock, so a process killed with SIGKILL drops out within a
+minute.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
@@ -46,6 +50,9 @@ class WorkerReport:
     updated_ms: int
     ruleset_version: str | None
     app_id: str
+    kind: str = "worker"
+    code: int = 0
+    health: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -64,6 +71,9 @@ class WorkerReport:
             updated_ms=int(data.get("updated_ms", 0)),
             ruleset_version=version if isinstance(version, str) else None,
             app_id=str(data.get("app_id", "")),
+            kind=str(data.get("kind", "worker")),
+            code=int(data.get("code", 0)),
+            health=data["health"] if isinstance(data.get("health"), dict) else None,
         )
 
 
@@ -72,9 +82,18 @@ class WorkerReporter:
     ``REPORT_S`` seconds from a daemon thread, and a tombstone at :meth:`stop`. A broker
     that does not answer costs a report, never the worker."""
 
-    def __init__(self, settings: Settings, *, interval_s: float = REPORT_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        interval_s: float = REPORT_S,
+        kind: str = "worker",
+        health: Callable[[], tuple[int, dict[str, Any]]] | None = None,
+    ) -> None:
         self.settings = settings
         self.interval_s = interval_s
+        self.kind = kind
+        self._health = health
         host = socket.gethostname()
         self.worker_id = f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
         self._host = host
@@ -86,7 +105,16 @@ class WorkerReporter:
         self._producer = kafka.producer(settings)
 
     def report(self) -> WorkerReport:
+        code, body = 0, None
+        if self._health is not None:
+            try:
+                code, body = self._health()
+            except Exception as exc:  # a report without health beats no report
+                log.debug("health for the worker report failed: %s", exc)
         return WorkerReport(
+            kind=self.kind,
+            code=code,
+            health=body,
             worker_id=self.worker_id,
             host=self._host,
             pid=os.getpid(),
@@ -128,9 +156,10 @@ class WorkerReporter:
 
 
 def read_workers(
-    settings: Settings, *, timeout_s: float = 10.0, now_ms: int | None = None
+    settings: Settings, *, timeout_s: float = 10.0, now_ms: int | None = None, kind: str | None = "worker"
 ) -> list[WorkerReport]:
-    """The workers of ``settings.app_id`` that reported within the last ``STALE_MS``."""
+    """The processes of ``settings.app_id`` (of ``kind``; None: all) that reported within the
+    last ``STALE_MS``."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     topic = settings.workers_topic
     client = kafka.consumer(
@@ -173,7 +202,10 @@ def read_workers(
         (
             r
             for r in latest.values()
-            if r is not None and r.app_id == settings.app_id and now - r.updated_ms < STALE_MS
+            if r is not None
+            and r.app_id == settings.app_id
+            and now - r.updated_ms < STALE_MS
+            and (kind is None or r.kind == kind)
         ),
         key=lambda r: r.worker_id,
     )

@@ -98,6 +98,7 @@ class LiveWorker:
         self.server: health.MetricsServer | None = None
         self._following = False  # True once the start-up rule set is loaded
         self._status_prev: tuple[float, float] = (time.monotonic(), 0.0)
+        self._report_prev: tuple[float, float] = (time.monotonic(), 0.0)
         self._gauge_ticks = 0
         self.settings = settings
         self.spec = load_spec(settings)
@@ -204,6 +205,17 @@ class LiveWorker:
             )
         )
 
+    def _report(self) -> tuple[int, dict[str, Any]]:
+        """``/healthz`` plus the consumer lag per raw partition and the events/s since the last
+        report: what ``bypass status --all`` shows per worker (see streams/core/workers.py)."""
+        code, body = self.health()
+        body["consumer_lag"] = {f"{t}[{p}]": n for (t, p), n in sorted(self.consumer_lag().items())}
+        now, events = time.monotonic(), float(body.get("events_in") or 0)
+        before_t, before = self._report_prev
+        body["events_per_s"] = round((events - before) / (now - before_t), 1) if now > before_t else 0.0
+        self._report_prev = (now, events)
+        return code, body
+
     def consumer_lag(self) -> dict[tuple[str, int], int]:
         """Per raw partition this worker reads: the high watermark of its last fetch minus
         the next offset to read (partitions not fetched yet are left out)."""
@@ -299,7 +311,7 @@ class LiveWorker:
             s.features_spec,
             ", ".join(self.pipeline.entities),
         )
-        self.reporter = WorkerReporter(s)
+        self.reporter = WorkerReporter(s, health=self._report)
         active = self.follower.start()
         self._following = True
         if active is not None:

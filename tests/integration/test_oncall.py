@@ -189,6 +189,28 @@ def test_activate_rolls_two_running_workers_back_within_two_seconds_and_history_
         assert rows["u-1"]["source"].endswith("u-1.yaml") and rows["u-1"]["rules"] >= 3
         table = bypass(s, "rules", "history")
         assert "ACTIVE" in table.stdout and "u-2" in table.stdout
+
+        # issue 15, item 4: one screen for on-call over every running worker
+        plain = kafka.producer(s)
+        plain.produce(s.raw_topics[0], b"{not json", key=b"u-x")
+        assert plain.flush(10) == 0
+        deadline = time.monotonic() + 30
+        view: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            shown = bypass(s, "status", "--all", "--json")
+            view = orjson.loads(shown.stdout)
+            if view["dlq_last_hour"].get("not_json") == 1 and shown.returncode == 0:
+                break
+            time.sleep(1)
+        assert view["healthy"], view["problems"]
+        assert view["dependencies"] == {"kafka": "ok", "clickhouse": "ok", "redis": "ok"}
+        running = [p for p in view["processes"] if p["kind"] == "worker"]
+        assert len(running) == 3 and {p["ruleset"] for p in running} == {"u-1"}
+        assert all(p["code"] == 200 and "consumer_lag" in p["health"] for p in running)
+        assert view["dlq_last_hour"] == {"not_json": 1}
+        screen = bypass(s, "status", "--all")
+        assert screen.returncode == 0 and "workers (3)" in screen.stdout
+        assert "dead letters in the last hour: not_json 1" in screen.stdout
     finally:
         for w in workers:
             w.stop()
