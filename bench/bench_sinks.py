@@ -12,6 +12,13 @@ hourly uniqExact rollup MV) on the chdb-served ClickHouse 26.9 engine.
   consumed to the last row accepted by ClickHouse (offsets committed). Goal >= 100,000.
 - ``sink_only_rows_per_s``: the same rows through ``ClickHouseSink.add/flush`` alone
   (no Kafka): decode + validate + insert; shows where the time goes.
+- ``archive_rows_per_s``: N raw events (the simulator's mix of envelopes, a third with a phone
+  number and geo) already on a raw topic, archived by the same writer (``"events"`` kind: each
+  message decoded, validated and hashed by the worker's decoder, Native insert into
+  ``risk_events``), rows/s from the first record consumed to the last row accepted; side by
+  side with ``writer_rows_per_s`` (``ratio_to_hits_writer``). Goal >= 100,000.
+  ``archive_bytes_per_million_events``: ``sum(bytes_on_disk)`` of the active ``risk_events``
+  parts after the run, per million events.
 - ``lag_hit_to_queryable_p50/p99``: hits produced at a steady rate while the writer runs
   (default batching settings: ``sink_batch_ms`` = 1000; the full run adds 200 ms); a
   poller queries ClickHouse every 50 ms; lag = first time a hit is visible in a SELECT -
@@ -172,6 +179,107 @@ def _throughput(bootstrap: str, ch_url: str, n: int, ch_pid: int | None = None) 
     ]  # fmt: skip
 
 
+def _event(i: int, now_ms: int) -> dict[str, Any]:
+    """A raw event as apps send it (about the simulator's shape)."""
+    event: dict[str, Any] = {
+        "event_id": f"ev-{i:09d}",
+        "type": ("login", "property_view", "order", "phone_change")[i % 4],
+        "ts": now_ms - 3_600_000 + i,
+        "user_id": f"u{i % 20_000}",
+        "device_id": f"d{i % 30_000}",
+        "ip": f"10.{i % 7}.{i % 251}.{i % 199}",
+        "attrs": {"amount": (i % 997) / 10, "channel": ("app", "web")[i % 2]},
+    }
+    if i % 3 == 0:
+        event["phone"] = f"+86 138-{i % 10_000:04d}-{i % 9_973:04d}"
+        event["geo"] = {"lat": 31.2 + (i % 100) / 1000, "lon": 121.4, "city": "Shanghai"}
+    return event
+
+
+def _archive(
+    bootstrap: str, ch_url: str, n: int, hits_rate: float | None, ch_pid: int | None = None
+) -> list[dict[str, Any]]:
+    from confluent_kafka import Producer
+
+    from sinks.clickhouse import ClickHouseSink, connect
+    from sinks.clickhouse_schema import migrate
+    from streams.core import kafka
+    from streams.core.envelope import decoder_from_settings
+    from streams.core.outputs import build_runner
+
+    tag = "ar" + secrets.token_hex(3)
+    raw = f"bench.{tag}.events"
+    settings = _settings(
+        bootstrap, ch_url, tag, sink_batch_size=50_000, raw_topics=(raw,), phone_hash_key="bench-key"
+    )
+    now_ms = int(time.time() * 1000)
+    kafka.ensure_topics(settings, [raw, settings.dlq_topic])
+    producer = Producer({**settings.kafka_config(), "linger.ms": 20, "batch.num.messages": 10000})
+    for i in range(n):
+        value = orjson.dumps(_event(i, now_ms))
+        while True:
+            try:
+                producer.produce(raw, value, key=f"u{i % 20_000}".encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+    client = connect(settings.clickhouse_url)
+    migrate(client, settings.clickhouse_database)
+    sink = ClickHouseSink(
+        client, settings.clickhouse_database, {raw: "events"}, decoder=decoder_from_settings(settings)
+    )
+    runner = build_runner(settings, sink, [raw], "clickhouse")
+    runner.progress_every_s = 3600.0
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    t0 = None
+    cpu0 = ch0 = 0.0
+    deadline = time.monotonic() + 120
+    while runner.stats.written < n and time.monotonic() < deadline:
+        if t0 is None and runner.stats.consumed:
+            t0, cpu0, ch0 = time.monotonic(), time.process_time(), _cpu_s(ch_pid)
+        time.sleep(0.005)
+    t1, cpu1, ch1 = time.monotonic(), time.process_time(), _cpu_s(ch_pid)
+    stop.set()
+    thread.join(30)
+    if runner.stats.written < n or t0 is None:
+        raise RuntimeError(f"archive wrote {runner.stats.written} of {n} rows in time")
+    rate = n / (t1 - t0)
+    disk = client.query(
+        "SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = {db:String} "
+        "AND table = 'risk_events'",
+        parameters={"db": settings.clickhouse_database},
+    ).result_rows[0][0]
+    row: dict[str, Any] = {
+        "name": "archive_rows_per_s", "value": round(rate), "unit": "rows/s", "goal": ">= 100000",
+        "rows": n, "batch_size": 50_000, "skipped": sink.skipped_events,
+    }  # fmt: skip
+    if hits_rate:  # side by side with the hits writer (run.py shows the ratio)
+        row["baseline_name"] = "writer_rows_per_s (hits writer, same run)"
+        row["baseline_value"] = round(hits_rate)
+        row["ratio_to_hits_writer"] = round(rate / hits_rate, 2)
+    row["loadavg_1m"] = round(os.getloadavg()[0], 1)
+    extra: list[dict[str, Any]] = [
+        {"name": "archive_rows_per_cpu_s", "value": round(n / max(1e-9, cpu1 - cpu0)), "unit": "rows/cpu-s",
+         "note": "writer process CPU only (consume, decode + validate + hash, insert client)"},
+    ]  # fmt: skip
+    if ch_pid is not None and ch1 > ch0:
+        extra.append(
+            {"name": "archive_plus_clickhouse_cpu_us_per_row",
+             "value": round(((cpu1 - cpu0) + (ch1 - ch0)) / n * 1e6, 2), "unit": "us/row",
+             "clickhouse_us_per_row": round((ch1 - ch0) / n * 1e6, 2),
+             "note": "2 idle cores give at most 2e6 / value rows/s"}
+        )  # fmt: skip
+    return [
+        row,
+        *extra,
+        {"name": "archive_bytes_per_million_events", "value": round(int(disk) * 1_000_000 / n),
+         "unit": "bytes", "rows": n, "note": "sum(bytes_on_disk) of the active risk_events parts"},
+    ]  # fmt: skip
+
+
 def _lag(
     bootstrap: str, ch_url: str, rate: int, seconds: float, batch_ms: int = 1000
 ) -> list[dict[str, Any]]:
@@ -257,6 +365,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     with stack_parts("kafka", "clickhouse") as parts:
         bootstrap, ch_url = parts.addresses["kafka"], parts.addresses["clickhouse"]
         results = _throughput(bootstrap, ch_url, 100_000 if quick else 300_000, parts.pid("clickhouse"))
+        hits_rate = next((r["value"] for r in results if r["name"] == "writer_rows_per_s"), None)
+        results += _archive(
+            bootstrap, ch_url, 100_000 if quick else 300_000, hits_rate, parts.pid("clickhouse")
+        )
         results += _lag(bootstrap, ch_url, rate=1000 if quick else 2000, seconds=5 if quick else 10)
         if not quick:
             results += _lag(bootstrap, ch_url, rate=2000, seconds=8, batch_ms=200)

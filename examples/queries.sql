@@ -1,4 +1,5 @@
--- Analyst queries over the bypass hit tables (see sinks/clickhouse_schema.py for the schema).
+-- Analyst queries over the bypass tables: hits, the event archive (risk_events), the decision
+-- log (risk_decisions) and outcome labels (risk_labels); sinks/clickhouse_schema.py has the schema.
 --
 -- Run them in the bypass database (`USE bypass`, or clickhouse-client --database bypass)
 -- and pass the {name:Type} parameters, e.g.
@@ -104,3 +105,95 @@ FROM risk_blacklist FINAL
 WHERE expires_at > now64(3, 'UTC')
 GROUP BY entity, key, label
 ORDER BY entity, key, label;
+
+-- name: hit_rate_by_rule_and_day
+-- Hit rate per rule and day over the last {days:UInt32} days (live run), with its denominator:
+-- evaluated = the (event, entity) decisions of the rule's entity kind in risk_decisions,
+-- pass decisions without a hit counted 1 / sample_rate each (BYPASS_DECISION_SAMPLE samples
+-- them), so it is an estimate; hits are exact (a decision with a hit is always logged).
+SELECT
+    h.day                                  AS day,
+    h.rule_id                              AS rule_id,
+    h.mode                                 AS mode,
+    h.hits                                 AS hits,
+    round(d.evaluated)                     AS evaluated,
+    round(h.hits / d.evaluated, 6)         AS hit_rate
+FROM
+(
+    SELECT toDate(event_time) AS day, entity, tupleElement(rm, 1) AS rule_id, tupleElement(rm, 2) AS mode,
+           count() AS hits
+    FROM risk_decisions FINAL
+    ARRAY JOIN arrayConcat(arrayMap(r -> (toString(r), 'active'), rule_ids),
+                           arrayMap(r -> (toString(r), 'shadow'), shadow_rule_ids)) AS rm
+    WHERE run_id = 'live' AND event_time >= toStartOfDay(now64(3, 'UTC')) - toIntervalDay({days:UInt32})
+    GROUP BY day, entity, rule_id, mode
+) AS h
+INNER JOIN
+(
+    SELECT toDate(event_time) AS day, entity, sum(1 / sample_rate) AS evaluated
+    FROM risk_decisions FINAL
+    WHERE run_id = 'live' AND event_time >= toStartOfDay(now64(3, 'UTC')) - toIntervalDay({days:UInt32})
+    GROUP BY day, entity
+) AS d ON h.day = d.day AND h.entity = d.entity
+ORDER BY day, rule_id, mode;
+
+-- name: precision_by_rule_version
+-- Per rule-set version and rule (live run): entities flagged (counted hits, or the shadow
+-- rule's), those with a bad outcome label (risk_labels, `bypass labels import`: every label
+-- but good, legit, benign, false_positive, not_fraud) and the precision. `bypass rules
+-- report` adds recall and what shadow rules would add.
+SELECT
+    ruleset_version,
+    rule_id,
+    mode,
+    uniqExact(entity, key)                                                 AS flagged,
+    uniqExactIf(entity, key, (entity, key) IN (
+        SELECT toString(entity), key FROM risk_labels FINAL
+        WHERE label NOT IN ('good', 'legit', 'benign', 'false_positive', 'not_fraud')
+    ))                                                                     AS flagged_bad,
+    round(flagged_bad / flagged, 4)                                        AS precision
+FROM
+(
+    SELECT ruleset_version, toString(entity) AS entity, key, tupleElement(rm, 1) AS rule_id,
+           tupleElement(rm, 2) AS mode
+    FROM risk_decisions FINAL
+    ARRAY JOIN arrayConcat(arrayMap(r -> (toString(r), 'active'), rule_ids),
+                           arrayMap(r -> (toString(r), 'shadow'), shadow_rule_ids)) AS rm
+    WHERE run_id = 'live'
+)
+GROUP BY ruleset_version, rule_id, mode
+ORDER BY ruleset_version, rule_id, mode;
+
+-- name: events_around_hit
+-- The archived events (risk_events) of the entity of one hit ({hit_id:String}) within
+-- {minutes:UInt32} minutes of it, the hit's own event marked: what led up to the hit.
+-- The entity's key is read from the envelope field of its kind (user_id, device_id, ip).
+WITH
+    (SELECT (toString(entity), key, event_time, event_id) FROM risk_hits
+     WHERE hit_id = {hit_id:String} LIMIT 1) AS hit
+SELECT
+    event_time, event_type, event_id, event_id = tupleElement(hit, 4) AS is_hit_event,
+    user_id, device_id, ip, phone, geo_city, attrs
+FROM risk_events FINAL
+WHERE multiIf(tupleElement(hit, 1) = 'user', user_id, tupleElement(hit, 1) = 'device', device_id,
+              tupleElement(hit, 1) = 'ip', ip, '') = tupleElement(hit, 2)
+  AND event_time BETWEEN tupleElement(hit, 3) - toIntervalMinute({minutes:UInt32})
+                     AND tupleElement(hit, 3) + toIntervalMinute({minutes:UInt32})
+ORDER BY event_time, event_id;
+
+-- name: feature_prototype_user_devices_and_orders
+-- A feature prototyped in SQL over the event archive before it is written in
+-- examples/features.yaml: per user over the last {hours:UInt32} hours, distinct devices and
+-- the order amount (attrs.amount of order events), users with at least {min_devices:UInt32}
+-- devices. Compare with the rules you would write on it (`bypass rules report`).
+SELECT
+    user_id,
+    count()                                                                AS events,
+    uniqExactIf(device_id, device_id != '')                                AS devices,
+    sumIf(JSONExtractFloat(attrs, 'amount'), event_type = 'order')         AS order_amount
+FROM risk_events FINAL
+WHERE event_time >= now64(3, 'UTC') - toIntervalHour({hours:UInt32})
+GROUP BY user_id
+HAVING devices >= {min_devices:UInt32}
+ORDER BY devices DESC, order_amount DESC, user_id
+LIMIT 100;

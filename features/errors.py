@@ -9,7 +9,8 @@ this module are defined here; each other class lives with the code that raises i
     ├── ConfigError                 a setting or a file given by the user is wrong
     │   ├── SpecError               the feature spec is invalid (feature, problem)
     │   ├── DurationError           a duration is not in the duration grammar (text, reason)
-    │   └── TimeFormatError         an instant is not in the time grammar (text, reason)
+    │   ├── TimeFormatError         an instant is not in the time grammar (text, reason)
+    │   └── LabelFileError          a label file has a bad row (file, line; streams.cli.labels)
     ├── LateEventError              an event is older than the allowed lateness
     ├── EventError                  an event lacks what the feature engine needs
     ├── StateError                  a state snapshot cannot be restored

@@ -1,4 +1,8 @@
-"""ClickHouse sink: ``bypass.hits`` -> ``risk_hits``, ``bypass.blacklist`` -> ``risk_blacklist``.
+"""ClickHouse sink: ``bypass.hits`` -> ``risk_hits``, ``bypass.blacklist`` -> ``risk_blacklist``,
+``bypass.decisions`` -> ``risk_decisions``, and the raw event topics -> ``risk_events`` (the
+event archive: each message decoded by the worker's own decoder, so personal fields are
+hashed exactly as at ingest; a message the decoder refuses is skipped, the worker
+dead-letters it already).
 
 Pure parts (row conversion, dedup tokens) are plain functions, tested without a
 server. :class:`ClickHouseSink` follows the add()/flush() interface of
@@ -13,8 +17,9 @@ volume) are checked in Python (``hit_values``: one flat type check per record, e
 to :func:`sinks.records.check_hit`, which names the problem when the flat check fails),
 held column by column and inserted in the Native format: no text for the server to
 parse (JSONEachRow cost it ~1.5x the CPU per row), ``event_time`` sent as DateTime64(3)
-ticks (epoch ms). Blacklist entries (a trickle) go as JSONEachRow lines, checked by
-:func:`sinks.records.check_blacklist`.
+ticks (epoch ms). Archived events and decisions take the same Native path
+(:func:`event_values`, :func:`decision_values`). Blacklist entries (a trickle) go as
+JSONEachRow lines, checked by :func:`sinks.records.check_blacklist`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import hashlib
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
@@ -30,8 +36,17 @@ from urllib.parse import urlparse
 
 import orjson
 
+from features.errors import BypassError
 from sinks.base import RecordError, SinkBackpressureError, SourceRecord
-from sinks.records import HIT_FIELDS, MAX_MS, MIN_MS, check_blacklist, check_hit, decode_object
+from sinks.records import (
+    HIT_FIELDS,
+    MAX_MS,
+    MIN_MS,
+    check_blacklist,
+    check_decision,
+    check_hit,
+    decode_object,
+)
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -84,6 +99,106 @@ BLACKLIST_COLUMNS: Final[tuple[str, ...]] = (
     "source_partition",
     "source_offset",
 )
+
+
+#: ``risk_events`` columns (the archive of valid raw events, as ingest decodes them).
+EVENT_COLUMNS: Final[tuple[str, ...]] = (
+    "event_id",
+    "event_type",
+    "event_time",
+    "user_id",
+    "device_id",
+    "ip",
+    "phone",
+    "geo_lat",
+    "geo_lon",
+    "geo_city",
+    "attrs",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+)
+
+
+#: ``risk_decisions`` columns: the ``bypass.decisions`` fields (``event_ts`` as ``event_time``).
+DECISION_COLUMNS: Final[tuple[str, ...]] = (
+    "event_id",
+    "event_type",
+    "event_time",
+    "entity",
+    "key",
+    "decision",
+    "score",
+    "rule_ids",
+    "shadow_rule_ids",
+    "sample_rate",
+    "ruleset_version",
+    "run_id",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+)
+
+
+def decision_values(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A decoded ``bypass.decisions`` record -> the ``risk_decisions`` values in
+    ``DECISION_COLUMNS`` order (checked by :func:`sinks.records.check_decision`)."""
+    d = check_decision(obj)
+    return (
+        d["event_id"],
+        d["event_type"],
+        d["event_ts"],
+        d["entity"],
+        d["key"],
+        d["decision"],
+        float(d["score"]),
+        d["rule_ids"],
+        d["shadow_rule_ids"],
+        float(d["sample_rate"]),
+        d["ruleset_version"],
+        d["run_id"],
+        d["source_topic"],
+        d["source_partition"],
+        d["source_offset"],
+    )
+
+
+class EventDecoder(Protocol):
+    """What the archive needs of :class:`streams.core.envelope.EnvelopeDecoder`: raw bytes ->
+    a validated event with its personal fields hashed, or a BypassError (invalid: skipped)."""
+
+    def decode(
+        self, raw: bytes | None, kafka_ts_ms: int | None = None, *, now_ms: int | None = None
+    ) -> dict[str, Any]: ...
+
+
+def event_values(event: Mapping[str, Any], record: SourceRecord) -> tuple[Any, ...]:
+    """A decoded, validated event (:meth:`EventDecoder.decode`) -> the ``risk_events`` values in
+    ``EVENT_COLUMNS`` order, as the Native insert takes them (``event_time`` as epoch ms)."""
+    geo = event.get("geo")
+    attrs = event.get("attrs")
+    lat = lon = None
+    city = ""
+    if geo:
+        lat, lon, city = geo.get("lat"), geo.get("lon"), geo.get("city") or ""
+        if lat is not None:
+            lat, lon = float(lat), float(lon)
+    return (
+        event["event_id"],
+        event["type"],
+        event["ts"],
+        event["user_id"],
+        event.get("device_id") or "",
+        event.get("ip") or "",
+        event.get("phone") or "",
+        lat,
+        lon,
+        city,
+        orjson.dumps(attrs, option=orjson.OPT_SORT_KEYS).decode() if attrs else "",
+        record.topic,
+        record.partition,
+        record.offset,
+    )
 
 
 def split_features(features: Any) -> tuple[dict[str, float | None], dict[str, str]]:
@@ -442,9 +557,13 @@ class InsertClient(Protocol):
 
 
 class ClickHouseSink:
-    """Buffers hit and blacklist records; ``flush()`` inserts them, token-deduplicated.
+    """Buffers hit, blacklist, event and decision records; ``flush()`` inserts them,
+    token-deduplicated.
 
-    ``topics`` maps a topic name to ``"hits"`` or ``"blacklist"``.
+    ``topics`` maps a topic name to ``"hits"``, ``"blacklist"``, ``"events"`` (a raw event
+    topic: each message decoded by ``decoder``, the worker's own, and archived into
+    ``risk_events``; a message the decoder refuses is skipped - the worker dead-letters it
+    already - and counted in ``skipped_events``) or ``"decisions"`` (``risk_decisions``).
     """
 
     def __init__(
@@ -454,10 +573,15 @@ class ClickHouseSink:
         topics: Mapping[str, str],
         *,
         retry_after: float = 1.0,
+        decoder: EventDecoder | None = None,
     ) -> None:
         self._client = client
         self._database = database
         self._topics = dict(topics)
+        if "events" in self._topics.values() and decoder is None:
+            raise ValueError("an 'events' topic needs the decoder")
+        self._decoder = decoder
+        self.skipped_events = 0
         self._retry_after = retry_after
         self._batches: dict[str, _TableBatch] = {}
         self._types: dict[str, Sequence[Any]] = {}
@@ -470,6 +594,10 @@ class ClickHouseSink:
         if b is None:
             if kind == "hits":
                 b = _TableBatch(f"{self._database}.risk_hits", HIT_COLUMNS, native=True)
+            elif kind == "events":
+                b = _TableBatch(f"{self._database}.risk_events", EVENT_COLUMNS, native=True)
+            elif kind == "decisions":
+                b = _TableBatch(f"{self._database}.risk_decisions", DECISION_COLUMNS, native=True)
             else:
                 b = _TableBatch(f"{self._database}.risk_blacklist", BLACKLIST_COLUMNS)
             self._batches[kind] = b
@@ -479,10 +607,25 @@ class ClickHouseSink:
         kind = self._topics.get(record.topic)
         if kind is None:
             raise RecordError(f"no table for topic {record.topic!r}", reason="unknown_topic")
-        obj = decode_object(record.value)
-        batch = self._batch(kind)
-        if kind == "hits":
-            for append, value in zip(batch.appends, hit_values(obj)):  # noqa: B905 (same length)
+        if kind == "events":
+            try:  # the worker's decoder: validated, personal fields hashed exactly as at ingest
+                event = self._decoder.decode(  # type: ignore[union-attr]  # checked in __init__
+                    record.value, record.timestamp_ms, now_ms=time.time_ns() // 1_000_000
+                )
+            except BypassError:
+                self.skipped_events += 1  # the worker dead-letters it; nothing to archive
+                return
+            values = event_values(event, record)
+            batch = self._batch(kind)
+        else:
+            obj = decode_object(record.value)
+            batch = self._batch(kind)
+            if kind == "hits":
+                values = hit_values(obj)
+            elif kind == "decisions":
+                values = decision_values(obj)
+        if batch.native:
+            for append, value in zip(batch.appends, values):  # noqa: B905 (same length)
                 append(value)
         else:
             batch.rows.append(orjson.dumps(blacklist_row(obj, record)))

@@ -69,7 +69,8 @@ indexes on user, device and IP for one entity's events; ``attrs`` as JSON text
 label, time, source; keyed by all of them, so a re-import adds nothing after ``FINAL``.
 
 ``risk_decisions`` (migration 8) - the decision log: one row per (event, entity) evaluated
-(``pass`` rows sampled by ``BYPASS_DECISION_SAMPLE``, ``sample_rate`` says by how much),
+(``pass`` rows without any hit sampled by ``BYPASS_DECISION_SAMPLE``, ``sample_rate`` says
+by how much),
 with the counted rule ids that hit (``rule_ids``), the shadow ones (``shadow_rule_ids``),
 score, rule-set version and run id.
 
@@ -378,6 +379,26 @@ ENGINE = ReplacingMergeTree(inserted_at)
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (ruleset_version, run_id, event_time, event_id, entity, key)
 SETTINGS non_replicated_deduplication_window = 10000
+""",
+        ),
+    ),
+    Migration(
+        9,
+        "risk_list_changes",
+        (
+            """
+CREATE TABLE IF NOT EXISTS {db}.risk_list_changes
+(
+    list        LowCardinality(String),
+    key         String,
+    action      LowCardinality(String),
+    who         String,
+    why         String,
+    until       Nullable(DateTime64(3, 'UTC')),
+    changed_at  DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (list, key, changed_at)
 """,
         ),
     ),

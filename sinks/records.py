@@ -24,9 +24,15 @@ none renamed). This module holds, once each:
     decision total_score                        the (event, entity) outcome
     ruleset_version run_id                      which rules, which run (``live`` or a replay's id)
     source_topic source_partition source_offset the raw event's coordinates
+    unblock             null, or the unblock override that suppressed the hit's blacklist entry
 
 ``bypass.blacklist`` (Kafka key ``entity:key``): entity, key, label, rule_ids, event_id,
 event_ts, expires_at (epoch ms: event time + the longest ttl), ruleset_version.
+
+``bypass.decisions`` (Kafka key ``entity:key``; :func:`decision_record`): one per (event,
+entity) evaluated - event_id, event_type, event_ts, entity, key, decision, score, rule_ids
+(the counted hits), shadow_rule_ids, sample_rate, ruleset_version, run_id and the raw
+event's coordinates; a ``pass`` without any hit only when :func:`decision_sampled`.
 
 The checks cover what the writers store and rely on: a hit's ``user_id``, ``action`` and
 ``total_score`` are not stored in ClickHouse and not checked, so a reader accepts records
@@ -39,6 +45,7 @@ this module, so nothing here pulls in a client.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping
 from typing import Any, Final, TypedDict
 
@@ -53,11 +60,15 @@ __all__ = [
     "MAX_MS",
     "MIN_MS",
     "BlacklistRecord",
+    "DecisionRecord",
     "HitRecord",
     "blacklist_key",
     "blacklist_record",
     "check_blacklist",
+    "check_decision",
     "check_hit",
+    "decision_record",
+    "decision_sampled",
     "decode_object",
     "hit_record",
 ]
@@ -90,6 +101,9 @@ class HitRecord(TypedDict):
     source_partition: int
     source_offset: int
     run_id: str
+    #: null, or the unblock override that kept this hit's blacklist entry from being emitted:
+    #: {"until": iso, "until_ms": ms, "who": str, "why": str, "at": iso}
+    unblock: dict[str, Any] | None
 
 
 class BlacklistRecord(TypedDict):
@@ -103,6 +117,27 @@ class BlacklistRecord(TypedDict):
     event_ts: int
     expires_at: int
     ruleset_version: str
+
+
+class DecisionRecord(TypedDict):
+    """One ``bypass.decisions`` record: the outcome of one (event, entity) evaluation
+    (:func:`decision_record`); ``pass`` ones only when sampled (:func:`decision_sampled`)."""
+
+    event_id: str
+    event_type: str
+    event_ts: int
+    entity: str
+    key: str
+    decision: str
+    score: int | float
+    rule_ids: list[str]
+    shadow_rule_ids: list[str]
+    sample_rate: float
+    ruleset_version: str
+    run_id: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
 
 
 #: The ``bypass.hits`` fields, in record order (the keys of :class:`HitRecord`).
@@ -159,6 +194,7 @@ def hit_record(
         "source_partition": source_partition,
         "source_offset": source_offset,
         "run_id": run_id,
+        "unblock": None,
     }
 
 
@@ -175,6 +211,85 @@ def blacklist_record(
         "event_ts": event["ts"],
         "expires_at": entry.expires_at,
         "ruleset_version": ruleset_version,
+    }
+
+
+def decision_sampled(event_id: str, sample: float) -> bool:
+    """Whether a ``pass`` decision on ``event_id`` is logged at sample rate ``sample``: the
+    CRC-32 of the event id against the rate (cheap: it runs once per evaluation), so the live
+    path and every replay sample the same events (and every entity of one event alike)."""
+    if sample >= 1.0:
+        return True
+    if sample <= 0.0:
+        return False
+    return zlib.crc32(event_id.encode()) < sample * 4_294_967_296
+
+
+def decision_record(
+    evaluation: Evaluation,
+    event: Mapping[str, Any],
+    *,
+    sample: float,
+    run_id: str,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+) -> DecisionRecord | None:
+    """The ``bypass.decisions`` record of ``evaluation`` on the validated ``event``, or None for
+    a ``pass`` decision without any hit outside the sample (:func:`decision_sampled`): every
+    decision with a hit (shadow ones too) is logged, so hit counts stay exact. ``rule_ids``:
+    the counted hits; ``shadow_rule_ids``: the shadow (or rollout-excluded) rules that held;
+    ``sample_rate``: 1.0, or ``sample`` for a sampled row (a reader scales those by 1/rate)."""
+    rate = 1.0
+    if evaluation.decision == "pass" and not evaluation.hits:
+        if not decision_sampled(str(event["event_id"]), sample):
+            return None
+        rate = float(sample)
+    hits = evaluation.hits
+    return {
+        "event_id": event["event_id"],
+        "event_type": event["type"],
+        "event_ts": event["ts"],
+        "entity": evaluation.entity,
+        "key": evaluation.key,
+        "decision": evaluation.decision,
+        "score": evaluation.score,
+        "rule_ids": [h.rule_id for h in hits if h.counted],
+        "shadow_rule_ids": [h.rule_id for h in hits if h.mode == "shadow" and h.error is None],
+        "sample_rate": rate,
+        "ruleset_version": evaluation.ruleset_version,
+        "run_id": run_id,
+        "source_topic": source_topic,
+        "source_partition": source_partition,
+        "source_offset": source_offset,
+    }
+
+
+def check_decision(obj: Mapping[str, Any]) -> DecisionRecord:
+    """A decoded ``bypass.decisions`` record, checked -> the record, or RecordError naming the
+    first field that does not fit."""
+    lists: dict[str, list[str]] = {}
+    for name in ("rule_ids", "shadow_rule_ids"):
+        value = obj.get(name)
+        if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+            raise RecordError(f"field {name!r} must be a list of strings", reason="wrong_type", field=name)
+        lists[name] = value
+    return {
+        "event_id": _str(obj, "event_id", nonempty=True),
+        "event_type": _str(obj, "event_type"),
+        "event_ts": _ms(obj, "event_ts"),
+        "entity": _str(obj, "entity", nonempty=True),
+        "key": _str(obj, "key"),
+        "decision": _str(obj, "decision", nonempty=True),
+        "score": _float(obj, "score"),
+        "rule_ids": lists["rule_ids"],
+        "shadow_rule_ids": lists["shadow_rule_ids"],
+        "sample_rate": _float(obj, "sample_rate"),
+        "ruleset_version": _str(obj, "ruleset_version", nonempty=True),
+        "run_id": _str(obj, "run_id", nonempty=True),
+        "source_topic": _str(obj, "source_topic"),
+        "source_partition": _int(obj, "source_partition", lo=-(2**31), hi=2**31 - 1),
+        "source_offset": _int(obj, "source_offset", lo=-(2**63), hi=2**63 - 1),
     }
 
 

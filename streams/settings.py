@@ -96,8 +96,8 @@ class Settings(BaseSettings):
         0.01,
         ge=0.0,
         le=1.0,
-        description="share of pass decisions logged (by event id hash: live and replay sample the same); "
-        "review/reject decisions are always logged",
+        description="share of pass decisions without any hit logged (by event id hash: live and replay "
+        "sample the same); every other decision is always logged",
     )
 
     # --- Sinks (bypass sink clickhouse | redis) ---------------------------
@@ -119,6 +119,23 @@ class Settings(BaseSettings):
     # --- Redis -----------------------------------------------------------
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis URL (a password in it is masked when printed)"
+    )
+
+    # --- Check API and console (bypass serve) -------------------------------
+    serve_host: str = Field("127.0.0.1", description="address `bypass serve` listens on")
+    serve_port: int = Field(8300, ge=0, le=65535, description="port `bypass serve` listens on")
+    serve_token: SecretStr | None = Field(
+        None,
+        description="bearer token for the write endpoints and console actions of `bypass serve` "
+        "(secret; unset: writes are refused)",
+    )
+    serve_read_token: SecretStr | None = Field(
+        None,
+        description="bearer token the check endpoints then require (secret; the write token is "
+        "accepted too; unset: reads are open)",
+    )
+    serve_freshness_s: float = Field(
+        5.0, gt=0, description="seconds between the check API's reads of the worker reports (freshness)"
     )
 
     # --- Pipeline --------------------------------------------------------

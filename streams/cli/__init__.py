@@ -32,6 +32,8 @@ _VERBS: dict[str, str] = {
     "sink": "streams.cli.sink:sink",
     "clickhouse": "streams.cli.clickhouse:clickhouse",
     "status": "streams.cli.status:status",
+    "labels": "streams.cli.labels:labels",
+    "serve": "streams.cli.serve:serve",
 }
 
 
@@ -47,6 +49,7 @@ _HELP_ORDER: tuple[str, ...] = (
     "replay",
     "hits",
     "lists",
+    "serve",
     "status",
     "features",
     "clickhouse",

@@ -205,3 +205,7 @@ from streams.cli.rules_publish import publish  # noqa: E402
 rules.add_command(publish)
 rules.add_command(history)
 rules.add_command(activate)
+
+from streams.cli.rules_report import report  # noqa: E402
+
+rules.add_command(report)

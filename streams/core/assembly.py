@@ -80,4 +80,5 @@ def build_processor(
         ruleset if ruleset is not None else empty_ruleset(spec),
         run_id=run_id,
         lists=list_provider(settings),
+        decision_sample=settings.decision_sample,
     )

@@ -26,6 +26,11 @@ is re-sent.  A late event that features/ rejects is counted and produces no hits
 Warm-up: events older than ``evaluate_from_ms`` (replay's ``T1``) are applied to the state
 but not evaluated: they rebuild windows and can hit nothing.
 
+Unblock overrides (:mod:`sinks.list_admin`): before blacklist entries of a key are emitted,
+the list provider's ``unblock(entity, key)`` is consulted (one pipelined look-up for the keys
+of the call that have entries, ``prefetch_unblocks``); an override whose ``until`` is after
+the event's time drops the entries, and the hits of their rules say so (``unblock``).
+
 The records (``bypass.hits``, ``bypass.blacklist``) are built by :mod:`sinks.records`, their
 one home.
 """
@@ -38,7 +43,14 @@ from typing import Any
 
 import features
 import rules
-from sinks.records import BlacklistRecord, HitRecord, blacklist_record, hit_record
+from sinks.records import (
+    BlacklistRecord,
+    DecisionRecord,
+    HitRecord,
+    blacklist_record,
+    decision_record,
+    hit_record,
+)
 from streams.core.order import SourceEvent
 
 __all__ = ["KeyBatch", "KeyResult", "Processor"]
@@ -80,6 +92,11 @@ class KeyResult:
     warmup: int = 0
     late: list[tuple[SourceEvent, str]] = field(default_factory=list)
     rule_errors: int = 0
+    #: ``bypass.decisions`` records (with ``decision_sample`` set), their sources alongside
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    decision_sources: list[SourceEvent] = field(default_factory=list)
+    #: blacklist entries not emitted because the key had an active unblock override
+    unblocked: int = 0
 
 
 class Processor:
@@ -103,12 +120,16 @@ class Processor:
         *,
         run_id: str,
         lists: rules.ListProvider | None = None,
+        decision_sample: float | None = None,
     ) -> None:
         self.spec = spec
         self.engine = engine
         self.ruleset = ruleset
         self.run_id = run_id
         self.lists = lists
+        #: share of ``pass`` decisions recorded (``sinks.records.decision_record``); None: no
+        #: decision records at all
+        self.decision_sample = decision_sample
 
     def set_ruleset(self, ruleset: rules.RuleSet) -> None:
         """Make ``ruleset`` active for every later call (atomic reference swap)."""
@@ -172,8 +193,23 @@ class Processor:
                 prefetch(probes)
 
         run_id = self.run_id
+        sample = self.decision_sample
+        pending: list[tuple[KeyResult, SourceEvent, tuple[rules.BlacklistEntry, ...], int]] = []
         for result, source, feats in to_evaluate:
             evaluation = ruleset.evaluate(source.event, entity, result.key, feats, lists)
+            if sample is not None:
+                decision = decision_record(
+                    evaluation,
+                    source.event,
+                    sample=sample,
+                    run_id=run_id,
+                    source_topic=source.topic,
+                    source_partition=source.partition,
+                    source_offset=source.offset,
+                )
+                if decision is not None:
+                    result.decisions.append(decision)
+                    result.decision_sources.append(source)
             for hit in evaluation.hits:
                 result.hits.append(
                     hit_record(
@@ -192,7 +228,40 @@ class Processor:
                 result.hit_sources.append(source)
                 if hit.error:
                     result.rule_errors += 1
-            for entry in evaluation.blacklist:
+            if evaluation.blacklist:
+                pending.append(
+                    (result, source, evaluation.blacklist, len(result.hits) - len(evaluation.hits))
+                )
+        if pending:
+            self._emit_blacklist(entity, pending, version)
+        return results
+
+    def _emit_blacklist(
+        self,
+        entity: str,
+        pending: list[tuple[KeyResult, SourceEvent, tuple[rules.BlacklistEntry, ...], int]],
+        version: str,
+    ) -> None:
+        """Append the blacklist records of ``pending`` evaluations, except those of keys with an
+        active unblock override at the event's time (list provider ``unblock(entity, key)``,
+        :mod:`sinks.list_admin`): those are dropped, and the hits of their rules carry the
+        override in ``unblock``."""
+        lists = self.lists
+        unblock_of = getattr(lists, "unblock", None)
+        prefetch_unblocks = getattr(lists, "prefetch_unblocks", None)
+        if prefetch_unblocks is not None:
+            prefetch_unblocks(entity, {result.key for result, _s, _e, _i in pending})
+        for result, source, entries, first_hit in pending:
+            found = unblock_of(entity, result.key) if unblock_of is not None else None
+            ts = source.event["ts"]
+            if found is not None and found.until_ms > ts:
+                shown = found.as_dict()
+                suppressed = {rule_id for entry in entries for rule_id in entry.rule_ids}
+                for record in result.hits[first_hit:]:
+                    if record["event_id"] == source.event["event_id"] and record["rule_id"] in suppressed:
+                        record["unblock"] = shown
+                result.unblocked += len(entries)
+                continue
+            for entry in entries:
                 result.blacklist.append(blacklist_record(entry, source.event, ruleset_version=version))
                 result.blacklist_sources.append(source)
-        return results

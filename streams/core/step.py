@@ -50,7 +50,7 @@ import orjson
 
 import features
 from sinks.base import SinkBackpressureError
-from sinks.records import BlacklistRecord, HitRecord
+from sinks.records import BlacklistRecord, DecisionRecord, HitRecord
 from streams.core.deadletter import DeadLetter, processing_failure
 from streams.core.order import SourceEvent
 from streams.core.processor import KeyBatch, KeyResult, Processor
@@ -86,7 +86,7 @@ class StateStore(Protocol):
         ...
 
 
-R = TypeVar("R", HitRecord, BlacklistRecord)
+R = TypeVar("R", HitRecord, BlacklistRecord, DecisionRecord)
 
 
 @dataclass(slots=True)
@@ -107,6 +107,8 @@ class StepResult:
 
     hits: list[Emitted[HitRecord]] = field(default_factory=list)
     blacklist: list[Emitted[BlacklistRecord]] = field(default_factory=list)
+    #: ``bypass.decisions`` records (a processor with ``decision_sample`` set)
+    decisions: list[Emitted[DecisionRecord]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: (entity, key, source, reason) of each event features/ rejected as too late
     late: list[tuple[str, str, SourceEvent, str]] = field(default_factory=list)
@@ -120,6 +122,7 @@ class StepResult:
     def merge(self, other: StepResult) -> None:
         self.hits += other.hits
         self.blacklist += other.blacklist
+        self.decisions += other.decisions
         self.dead_letters += other.dead_letters
         self.late += other.late
         _add_counts(self, other, ("events", "states_written", *_KEY_COUNTS))
@@ -140,6 +143,7 @@ class _KeyOut:
     duplicates: int = 0
     warmup: int = 0
     rule_errors: int = 0
+    decisions: list[Emitted[DecisionRecord]] = field(default_factory=list)
 
 
 #: the counters a key's outcome adds to a step result
@@ -247,6 +251,12 @@ class BatchStep:
                 for record, source in zip(r.blacklist, r.blacklist_sources, strict=True)
             ],
             late=r.late,
+            decisions=[
+                Emitted(entity, r.key, record, dumps(record), source)
+                for record, source in zip(r.decisions, r.decision_sources, strict=True)
+            ]
+            if r.decisions
+            else [],
             applied=r.applied,
             duplicates=r.duplicates,
             warmup=r.warmup,
@@ -297,6 +307,7 @@ class BatchStep:
             out.state = one.state
             out.hits += one.hits
             out.blacklist += one.blacklist
+            out.decisions += one.decisions
             out.late += one.late
             _add_counts(out, one, _KEY_COUNTS)
         return out
@@ -311,6 +322,8 @@ class BatchStep:
             store.save(entity, out.key, raw, out.state, False)
         result.hits += out.hits
         result.blacklist += out.blacklist
+        if out.decisions:
+            result.decisions += out.decisions
         result.late.extend((entity, out.key, source, reason) for source, reason in out.late)
         _add_counts(result, out, _KEY_COUNTS)
 

@@ -15,6 +15,7 @@ Topology (``A`` = ``settings.app_id``, ``n`` = ``settings.topic_partitions``)::
     table "entity-<kind>" (changelog A-entity-<kind>-changelog, n partitions, standbys)
       ├──▶ settings.hits_topic       one JSON hit record per message, key "entity:key"
       ├──▶ settings.blacklist_topic  one JSON blacklist record, key "entity:key"
+      ├──▶ settings.decisions_topic  one JSON decision record per (event, entity), pass ones sampled
       └──▶ settings.dlq_topic        events whose processing raised (processing_error)
 
 The per-batch work - fan-out, grouping, warm-up, poison isolation, counters, records -
@@ -278,6 +279,7 @@ class Pipeline:
         self.blacklist_topic = self.app.topic(
             settings.blacklist_topic, key_serializer="raw", value_serializer="raw"
         )
+        self.decisions_topic_name = settings.decisions_topic  # decision records (risk_decisions)
         self.step = BatchStep(processor)
         # event-time order (streams.core.order): the ingest's running maximum per raw
         # partition and the next offset it will read; per (entity, partition) the held events
@@ -797,6 +799,12 @@ class Pipeline:
         for entry in result.blacklist:
             out.append((bl_name, blacklist_key(entry.entity, entry.key).encode(), entry.value, None, None))
             blacklist_counts[entry.entity] += 1
+        decisions_name = self.decisions_topic_name
+        for made in result.decisions:  # one per (event, entity) evaluated; pass ones sampled
+            kafka_key = keys.get(made.key)
+            if kafka_key is None:
+                kafka_key = keys[made.key] = blacklist_key(entity, made.key).encode()
+            out.append((decisions_name, kafka_key, made.value, None, None))
         for letter in result.dead_letters:
             self._send_dead_letter(letter, entity)
         for _entity, key, source, reason in result.late:

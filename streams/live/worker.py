@@ -299,7 +299,7 @@ class LiveWorker:
     def prepare(self) -> None:
         """Create the topics bypass owns and load the latest rule set (before consuming)."""
         s = self.settings
-        kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, s.blacklist_topic])
+        kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, s.blacklist_topic, s.decisions_topic])
         kafka.ensure_dlq(s)
         self.pipeline.set_raw_sources(kafka.topic_partitions(s, s.raw_topics))
         log.info(

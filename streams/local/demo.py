@@ -192,6 +192,7 @@ class Demo:
             "BYPASS_BLACKLIST_TOPIC": f"{t}.blacklist",
             "BYPASS_DLQ_TOPIC": f"{t}.dlq",
             "BYPASS_RULES_TOPIC": f"{t}.rules",
+            "BYPASS_DECISIONS_TOPIC": f"{t}.decisions",
             "BYPASS_CLICKHOUSE_DATABASE": t,
             "BYPASS_REDIS_KEY_PREFIX": f"bypass:{t}:",
         }
@@ -232,6 +233,9 @@ class Demo:
                 "BYPASS_CONSUMER_HEARTBEAT_INTERVAL_MS": "1000",
                 "BYPASS_SINK_SESSION_TIMEOUT_MS": "6000",
                 "BYPASS_LOG_LEVEL": "INFO",
+                # analysts: every event archived, every decision logged (the report reads them)
+                "BYPASS_ARCHIVE_EVENTS": "true",
+                "BYPASS_DECISION_SAMPLE": "1.0",
             }
         )
         self.env = env
@@ -363,7 +367,12 @@ class Demo:
 
         settings = Settings()
         groups = {
-            f"{settings.app_id}-sink-clickhouse": [settings.hits_topic, settings.blacklist_topic],
+            f"{settings.app_id}-sink-clickhouse": [
+                settings.hits_topic,
+                settings.blacklist_topic,
+                settings.decisions_topic,
+                *(settings.raw_topics if settings.archive_events else ()),
+            ],
             f"{settings.app_id}-sink-redis": [settings.blacklist_topic],
         }
         deadline = time.monotonic() + self.args.drain_timeout
@@ -421,6 +430,8 @@ class Demo:
         )
         late, dup, dlq = counters["late"], counters["duplicates"], counters["dlq"]
         summary.add_row("late / duplicate / DLQ", f"{late:,.0f} / {dup:,.0f} / {dlq:,.0f}")
+        archived = ch.query(_sql(db, "SELECT count() FROM $db.risk_events FINAL")).result_rows[0][0]
+        summary.add_row("events archived (risk_events FINAL)", f"{int(archived):,}")
         console.print(summary)
 
         rows = ch.query(
@@ -497,6 +508,20 @@ class Demo:
             self.analyst_queries(ch, db, result)
         except Exception as exc:  # a query failing must not hide the rest of the report
             console.print(f"[red]analyst query failed:[/] {exc}", highlight=False)
+        try:
+            self.rules_report()
+        except Exception as exc:  # as above: the rest of the report stands
+            console.print(f"[red]rule report failed:[/] {exc}", highlight=False)
+
+    def rules_report(self) -> None:
+        """The simulator's truth imported as outcome labels, then ``bypass rules report``
+        (precision and recall per rule from the decision log)."""
+        logs = self.run_dir / "logs"
+        truth = self.run_dir / "truth.jsonl"
+        run_step("labels from the simulator's truth", ["labels", "import", str(truth)], self.env, logs)
+        output = run_step("rule quality", ["rules", "report"], self.env, logs)
+        console.print("[bold]bypass rules report[/] (risk_decisions + risk_labels)")
+        console.print(output.rstrip(), highlight=False, markup=False, soft_wrap=True)
 
     def explain(self, sim: Any, result: Any) -> None:
         """Name every error: false positives (lookalikes or not) and misses (evasive or not)."""

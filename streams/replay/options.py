@@ -96,6 +96,7 @@ class ReplayStats:
     warmup_events: int = 0
     in_range_events: int = 0
     outside_range: int = 0
+    before_warmup: int = 0  # of those, older than the warm-up (history the replay does not use)
     malformed: int = 0
     malformed_by_reason: dict[str, int] = field(default_factory=dict)
     processing_errors: int = 0  # (event, entity) pairs whose processing raised: dead letters

@@ -13,6 +13,9 @@ event's partition and offset.  Batches end on chunk boundaries and all hits of o
 are in one chunk, so two batches of one namespace have the same ranges only when they
 hold the same hits: a retried or re-run batch is dropped, never a different one.
 
+With ``--out clickhouse`` the decision records (``bypass.decisions``, pass ones sampled by
+``BYPASS_DECISION_SAMPLE`` exactly as live) go to ``risk_decisions`` too, under the run id.
+
 Only a live backfill (``--run-id live``) also writes blacklist entries (to
 ``risk_blacklist``, which has no run id: a backtest must not add entries that were never
 in effect). With ``--emit-blacklist`` (live backfills only) :class:`BlacklistEmitter` also
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from sinks.base import RecordError, SinkBackpressureError, SourceRecord
-from sinks.records import BlacklistRecord, HitRecord, blacklist_key
+from sinks.records import BlacklistRecord, DecisionRecord, HitRecord, blacklist_key
 from streams.core.step import Emitted
 from streams.replay.options import LIVE_RUN_ID, ReplayError
 
@@ -60,13 +63,16 @@ class ReplayOutput:
         target: str,
         hit_prefix: str = "",
         blacklist_prefix: str | None = None,
+        decision_prefix: str | None = None,
         flush_rows: int = 50_000,
     ) -> None:
         self.sink = sink
         self.target = target
         self._hit_prefix = hit_prefix
         self._bl_prefix = blacklist_prefix
+        self._decision_prefix = decision_prefix
         self.wants_blacklist = blacklist_prefix is not None
+        self.wants_decisions = decision_prefix is not None
         self._flush_rows = flush_rows
 
     def hit(self, emitted: Emitted[HitRecord]) -> None:
@@ -76,7 +82,16 @@ class ReplayOutput:
         if self._bl_prefix is not None:
             self._add(self._bl_prefix, emitted, "blacklist entry")
 
-    def _add(self, prefix: str, emitted: Emitted[HitRecord] | Emitted[BlacklistRecord], what: str) -> None:
+    def decision(self, emitted: Emitted[DecisionRecord]) -> None:
+        if self._decision_prefix is not None:
+            self._add(self._decision_prefix, emitted, "decision")
+
+    def _add(
+        self,
+        prefix: str,
+        emitted: Emitted[HitRecord] | Emitted[BlacklistRecord] | Emitted[DecisionRecord],
+        what: str,
+    ) -> None:
         source = emitted.source
         record = SourceRecord(prefix + source.topic, source.partition, source.offset, None, emitted.value)
         try:
@@ -201,7 +216,9 @@ def open_output(
 
         hit_prefix = f"replay|{run_id}|{namespace}|"
         bl_prefix = f"replay-blacklist|{run_id}|{namespace}|" if run_id == LIVE_RUN_ID else None
+        decision_prefix = f"replay-decisions|{run_id}|{namespace}|"
         kinds = {hit_prefix + t: "hits" for t in topics}
+        kinds.update({decision_prefix + t: "decisions" for t in topics})
         if bl_prefix is not None:
             kinds.update({bl_prefix + t: "blacklist" for t in topics})
         if clickhouse is None:
@@ -212,6 +229,7 @@ def open_output(
             target=f"ClickHouse {database}.risk_hits",
             hit_prefix=hit_prefix,
             blacklist_prefix=bl_prefix,
+            decision_prefix=decision_prefix,
             flush_rows=flush_rows,
         )
     from sinks.base import NullSink

@@ -225,6 +225,8 @@ class Replay:
         ruleset = load_for_spec(rules_text, spec, source=source)
         params["ruleset_version"] = str(ruleset.version)
         processor = build_processor(s, spec, ruleset, run_id=str(params["run_id"]))
+        if params.get("out") != "clickhouse":  # only ClickHouse stores decision records
+            processor.decision_sample = None
         return spec, ruleset, processor
 
     def _rules_text(self, params: dict[str, Any]) -> tuple[str, str]:
@@ -264,17 +266,12 @@ class Replay:
         params, checkpoint = self._resolve()
         run_id = str(params["run_id"])
         spec, _ruleset, processor = self._load_core(params, checkpoint)
+        unbounded: list[str] = []
         if checkpoint is None:
             warmup = params["warmup"]
             if str(warmup).strip().lower() == "auto":
                 warmup_ms = int(spec.max_window_ms())
-                unbounded = _unbounded_features(spec)
-                if unbounded:
-                    self._warn(
-                        f"features without a window (all-time): {', '.join(unbounded)}; --warmup auto "
-                        f"({format_duration(warmup_ms)}) covers the windowed ones only: these count from "
-                        "T1 - warm-up (give a longer --warmup to cover more history)"
-                    )
+                unbounded = _unbounded_features(spec)  # warned about once we know older events exist
             else:
                 warmup_ms = parse_duration_ms(str(warmup), allow_zero=True)
             params["warmup_ms"] = warmup_ms
@@ -330,6 +327,9 @@ class Replay:
                 )
             starts = dict(reader.starts)
             ends = dict(reader.ends)
+            # events older than the warm-up exist when the time lookup skipped some offsets, or
+            # (a broker whose lookup is coarse) when the replay reads some: warned about at the end
+            skipped_older = any(starts[tp] > reader.marks[tp][0] for tp in tps)
             if checkpoint is not None:
                 for tp in tps:
                     if tp not in checkpoint.positions:
@@ -452,6 +452,8 @@ class Replay:
                     ts = rec.ts_ms
                     if ts < select_from or ts >= to_ms:
                         stats.outside_range += 1
+                        if ts < select_from:
+                            stats.before_warmup += 1
                         continue
                     if ts >= from_ms:
                         stats.in_range_events += 1
@@ -482,6 +484,9 @@ class Replay:
                     out.blacklist(entry)
                     if emitter is not None:
                         emitter.add(entry)
+                if out.wants_decisions:
+                    for made in result.decisions:
+                        out.decision(made)
                 for rec in chunk:
                     positions[(rec.topic, rec.partition)] = rec.offset + 1
                 if self._on_chunk is not None:
@@ -528,6 +533,14 @@ class Replay:
             if interrupted:
                 save(False)
             else:
+                if unbounded and (skipped_older or stats.before_warmup):
+                    # all-time features do not see the events before the warm-up
+                    self._warn(
+                        f"features without a window (all-time): {', '.join(unbounded)}; --warmup auto "
+                        f"({format_duration(warmup_ms)}) covers the windowed ones only: these count "
+                        "from T1 - warm-up, and the topics hold older events (give a longer --warmup "
+                        "to cover more history)"
+                    )
                 out.flush()
                 if emitter is not None:
                     emitter.flush()

@@ -299,6 +299,7 @@ class Names:
             "blacklist_topic": self.blacklist_topic,
             "dlq_topic": self.dlq_topic,
             "rules_topic": self.rules_topic,
+            "decisions_topic": self.topic("decisions"),
             "clickhouse_database": self.database,
             "app_id": self.app_id,
             "redis_prefix": self.redis_prefix,

@@ -56,8 +56,12 @@ def test_demo_runs_to_the_end_and_prints_computed_quality(stack: Any, tmp_path: 
         "blacklisted entities",
         "detection quality",
         "analyst query 2",
+        "events archived (risk_events FINAL)",
+        "bypass rules report",
+        "labels from the simulator's truth: imported",
     ):
         assert heading in out, heading
+    assert "rule report failed" not in out and "analyst query failed" not in out
     assert "stopped the worker, both sinks and no stack parts" in out  # the parts were external
 
     # the worker and both sinks are gone
@@ -104,6 +108,12 @@ def test_demo_runs_to_the_end_and_prints_computed_quality(stack: Any, tmp_path: 
     by = result.by_scenario()
     assert by["device_farm"].recall == 1.0
     assert by["impossible_travel"].recall == 1.0
+    # the archive holds every event once; the decision log every (event, entity) (sample 1.0)
+    archived = client.query(f"SELECT count() FROM {database}.risk_events FINAL").result_rows[0][0]  # noqa: S608
+    assert re.search(rf"events archived \(risk_events FINAL\)\s*│\s*{archived:,}", out), out
+    assert archived > 0
+    labels = client.query(f"SELECT count() FROM {database}.risk_labels FINAL").result_rows[0][0]  # noqa: S608
+    assert labels == len(truth)
     assert orjson.loads((run_dir / "truth.jsonl").read_bytes().splitlines()[0])["variant"] in (
         "plain",
         "evasive",

@@ -95,6 +95,7 @@ def loaded(settings: Settings) -> tuple[Settings, Any]:
     for i, b in enumerate(blacklist):
         sink.add(SourceRecord("b", 0, i, None, orjson.dumps(b)))
     sink.flush()
+    _load_analyst_tables(client, settings.clickhouse_database, now)
     db_client = connect(
         settings.clickhouse_url,
         username=settings.clickhouse_user,
@@ -102,6 +103,52 @@ def loaded(settings: Settings) -> tuple[Settings, Any]:
         database=settings.clickhouse_database,
     )
     return settings, db_client
+
+
+def _event(e: int, now_ms: int) -> dict[str, Any]:
+    return {
+        "event_id": f"e{e}",
+        "type": "order" if e % 2 == 0 else "login",
+        "ts": event_ts(e, now_ms),
+        "user_id": KEYS[e],
+        "device_id": f"d{e % 2}",
+        "phone": "+86 139 0000 0000",
+        "attrs": {"amount": e * 100},
+    }
+
+
+def _decision(
+    e: int, now_ms: int, decision: str, rule_ids: list[str], shadow: list[str], rate: float
+) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"e{e}", "event_type": "order", "event_ts": event_ts(e, now_ms), "entity": "user",
+            "key": KEYS[e], "decision": decision, "score": 60.0 if rule_ids else 0.0, "rule_ids": rule_ids,
+            "shadow_rule_ids": shadow, "sample_rate": rate, "ruleset_version": "v1", "run_id": "live",
+            "source_topic": "raw", "source_partition": 0, "source_offset": e,
+        }
+    )  # fmt: skip
+
+
+def _load_analyst_tables(client: Any, db: str, now: int) -> None:
+    """risk_events (e1..e5, e1 twice), risk_decisions (rA on e1..e4, rB shadow on e1, e2, a
+    sampled pass on e5 at rate 0.5) and risk_labels (u1 bad, u3 good)."""
+    from streams.core.envelope import EnvelopeDecoder
+
+    sink = ClickHouseSink(client, db, {"raw": "events", "d": "decisions"}, decoder=EnvelopeDecoder(b"q" * 16))
+    for i, e in enumerate([1, 2, 3, 4, 5, 1]):
+        sink.add(SourceRecord("raw", 0, i, None, orjson.dumps(_event(e, now)), event_ts(e, now)))
+    for e in (1, 2, 3, 4):
+        sink.add(
+            SourceRecord("d", 0, e, None, _decision(e, now, "review", ["rA"], ["rB"] if e < 3 else [], 1.0))
+        )
+    sink.add(SourceRecord("d", 0, 5, None, _decision(5, now, "pass", [], [], 0.5)))
+    sink.flush()
+    client.insert(
+        f"{db}.risk_labels",
+        [["user", "u1", "chargeback", 0, "bank"], ["user", "u3", "good", 0, "ops"]],
+        column_names=["entity", "key", "label", "ts", "source"],
+    )
 
 
 def _run(client: Any, name: str, **params: Any) -> list[dict[str, Any]]:
@@ -117,7 +164,55 @@ def test_queries_file_names_every_query() -> None:
         "ruleset_version_comparison",
         "hourly_trend_of_rule",
         "blocked_now",
+        "hit_rate_by_rule_and_day",
+        "precision_by_rule_version",
+        "events_around_hit",
+        "feature_prototype_user_devices_and_orders",
     }
+
+
+def test_hit_rate_by_rule_and_day(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    rows = _run(client, "hit_rate_by_rule_and_day", days=1)
+    # 4 logged decisions + a pass sampled at 0.5 (counts 2): 6 evaluated
+    assert [(r["rule_id"], r["mode"], r["hits"], r["evaluated"], r["hit_rate"]) for r in rows] == [
+        ("rA", "active", 4, 6, round(4 / 6, 6)),
+        ("rB", "shadow", 2, 6, round(2 / 6, 6)),
+    ]
+
+
+def test_precision_by_rule_version(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    rows = _run(client, "precision_by_rule_version")
+    assert [
+        (r["ruleset_version"], r["rule_id"], r["flagged"], r["flagged_bad"], r["precision"]) for r in rows
+    ] == [
+        ("v1", "rA", 3, 1, round(1 / 3, 4)),  # u1, u2, u3 flagged; u1 bad, u3 labelled good
+        ("v1", "rB", 1, 1, 1.0),
+    ]
+
+
+def test_events_around_hit(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    hit_id = hashlib.sha256(b"e2|rA|v1").hexdigest()[:32]
+    rows = _run(client, "events_around_hit", hit_id=hit_id, minutes=30)
+    assert [(r["event_id"], r["is_hit_event"]) for r in rows] == [("e1", 0), ("e2", 1), ("e5", 0)]
+    assert {r["user_id"] for r in rows} == {"u1"}
+    assert all(r["phone"].startswith("ph_") for r in rows)  # archived hashed, as at ingest
+
+
+def test_feature_prototype_user_devices_and_orders(loaded: tuple[Settings, Any]) -> None:
+    _, client = loaded
+    rows = _run(client, "feature_prototype_user_devices_and_orders", hours=24, min_devices=1)
+    assert [(r["user_id"], r["events"], r["devices"], r["order_amount"]) for r in rows] == [
+        ("u1", 3, 2, 200.0),
+        ("u3", 1, 1, 400.0),
+        ("u2", 1, 1, 0.0),
+    ]
+    assert [
+        r["user_id"]
+        for r in _run(client, "feature_prototype_user_devices_and_orders", hours=24, min_devices=2)
+    ] == ["u1"]
 
 
 def test_top_rules_today(loaded: tuple[Settings, Any]) -> None:

@@ -188,6 +188,8 @@ def test_replay_gives_the_live_hit_ids_and_a_warm_sub_range_too(
     replayed = list(iter_hits_jsonl(out))
     assert {h["hit_id"] for h in replayed} == in_range(live, t1, t2)
     assert summary.stats.hits == len(replayed) and summary.stats.in_range_events == len(events)
+    # nothing older than the warm-up on the topic: no warning about all-time features
+    assert not any("without a window" in w for w in summary.warnings), summary.warnings
     assert {h["run_id"] for h in replayed} == {summary.run_id}
     # the records are the live records but for run_id
     by_id = {h["hit_id"]: h for h in live}
@@ -199,6 +201,24 @@ def test_replay_gives_the_live_hit_ids_and_a_warm_sub_range_too(
     sub = tmp_path / "sub.jsonl"
     run_replay(rsettings, from_ms=mid, to_ms=t2, rules_file=RULES, out="jsonl", out_file=sub)
     assert {h["hit_id"] for h in iter_hits_jsonl(sub)} == in_range(live, mid, t2)
+
+
+def test_all_time_features_are_warned_about_only_when_older_events_exist(
+    rsettings: Settings, names: Any
+) -> None:
+    """The walk-through's replays warned about all-time features on every run; the warning
+    matters only when the warm-up skips events that the topic still holds."""
+    t = 1_763_856_000_000
+    old = {"event_id": "old-1", "type": "property_view", "ts": t - 40 * DAY_MS, "user_id": "u1"}
+    new = {"event_id": "new-1", "type": "property_view", "ts": t, "user_id": "u1"}
+    produce(rsettings, names.raw_topic, [old], partitions=1)
+    produce(rsettings, names.raw_topic, [new], partitions=1)  # two batches: found by time apart
+    recent = run_replay(rsettings, from_ms=t, to_ms=t + 1, rules_file=RULES)
+    assert any("without a window (all-time): property_views_total" in w for w in recent.warnings), (
+        recent.warnings
+    )
+    whole = run_replay(rsettings, from_ms=t - 40 * DAY_MS, to_ms=t + 1, rules_file=RULES)
+    assert not any("without a window" in w for w in whole.warnings), whole.warnings
 
 
 def test_several_topics_are_merged_by_event_time(rsettings: Settings, names: Any, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from sinks_support import bypass, produce, read_all, sink_settings, spawn, start
 
 from sinks._sample import sample_blacklist, sample_hit
 from sinks.clickhouse import ClickHouseSink, connect
-from sinks.clickhouse_schema import migrate
+from sinks.clickhouse_schema import MIGRATIONS, migrate
 from sinks.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_REASON, H_SINK, H_TOPIC
 from streams.core.outputs import build_runner
 from streams.settings import Settings
@@ -57,13 +57,14 @@ def ch_settings(settings: Settings) -> Settings:
 def test_migrate_cli_is_idempotent_and_versioned(ch_settings: Settings) -> None:
     first = bypass(ch_settings, "clickhouse", "migrate")
     assert first.returncode == 0, first.stderr
-    assert "schema version 4; applied none (up to date)" in first.stdout  # the fixture migrated already
+    latest = max(m.version for m in MIGRATIONS)
+    assert f"schema version {latest}; applied none (up to date)" in first.stdout  # migrated already
     ttl = bypass(ch_settings.model_copy(update={"clickhouse_ttl_days": 30}), "clickhouse", "migrate")
     assert "TTL set to 30 days on risk_hits" in ttl.stdout, ttl.stdout + ttl.stderr
     client = _client(ch_settings)
     db = ch_settings.clickhouse_database
     versions = client.query(f"SELECT version FROM {db}.schema_migrations FINAL ORDER BY version").result_rows
-    assert [v[0] for v in versions] == [1, 2, 3, 4]
+    assert [v[0] for v in versions] == [m.version for m in MIGRATIONS]
     ddl = client.query(f"SHOW CREATE TABLE {db}.risk_hits").result_rows[0][0]
     assert "toIntervalDay(30)" in ddl
     again = bypass(ch_settings.model_copy(update={"clickhouse_ttl_days": 30}), "clickhouse", "migrate")
@@ -146,7 +147,7 @@ def test_failed_rules_are_stored_with_their_error_and_never_counted(settings: Se
         for statement in m.statements:
             client.command(statement.format(db=db))
         client.insert(f"{db}.schema_migrations", [[m.version, m.name]], column_names=["version", "name"])
-    assert migrate(client, db).applied == (4,)
+    assert migrate(client, db).applied == tuple(m.version for m in MIGRATIONS[3:])
     now = int(time.time() * 1000)
     good = [{**sample_hit(i), "event_ts": now - 1000 - i} for i in range(5)]
     failed = [

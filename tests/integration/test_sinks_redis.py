@@ -101,6 +101,7 @@ def test_redis_restarted_mirror_reapplies_and_expired_stay_expired(stack: Any, r
 
 
 def test_named_lists_cli_and_prefetching_provider(rd_settings: Settings) -> None:
+    assert bypass(rd_settings, "clickhouse", "migrate").returncode == 0  # list changes are audited there
     added = bypass(rd_settings, "lists", "add", "bad_ips", "10.0.0.1", "10.0.0.2", "10.0.0.3")
     assert added.returncode == 0 and "added 3 of 3" in added.stdout
     removed = bypass(rd_settings, "lists", "remove", "bad_ips", "10.0.0.2")

@@ -88,7 +88,7 @@ def test_field_lists_are_the_typed_dicts_keys_in_contract_order() -> None:
         "hit_id", "event_id", "event_type", "event_ts", "user_id", "entity", "key", "rule_id", "label",
         "score", "mode", "action", "counted", "suppressed", "rollout_excluded", "error", "features",
         "decision", "total_score", "ruleset_version", "source_topic", "source_partition", "source_offset",
-        "run_id",
+        "run_id", "unblock",
     )  # fmt: skip
     assert HIT_FIELDS == tuple(HitRecord.__annotations__)
     assert BLACKLIST_FIELDS == (
@@ -157,7 +157,7 @@ def test_risk_hits_columns_cover_what_a_hit_record_carries() -> None:
     assert list(HIT_COLUMNS) == [c for c in table if c != "inserted_at"]
     assert set(HIT_COLUMN_FIELDS.values()) <= set(HIT_FIELDS)
     # a field added to the record fails here until the writer stores it or says it does not
-    assert HIT_FIELDS_NOT_STORED == {"user_id", "action", "total_score"}
+    assert HIT_FIELDS_NOT_STORED == {"user_id", "action", "total_score", "unblock"}
     assert set(HIT_COLUMN_FIELDS.values()) | HIT_FIELDS_NOT_STORED == set(HIT_FIELDS)
 
 
