@@ -6,11 +6,19 @@ A new sink: its class in ``sinks/`` and a command here calling
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from streams.cli.params import setup_logging, stop_on_signals
 from streams.core.outputs import build_runner, check_schema, wait_for_clickhouse
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from sinks.runner import SinkRunner
+
+log = logging.getLogger(__name__)
 
 
 @click.group()
@@ -52,7 +60,38 @@ def sink_clickhouse(idle_exit: float | None, crash_after_flushes: int | None) ->
         crash_after_flushes=crash_after_flushes,
         metrics_port=settings.sink_metrics_port,
     )
-    runner.run(stop, idle_exit_s=idle_exit)
+    run_reported(settings, runner, "clickhouse", stop, idle_exit)
+
+
+def run_reported(
+    settings: Settings, runner: SinkRunner, name: str, stop: Any, idle_exit: float | None
+) -> None:
+    """Run the writer while it reports itself on BYPASS_WORKERS_TOPIC every 10 s (written,
+    lag, back-off: what `bypass status --all` shows); a tombstone when it stops."""
+    from streams.core.workers import WorkerReporter
+
+    def health() -> tuple[int, dict[str, Any]]:
+        s = runner.stats
+        backoff = runner.metrics.backoff._value.get() if runner.metrics is not None else 0.0
+        return 200, {
+            "status": "backing off" if backoff else "ok",
+            "consumed": s.consumed,
+            "written": s.written,
+            "dead_lettered": s.dead_lettered,
+            "failed_flushes": s.failed_flushes,
+            "lag": s.lag or 0,
+            "backoff_s": backoff,
+        }
+
+    reporter = WorkerReporter(settings, kind=f"sink-{name}", health=health)
+    try:
+        reporter.start()
+    except Exception as exc:  # reporting is for on-call screens: never a reason not to write
+        log.warning("sink-%s: cannot report on %s: %s", name, settings.workers_topic, exc)
+    try:
+        runner.run(stop, idle_exit_s=idle_exit)
+    finally:
+        reporter.stop()
 
 
 def clickhouse_topics(settings: Settings) -> dict[str, str]:
@@ -91,4 +130,4 @@ def sink_redis(idle_exit: float | None, from_beginning: bool) -> None:
         from_beginning=from_beginning,
         metrics_port=settings.sink_metrics_port + 1 if settings.sink_metrics_port else 0,
     )
-    runner.run(stop_on_signals(), idle_exit_s=idle_exit)
+    run_reported(settings, runner, "redis", stop_on_signals(), idle_exit)

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sinks_support import bypass, read_all, sink_settings, start_in_thread, wait_for
+from sinks_support import bypass, read_all, sink_settings, spawn, start_in_thread, wait_for
 from test_pipeline import FEATURES, USER_RULES, Worker, ev, publish, read_topic, values
 from test_pipeline import produce as produce_events
 from test_replay import RULES, direct_hits, produce, run_replay
@@ -190,7 +190,8 @@ def test_activate_rolls_two_running_workers_back_within_two_seconds_and_history_
         table = bypass(s, "rules", "history")
         assert "ACTIVE" in table.stdout and "u-2" in table.stdout
 
-        # issue 15, item 4: one screen for on-call over every running worker
+        # issue 15, item 4: one screen for on-call over every running worker and writer
+        mirror_proc = spawn(s, "sink", "redis")
         plain = kafka.producer(s)
         plain.produce(s.raw_topics[0], b"{not json", key=b"u-x")
         assert plain.flush(10) == 0
@@ -199,7 +200,8 @@ def test_activate_rolls_two_running_workers_back_within_two_seconds_and_history_
         while time.monotonic() < deadline:
             shown = bypass(s, "status", "--all", "--json")
             view = orjson.loads(shown.stdout)
-            if view["dlq_last_hour"].get("not_json") == 1 and shown.returncode == 0:
+            kinds = [p["kind"] for p in view.get("processes", [])]
+            if view["dlq_last_hour"].get("not_json") == 1 and shown.returncode == 0 and "sink-redis" in kinds:
                 break
             time.sleep(1)
         assert view["healthy"], view["problems"]
@@ -211,6 +213,9 @@ def test_activate_rolls_two_running_workers_back_within_two_seconds_and_history_
         screen = bypass(s, "status", "--all")
         assert screen.returncode == 0 and "workers (3)" in screen.stdout
         assert "dead letters in the last hour: not_json 1" in screen.stdout
+        assert "sink-redis" in screen.stdout and "written 0" in screen.stdout
+        mirror_proc.terminate()
+        mirror_proc.wait(timeout=30)
     finally:
         for w in workers:
             w.stop()
