@@ -34,6 +34,10 @@ Which events:
                    events produce no hits. 'auto' (default) = the longest window of
                    the feature spec; or a duration such as 30d, 12h, 1h30m, 0.
   --topics         raw topics to read (default: BYPASS_RAW_TOPICS).
+  --source         kafka (default): the raw topics, within their retention;
+                   archive: the event archive in ClickHouse (risk_events, written
+                   by `bypass sink clickhouse`), for ranges Kafka no longer holds.
+                   Same order, same hit ids; the warm-up reads the archive too.
 
 \b
 Which rules:
@@ -130,6 +134,13 @@ def _warmup(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--dlq", is_flag=True, help="send malformed messages and processing errors to the dead-letter topic"
 )
 @click.option(
+    "--source",
+    type=click.Choice(["kafka", "archive"]),
+    default="kafka",
+    show_default=True,
+    help="read the raw topics, or the ClickHouse event archive (risk_events) beyond Kafka's retention",
+)
+@click.option(
     "--emit-blacklist",
     is_flag=True,
     help="with --run-id live: also produce the blacklist entries to the blacklist topic (Redis mirror)",
@@ -148,6 +159,7 @@ def replay(
     compare: bool,
     resume: bool,
     dlq: bool,
+    source: str,
     emit_blacklist: bool,
     no_progress: bool,
 ) -> None:
@@ -171,6 +183,7 @@ def replay(
         resume=resume,
         dlq=dlq,
         emit_blacklist=emit_blacklist,
+        source=source,
         progress=not no_progress,
     )
     runner = Replay(settings, options, console=console)

@@ -21,6 +21,7 @@ from features.errors import BypassError
 __all__ = [
     "LIVE_RUN_ID",
     "OUT_KINDS",
+    "SOURCES",
     "CompareRow",
     "ReplayError",
     "ReplayOptions",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 OUT_KINDS: Final = ("clickhouse", "jsonl", "none")
+#: where a replay reads events: the raw topics, or the ClickHouse event archive (risk_events)
+SOURCES: Final = ("kafka", "archive")
 LIVE_RUN_ID: Final = "live"
 _RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -86,6 +89,7 @@ class ReplayOptions:
     resume: bool = False
     dlq: bool = False
     emit_blacklist: bool = False
+    source: str = "kafka"  # SOURCES
     progress: bool = True
 
 

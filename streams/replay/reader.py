@@ -363,5 +363,6 @@ def retention_warning(tp: TP, select_from: int, earliest_ms: int) -> str | None:
         f"{tp[0]}[{tp[1]}]: retention no longer holds the warm-up range: the earliest "
         f"available event is at {format_ms(earliest_ms)}, the warm-up starts at "
         f"{format_ms(select_from)}: {format_duration(gap)} of state is missing, so windowed "
-        "features near T1 may be lower than live"
+        "features near T1 may be lower than live; `--source archive` reads the event archive "
+        "in ClickHouse (risk_events) instead, beyond Kafka's retention"
     )

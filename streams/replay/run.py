@@ -64,11 +64,13 @@ from streams.core.envelope import InvalidEventError, decoder_from_settings
 from streams.core.order import SourceEvent
 from streams.core.processor import Processor
 from streams.core.step import BatchStep, MemoryStore, StepResult
+from streams.replay.archive import ArchiveReader
 from streams.replay.checkpoint import TP, Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from streams.replay.compare import clickhouse_client, count_live_hits, read_live_hits
 from streams.replay.options import (
     LIVE_RUN_ID,
     OUT_KINDS,
+    SOURCES,
     ReplayError,
     ReplayOptions,
     ReplayStats,
@@ -143,6 +145,8 @@ class Replay:
             raise ReplayError("--out-file only goes with --out jsonl", option="--out-file")
         if o.rules_file is not None and o.rules_version is not None:
             raise ReplayError("give either --rules FILE or --rules-version V, not both", option="--rules")
+        if o.source not in SOURCES:
+            raise ReplayError(f"--source {o.source!r}: choose one of {', '.join(SOURCES)}", option="--source")
         if o.emit_blacklist and o.run_id != LIVE_RUN_ID:
             raise ReplayError(
                 "--emit-blacklist goes with --run-id live: only a backfill of the live labels may "
@@ -195,6 +199,7 @@ class Replay:
             "compare": o.compare,
             "dlq": o.dlq,
             "emit_blacklist": o.emit_blacklist,
+            "source": o.source,
             "rules_file": str(o.rules_file) if o.rules_file else None,
             "rules_version": o.rules_version,
             "chunk": int(s.replay_batch_size),
@@ -312,7 +317,11 @@ class Replay:
                     "For a backfill of the live labels use --run-id live"
                 )
 
-        reader = ReplayReader(settings, topics, run_id, decoder, warn=self._warn)
+        reader: ReplayReader | ArchiveReader
+        if params.get("source", "kafka") == "archive":
+            reader = ArchiveReader(settings, topics, warn=self._warn)
+        else:
+            reader = ReplayReader(settings, topics, run_id, decoder, warn=self._warn)
         dlq_producer: KafkaProducer | None = None
         output: ReplayOutput | None = None
         emitter: BlacklistEmitter | None = None

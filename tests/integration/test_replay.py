@@ -221,6 +221,38 @@ def test_all_time_features_are_warned_about_only_when_older_events_exist(
     assert not any("without a window" in w for w in whole.warnings), whole.warnings
 
 
+def test_a_replay_from_the_event_archive_gives_the_kafka_replays_hit_ids(
+    rsettings: Settings, names: Any, tmp_path: Path
+) -> None:
+    """Issue 16, item 2: --source archive reads risk_events (beyond Kafka's retention) in
+    the same order as a Kafka replay: the same hit ids, a warm sub-range included."""
+    from sinks_support import bypass, sink_settings
+
+    events = scenario(seed=13)
+    produce(rsettings, names.raw_topic, events)
+    client = ch_client(rsettings)
+    db = rsettings.clickhouse_database
+    archived = bypass(sink_settings(rsettings), "sink", "clickhouse", "--idle-exit", "3", timeout=180)
+    assert archived.returncode == 0, archived.stdout + archived.stderr
+    count = client.query(f"SELECT count() FROM {db}.risk_events FINAL").result_rows[0][0]  # noqa: S608
+    assert count == len(events)
+
+    t1, t2 = events[0]["ts"], events[-1]["ts"] + 1
+    mid = (t1 + t2) // 2
+
+    def hit_ids(source: str, start: int) -> list[str]:
+        out = tmp_path / f"{source}-{start}.jsonl"
+        run_replay(
+            rsettings, from_ms=start, to_ms=t2, rules_file=RULES, out="jsonl", out_file=out, source=source
+        )
+        return [h["hit_id"] for h in iter_hits_jsonl(out)]
+
+    whole = hit_ids("kafka", t1)
+    assert len(whole) > 10
+    assert hit_ids("archive", t1) == whole  # same ids, in the same order
+    assert hit_ids("archive", mid) == hit_ids("kafka", mid)  # the warm-up reads the archive too
+
+
 def test_several_topics_are_merged_by_event_time(rsettings: Settings, names: Any, tmp_path: Path) -> None:
     """Logins on one topic (3 partitions), everything else on another (2): one user's events
     now sit in different topics, and replay must merge them by event time."""
