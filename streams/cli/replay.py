@@ -213,6 +213,10 @@ def replay(
         sys.exit(130)
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def print_summary(console: Any, summary: ReplaySummary) -> None:
     from rich.table import Table
 
@@ -276,13 +280,26 @@ def print_summary(console: Any, summary: ReplaySummary) -> None:
         console.print(per_rule)
     if summary.compare is not None:
         cmp = Table(title="live vs replay, per rule", title_justify="left")
-        for col in ("rule", "live", "replayed", "added", "removed"):
+        labelled = any(
+            r.live_precision is not None or r.replayed_precision is not None for r in summary.compare
+        )
+        cols = ["rule", "live", "replayed", "added", "removed"]
+        if labelled:  # outcome labels exist: judge the change on outcomes, not hit counts
+            cols += ["P live", "R live", "P replay", "R replay"]
+            cmp.caption = "P precision, R recall of the entities flagged, against those labelled bad"
+        for col in cols:
             cmp.add_column(col, justify="left" if col == "rule" else "right")
         for row in summary.compare:
             style = "yellow" if row.changed else None
-            cmp.add_row(
-                row.rule_id, str(row.live), str(row.replayed), f"+{row.added}", f"-{row.removed}", style=style
-            )
+            cells = [row.rule_id, str(row.live), str(row.replayed), f"+{row.added}", f"-{row.removed}"]
+            if labelled:
+                cells += [
+                    _share(row.live_precision),
+                    _share(row.live_recall),
+                    _share(row.replayed_precision),
+                    _share(row.replayed_recall),
+                ]
+            cmp.add_row(*cells, style=style)
         if not summary.compare:
             cmp.add_row("(no hits on either side)", "0", "0", "+0", "-0")
         console.print(cmp)

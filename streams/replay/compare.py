@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from streams.core import outputs
-from streams.replay.options import LIVE_RUN_ID, ReplayError
+from streams.replay.options import LIVE_RUN_ID, ReplayError, hit_element
 from streams.settings import Settings
 
-__all__ = ["clickhouse_client", "count_live_hits", "read_live_hits"]
+__all__ = ["clickhouse_client", "count_live_hits", "read_bad_entities", "read_live_hits"]
 
 
 def clickhouse_client(settings: Settings) -> Any:
@@ -51,7 +51,7 @@ def read_live_hits(settings: Settings, from_ms: int, to_ms: int, topics: list[st
     db = settings.clickhouse_database
     try:
         result = client.query(
-            f"SELECT rule_id, event_id FROM {db}.risk_hits FINAL "  # noqa: S608 - db is a checked identifier
+            f"SELECT rule_id, event_id, toString(entity), key FROM {db}.risk_hits FINAL "  # noqa: S608 - db is a checked identifier
             "WHERE run_id = {run:String} "
             "AND event_time >= fromUnixTimestamp64Milli({t1:Int64}, 'UTC') "
             "AND event_time < fromUnixTimestamp64Milli({t2:Int64}, 'UTC') "
@@ -64,6 +64,24 @@ def read_live_hits(settings: Settings, from_ms: int, to_ms: int, topics: list[st
             "is the schema migrated (`bypass clickhouse migrate`)?",
         ) from None
     live: dict[str, set[str]] = {}
-    for rule_id, event_id in result.result_rows:
-        live.setdefault(str(rule_id), set()).add(str(event_id))
+    for rule_id, event_id, entity, key in result.result_rows:
+        live.setdefault(str(rule_id), set()).add(hit_element(str(event_id), str(entity), str(key)))
     return live
+
+
+def read_bad_entities(settings: Settings, from_ms: int, to_ms: int) -> set[tuple[str, str]]:
+    """The (entity, key) pairs labelled bad (``bypass labels import``) for ``[from, to)`` (a
+    label without a time counts for every range); empty without labels or without the table."""
+    from streams.cli.labels import BENIGN_LABELS
+
+    db = settings.clickhouse_database
+    try:
+        result = clickhouse_client(settings).query(
+            f"SELECT DISTINCT toString(entity), key FROM {db}.risk_labels FINAL "  # noqa: S608
+            "WHERE label NOT IN {benign:Array(String)} AND (toUnixTimestamp64Milli(ts) = 0 OR "
+            "(ts >= fromUnixTimestamp64Milli({t1:Int64}) AND ts < fromUnixTimestamp64Milli({t2:Int64})))",
+            parameters={"benign": sorted(BENIGN_LABELS), "t1": from_ms, "t2": to_ms},
+        )
+    except Exception:  # no labels table (an older schema): compare without outcomes
+        return set()
+    return {(str(e), str(k)) for e, k in result.result_rows}

@@ -134,19 +134,64 @@ class CompareRow:
     replayed: int
     added: int
     removed: int
+    #: with outcome labels (``bypass labels import``): precision and recall of the entities
+    #: each side flagged, against the entities labelled bad (None without labels)
+    live_precision: float | None = None
+    live_recall: float | None = None
+    replayed_precision: float | None = None
+    replayed_recall: float | None = None
 
     @property
     def changed(self) -> bool:
         return bool(self.added or self.removed)
 
 
-def compare_hits(live: dict[str, set[str]], replayed: dict[str, set[str]]) -> list[CompareRow]:
-    """Per rule: live hits, replayed hits, added (replay only), removed (live only)."""
+#: a compared hit: "<event id>\x1f<entity>\x1f<key>" (the entity and key ride along; matching
+#: by (rule, element) is matching by (rule, event), as an event has one key per entity kind)
+SEP: Final = "\x1f"
+
+
+def hit_element(event_id: str, entity: str, key: str) -> str:
+    return f"{event_id}{SEP}{entity}{SEP}{key}"
+
+
+def _entities(elements: set[str]) -> set[tuple[str, str]]:
+    out = set()
+    for e in elements:
+        parts = e.split(SEP)
+        if len(parts) == 3:  # a checkpoint written before the elements carried the entity
+            out.add((parts[1], parts[2]))
+    return out
+
+
+def _quality(
+    flagged: set[tuple[str, str]], bad: set[tuple[str, str]], entity: str | None
+) -> tuple[float | None, float | None]:
+    """(precision, recall) of ``flagged`` entities against ``bad`` ones (of ``entity`` kind)."""
+    relevant = {b for b in bad if entity is None or b[0] == entity}
+    precision = len(flagged & bad) / len(flagged) if flagged else None
+    recall = len(flagged & relevant) / len(relevant) if relevant else None
+    return precision, recall
+
+
+def compare_hits(
+    live: dict[str, set[str]],
+    replayed: dict[str, set[str]],
+    bad: set[tuple[str, str]] | None = None,
+) -> list[CompareRow]:
+    """Per rule: live hits, replayed hits, added (replay only), removed (live only); with
+    ``bad`` (the (entity, key) pairs labelled bad), precision and recall per side."""
     rows = []
     for rule_id in sorted(set(live) | set(replayed)):
         a = live.get(rule_id, set())
         b = replayed.get(rule_id, set())
-        rows.append(CompareRow(rule_id, len(a), len(b), len(b - a), len(a - b)))
+        quality: tuple[float | None, ...] = (None, None, None, None)
+        if bad:
+            fa, fb = _entities(a), _entities(b)
+            kinds = {e for e, _ in fa | fb}
+            entity = next(iter(kinds)) if len(kinds) == 1 else None
+            quality = (*_quality(fa, bad, entity), *_quality(fb, bad, entity))
+        rows.append(CompareRow(rule_id, len(a), len(b), len(b - a), len(a - b), *quality))
     return rows
 
 

@@ -66,7 +66,7 @@ from streams.core.processor import Processor
 from streams.core.step import BatchStep, MemoryStore, StepResult
 from streams.replay.archive import ArchiveReader
 from streams.replay.checkpoint import TP, Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
-from streams.replay.compare import clickhouse_client, count_live_hits, read_live_hits
+from streams.replay.compare import clickhouse_client, count_live_hits, read_bad_entities, read_live_hits
 from streams.replay.options import (
     LIVE_RUN_ID,
     OUT_KINDS,
@@ -78,6 +78,7 @@ from streams.replay.options import (
     at_retention_edge,
     check_run_id,
     compare_hits,
+    hit_element,
     new_run_id,
 )
 from streams.replay.outputs import BlacklistEmitter, ReplayOutput, open_output
@@ -485,7 +486,10 @@ class Replay:
                     rule = hit.record["rule_id"]
                     stats.hits_by_rule[rule] = stats.hits_by_rule.get(rule, 0) + 1
                     if live is not None and hit.record["error"] is None:  # as the live side: no errors
-                        replayed.setdefault(rule, set()).add(hit.record["event_id"])
+                        r = hit.record
+                        replayed.setdefault(rule, set()).add(
+                            hit_element(r["event_id"], r["entity"], r["key"])
+                        )
                     out.hit(hit)
                 stats.hits += len(result.hits)
                 stats.blacklist += len(result.blacklist)
@@ -595,7 +599,11 @@ class Replay:
             interrupted=interrupted,
             checkpoint=ckpt_path,
             warnings=list(self.warnings),
-            compare=compare_hits(live, replayed) if live is not None and not interrupted else None,
+            compare=(
+                compare_hits(live, replayed, read_bad_entities(settings, from_ms, to_ms))
+                if live is not None and not interrupted
+                else None
+            ),
             blacklist_written=out.wants_blacklist,
         )
 

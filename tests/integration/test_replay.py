@@ -423,6 +423,25 @@ def test_compare_reports_exactly_the_changed_rules(
     assert done.returncode == 0, done.stderr
     assert "live vs replay" in done.stderr and "device_farm" in done.stderr
 
+    # with outcome labels, each side gets precision and recall (issue 16, item 4)
+    from sinks_support import bypass
+
+    farm_keys = sorted({h["key"] for h in new_hits if h["rule_id"] == "device_farm"})
+    labels = tmp_path / "labels.csv"
+    labels.write_text("entity,key,label\n" + "".join(f"device,{k},fraud\n" for k in farm_keys[:1]))
+    imported = bypass(rsettings, "labels", "import", str(labels))
+    assert imported.returncode == 0, imported.stderr
+    judged = run_replay(rsettings, from_ms=t1, to_ms=t2, rules_file=new_rules, compare=True, out="none")
+    farm = {r.rule_id: r for r in judged.compare}["device_farm"]
+    new_farm_keys = {h["key"] for h in new_hits if h["rule_id"] == "device_farm"}
+    assert farm.replayed_precision == 1 / len(new_farm_keys) and farm.replayed_recall == 1.0
+    shown = cli(
+        stack,
+        rsettings,
+        "--from", str(t1), "--to", str(t2), "--rules", str(new_rules), "--compare", "--no-progress",
+    )  # fmt: skip
+    assert "P precision, R recall" in " ".join(shown.stderr.split())
+
 
 # --------------------------------------------------------------------------- warm-up
 

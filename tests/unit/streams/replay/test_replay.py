@@ -347,3 +347,21 @@ def test_the_emitter_stops_the_replay_when_kafka_does_not_take_the_entries() -> 
     emitter.add(_entry("e1", time.time_ns() // 1_000_000 + 60_000))  # type: ignore[arg-type]
     with pytest.raises(ReplayError, match=r"did not take 1 entries \(broker down\).*--resume"):
         emitter.flush()
+
+
+def test_compare_adds_precision_and_recall_per_side_when_labels_exist() -> None:
+    """Issue 16, item 4: a rule change is judged on outcomes, not hit counts."""
+    from streams.replay.options import hit_element
+
+    def hits(*pairs: tuple[str, str]) -> set[str]:
+        return {hit_element(event, "device", key) for event, key in pairs}
+
+    live = {"farm": hits(("e1", "d1"), ("e2", "d2"), ("e3", "d3"), ("e4", "d3"))}
+    replayed = {"farm": hits(("e1", "d1"), ("e5", "d4"))}
+    bad = {("device", "d1"), ("device", "d4"), ("device", "d9"), ("user", "d2")}  # a user d2: not a device
+    [row] = compare_hits(live, replayed, bad)
+    assert (row.live, row.replayed, row.added, row.removed) == (4, 2, 1, 3)
+    assert row.live_precision == 1 / 3  # d1 of d1, d2, d3
+    assert row.live_recall == 1 / 3  # d1 of the bad devices d1, d4, d9
+    assert (row.replayed_precision, row.replayed_recall) == (1.0, 2 / 3)
+    assert compare_hits(live, replayed)[0].live_precision is None  # no labels: no outcome columns
