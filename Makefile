@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BYPASS := $(VENV)/bin/bypass
 
-.PHONY: venv test test-fast check lint typecheck fmt stack-up stack-down stack-status demo bench clean
+.PHONY: venv test test-fast check lint typecheck fmt stack-up stack-down stack-status demo bench chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+
+chaos: $(VENV)/.installed  # >= 5 min: 50k events + bad input + faults, compared with the offline run (bench/chaos.py)
+	$(PY) bench/chaos.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .bypass .pytest_cache .mypy_cache .ruff_cache
