@@ -69,7 +69,7 @@ def _iso(ms: int) -> str:
 
 @click.group()
 def lists() -> None:
-    """Blacklist look-ups and named lists in Redis."""
+    """Blacklist look-ups, named lists and unblock overrides in Redis (changes audited in ClickHouse)."""
 
 
 @lists.command()
