@@ -166,6 +166,12 @@ def test_activate_rolls_two_running_workers_back_within_two_seconds_and_history_
         )
         assert {h["ruleset_version"] for h in hits if h["key"] == "u-rb"} == {"u-1"}
 
+        # a malformed message for the on-call screen's dead-letter count (below)
+        plain = kafka.producer(s)
+        plain.produce(s.raw_topics[0], b"{not json", key=b"u-x")
+        assert plain.flush(10) == 0
+        read_topic(s, s.dlq_topic, lambda m: len(m) >= 1, timeout_s=60, settle_s=0)
+
         # a worker started now starts on the activated version, not the last published one
         three = Worker(s, tmp_path / "w3.log")
         workers.append(three)
@@ -192,9 +198,6 @@ def test_activate_rolls_two_running_workers_back_within_two_seconds_and_history_
 
         # issue 15, item 4: one screen for on-call over every running worker and writer
         mirror_proc = spawn(s, "sink", "redis")
-        plain = kafka.producer(s)
-        plain.produce(s.raw_topics[0], b"{not json", key=b"u-x")
-        assert plain.flush(10) == 0
         deadline = time.monotonic() + 30
         view: dict[str, Any] = {}
         while time.monotonic() < deadline:
