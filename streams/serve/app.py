@@ -32,7 +32,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -300,15 +300,38 @@ async def healthz(request: Request) -> Response:
     return ORJSONResponse({"status": "ok", "redis": "ok", "freshness": fresh})
 
 
-async def check_one(request: Request) -> Response:
-    cfg = _cfg(request)
-    denied = _read_denied(request, cfg)
+def _entity_request(request: Request, cfg: ServeConfig, *, write: bool) -> tuple[str, str] | Response:
+    """The (entity, key) of an entity route, or the answer that refuses it: no token (401/403)
+    or an entity kind the feature spec does not have (404)."""
+    denied = _write_denied(request, cfg) if write else _read_denied(request, cfg)
     if denied is not None:
         return denied
     entity = request.path_params["entity"]
-    key = request.path_params["key"]
     if not cfg.known(entity):
         return _unknown_kind(cfg, entity)
+    return entity, request.path_params["key"]
+
+
+async def _audited_write(
+    cfg: ServeConfig, changes: Sequence[ListChange], write: Callable[[], Awaitable[Any]]
+) -> Any:
+    """Record ``changes`` in ClickHouse first, then make the Redis ``write``; its result, or
+    the error answer (audit not written: nothing changed; Redis down: 503)."""
+    failed = await _audit(cfg, changes)
+    if failed is not None:
+        return failed
+    try:
+        return await write()
+    except REDIS_ERRORS as exc:
+        return _redis_down(cfg, exc)
+
+
+async def check_one(request: Request) -> Response:
+    cfg = _cfg(request)
+    target = _entity_request(request, cfg, write=False)
+    if isinstance(target, Response):
+        return target
+    entity, key = target
     try:
         (answer,) = await check_answers(cfg, [(entity, key)])
     except REDIS_ERRORS as exc:
@@ -382,13 +405,13 @@ async def list_add(request: Request) -> Response:
     except BadRequestError as exc:
         return _error(400, "bad_request", str(exc))
     now = _now_ms()
-    failed = await _audit(cfg, [ListChange(name, m, "add", who.who, who.why, None, now) for m in members])
-    if failed is not None:
-        return failed
-    try:
-        added = await cfg.redis.sadd(list_key(cfg.prefix, name), *members)
-    except REDIS_ERRORS as exc:
-        return _redis_down(cfg, exc)
+    added = await _audited_write(
+        cfg,
+        [ListChange(name, m, "add", who.who, who.why, None, now) for m in members],
+        lambda: cfg.redis.sadd(list_key(cfg.prefix, name), *members),
+    )
+    if isinstance(added, Response):
+        return added
     return ORJSONResponse({"name": name, "added": int(added), "values": members, "who": who.who})
 
 
@@ -407,25 +430,22 @@ async def list_remove(request: Request) -> Response:
         who = write_body(_query_who(request), request.client.host if request.client else None)
     except BadRequestError as exc:
         return _error(400, "bad_request", str(exc))
-    failed = await _audit(cfg, [ListChange(name, value, "remove", who.who, who.why, None, _now_ms())])
-    if failed is not None:
-        return failed
-    try:
-        removed = await cfg.redis.srem(list_key(cfg.prefix, name), value)
-    except REDIS_ERRORS as exc:
-        return _redis_down(cfg, exc)
+    removed = await _audited_write(
+        cfg,
+        [ListChange(name, value, "remove", who.who, who.why, None, _now_ms())],
+        lambda: cfg.redis.srem(list_key(cfg.prefix, name), value),
+    )
+    if isinstance(removed, Response):
+        return removed
     return ORJSONResponse({"name": name, "removed": int(removed), "value": value, "who": who.who})
 
 
 async def unblock_set(request: Request) -> Response:
     cfg = _cfg(request)
-    denied = _write_denied(request, cfg)
-    if denied is not None:
-        return denied
-    entity = request.path_params["entity"]
-    key = request.path_params["key"]
-    if not cfg.known(entity):
-        return _unknown_kind(cfg, entity)
+    target = _entity_request(request, cfg, write=True)
+    if isinstance(target, Response):
+        return target
+    entity, key = target
     now = _now_ms()
     try:
         body = await _json_body(request)
@@ -437,37 +457,30 @@ async def unblock_set(request: Request) -> Response:
         return _error(400, "bad_request", str(exc))
     unblock = Unblock(entity, key, until, who.who, who.why, now)
     change = ListChange(unblock_list_name(entity), key, "unblock", who.who, who.why, until, now)
-    failed = await _audit(cfg, [change])
-    if failed is not None:
-        return failed
-    try:
-        await cfg.redis.hset(unblock_key(cfg.prefix, entity), key, encode_unblock(unblock))
-    except REDIS_ERRORS as exc:
-        return _redis_down(cfg, exc)
+    done = await _audited_write(
+        cfg, [change], lambda: cfg.redis.hset(unblock_key(cfg.prefix, entity), key, encode_unblock(unblock))
+    )
+    if isinstance(done, Response):
+        return done
     return ORJSONResponse({"entity": entity, "key": key, "unblock": unblock.as_dict()})
 
 
 async def unblock_remove(request: Request) -> Response:
     cfg = _cfg(request)
-    denied = _write_denied(request, cfg)
-    if denied is not None:
-        return denied
-    entity = request.path_params["entity"]
-    key = request.path_params["key"]
-    if not cfg.known(entity):
-        return _unknown_kind(cfg, entity)
+    target = _entity_request(request, cfg, write=True)
+    if isinstance(target, Response):
+        return target
+    entity, key = target
     try:
         who = write_body(_query_who(request), request.client.host if request.client else None)
     except BadRequestError as exc:
         return _error(400, "bad_request", str(exc))
     change = ListChange(unblock_list_name(entity), key, "unblock_remove", who.who, who.why, None, _now_ms())
-    failed = await _audit(cfg, [change])
-    if failed is not None:
-        return failed
-    try:
-        removed = await cfg.redis.hdel(unblock_key(cfg.prefix, entity), key)
-    except REDIS_ERRORS as exc:
-        return _redis_down(cfg, exc)
+    removed = await _audited_write(
+        cfg, [change], lambda: cfg.redis.hdel(unblock_key(cfg.prefix, entity), key)
+    )
+    if isinstance(removed, Response):
+        return removed
     return ORJSONResponse({"entity": entity, "key": key, "removed": bool(removed)})
 
 
