@@ -30,10 +30,18 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -51,6 +59,7 @@ __all__ = [
     "ensure_topics",
     "producer",
     "rdkafka_logger",
+    "read_to_end",
     "topic_partitions",
 ]
 
@@ -339,3 +348,47 @@ def committed_offsets(
         return out
     finally:
         client.close()
+
+
+T = TypeVar("T")
+
+
+def read_to_end(
+    client: Consumer,
+    topic: str,
+    timeout_s: float,
+    parse: Callable[[Message], T | None],
+    *,
+    poll_s: float = 0.2,
+) -> tuple[list[T], set[int]]:
+    """Assign every partition of ``topic`` from the beginning and read up to its end: what
+    ``parse`` makes of each message (None: skipped), in the order read.
+
+    The end is the ``PARTITION_EOF`` event (the client needs ``enable.partition.eof``), not
+    the high watermark: Tansu reports a too low watermark after batched produces. Returns
+    the records and the partitions not read to the end before ``timeout_s`` (none for a
+    missing topic); the client stays assigned, positioned after what it read.
+    """
+    info = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    parts = [] if info is None or info.error is not None else sorted(info.partitions)
+    pending: set[int] = set()
+    for p in parts:
+        low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        if high > low:
+            pending.add(p)
+    client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    records: list[T] = []
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        msg = client.poll(poll_s)
+        if msg is None:
+            continue
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                pending.discard(msg.partition())
+            continue
+        record = parse(msg)
+        if record is not None:
+            records.append(record)
+    return records, pending

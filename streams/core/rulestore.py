@@ -41,9 +41,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from features.errors import BypassError
 from rules import RuleSet
@@ -203,45 +204,13 @@ def _reader(settings: Settings) -> Consumer:
     )
 
 
-def _partitions(client: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
-    meta = client.list_topics(topic, timeout=timeout_s)
-    info = meta.topics.get(topic)
-    if info is None or info.error is not None:
-        return []
-    return sorted(info.partitions)
-
-
 def _catch_up(
     client: Consumer, topic: str, timeout_s: float, parse: Callable[[Message], Entry | None]
 ) -> tuple[list[Entry], set[int]]:
-    """Assign every partition of ``topic`` from the beginning and read up to its end.
-
-    The end is the ``PARTITION_EOF`` event, not the high watermark (Tansu reports a too
-    low watermark after batched produces). Returns the parsed records in publish order
-    and the partitions not read to the end before ``timeout_s``; the client stays
-    assigned, positioned after what it read, so a follower can go on polling it.
-    """
-    parts = _partitions(client, topic, timeout_s)
-    pending: set[int] = set()
-    for p in parts:
-        low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-        if high > low:
-            pending.add(p)
-    client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-    records: list[Entry] = []
-    deadline = time.monotonic() + timeout_s
-    while pending and time.monotonic() < deadline:
-        msg = client.poll(POLL_S)
-        if msg is None:
-            continue
-        err = msg.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                pending.discard(msg.partition())
-            continue
-        record = parse(msg)
-        if record is not None:
-            records.append(record)
+    """The rules topic read to its end (:func:`streams.core.kafka.read_to_end`), records in
+    publish order; the client stays assigned, so a follower can go on polling it."""
+    found, pending = kafka.read_to_end(client, topic, timeout_s, parse, poll_s=POLL_S)
+    records = cast("list[Entry]", found)  # T is a union here: mypy infers object
     records.sort(key=topic_order)
     return records, pending
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import Message
 
 from streams.core import kafka
 from streams.settings import Settings
@@ -161,41 +161,23 @@ def read_workers(
     """The processes of ``settings.app_id`` (of ``kind``; None: all) that reported within the
     last ``STALE_MS``."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    topic = settings.workers_topic
     client = kafka.consumer(
         settings,
         group_id=f"{settings.app_id}-workers-reader-{uuid.uuid4().hex[:12]}",
         enable_auto_commit=False,
         enable_partition_eof=True,
     )
-    latest: dict[bytes, WorkerReport | None] = {}
+
+    def parse(msg: Message) -> tuple[bytes, WorkerReport | None] | None:
+        value = msg.value()
+        try:
+            return msg.key() or b"", WorkerReport.from_bytes(value) if value is not None else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
     try:
-        meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            return []
-        parts = sorted(meta.partitions)
-        pending = set()
-        for p in parts:
-            low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                pending.add(p)
-        client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            msg = client.poll(0.2)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                continue
-            key = msg.key() or b""
-            value = msg.value()
-            try:
-                latest[key] = WorkerReport.from_bytes(value) if value is not None else None
-            except (ValueError, KeyError, TypeError):
-                continue
+        # the newest record per process wins (a tombstone: it stopped)
+        latest = dict(kafka.read_to_end(client, settings.workers_topic, timeout_s, parse)[0])
     finally:
         client.close()
     return sorted(
