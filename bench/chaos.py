@@ -80,7 +80,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
@@ -143,55 +143,10 @@ class ChaosError(Exception):
 
 
 # --------------------------------------------------------------------------- processes
+# one `bypass` child per part: streams.local.demo.Child, run from the code snapshot (CODE)
 
-
-class Proc:
-    """A ``bypass`` subprocess in its own process group; one log file per incarnation."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self._fh = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", *args],
-            env=env,
-            cwd=CODE,
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (no goodbye, no commit)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._fh.close()
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self._fh.close()
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+if TYPE_CHECKING:
+    from streams.local.demo import Child
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -353,7 +308,7 @@ class Chaos:
         self.logs.mkdir()
         self.stack: Any = None
         self.env: dict[str, str] = {}
-        self.procs: dict[str, Proc] = {}
+        self.procs: dict[str, Child] = {}
         self.incarnation: Counter[str] = Counter()
         self.metrics_ports: dict[str, int] = {}
         self.out = Outcome()
@@ -485,7 +440,9 @@ class Chaos:
             self.metrics_ports[name] = port
             env["BYPASS_METRICS_PORT"] = str(port)
         log = self.logs / f"{name}-{self.incarnation[name]}.log"
-        self.procs[name] = Proc(name, args[name], env, log)
+        from streams.local.demo import Child  # after snapshot_code: never before
+
+        self.procs[name] = Child(name, args[name], env, log, cwd=CODE, append=True)
 
     def worker_metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         from streams.local.demo import scrape
@@ -498,13 +455,13 @@ class Chaos:
         with console.status("waiting for the worker to join its group and load the rule set"):
             while time.monotonic() < deadline:
                 if not self.procs["worker"].alive():
-                    raise ChaosError(f"the worker exited:\n{self.procs['worker'].tail()}")
+                    raise ChaosError(f"the worker exited:\n{self.procs['worker'].tail(15)}")
                 samples = self.worker_metrics()
                 if any(n == "bypass_ruleset_info" and v for (n, _), v in samples.items()):
                     console.print("[green]✓[/] worker active; writers started")
                     return
                 time.sleep(0.5)
-        raise ChaosError(f"the worker did not activate a rule set:\n{self.procs['worker'].tail()}")
+        raise ChaosError(f"the worker did not activate a rule set:\n{self.procs['worker'].tail(15)}")
 
     # -- traffic ------------------------------------------------------------------
 
@@ -636,7 +593,7 @@ class Chaos:
                     f"{name} exited by itself (code {proc.proc.returncode}) at {self.now_s():.0f} s; "
                     f"see {proc.log}"
                 )
-                console.print(f"[red]! {self.out.unplanned[-1]}[/]\n{proc.tail()}", highlight=False)
+                console.print(f"[red]! {self.out.unplanned[-1]}[/]\n{proc.tail(15)}", highlight=False)
                 if sum(u.startswith(f"{name} ") for u in self.out.unplanned) > MAX_UNPLANNED:
                     raise ChaosError(
                         f"{name} exited by itself more than {MAX_UNPLANNED} times; last log {proc.log}:\n"

@@ -67,16 +67,26 @@ class DemoError(BypassError):
 
 
 class Child:
-    """A ``bypass`` subprocess in its own process group, logging to a file."""
+    """A ``bypass`` subprocess in its own process group, logging to the file ``log`` (appended
+    to with ``append``), run from ``cwd`` (the chaos run uses a snapshot of the code)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log: Path,
+        *,
+        cwd: Path = ROOT,
+        append: bool = False,
+    ) -> None:
         self.name = name
-        self.log = log_dir / f"{name}.log"
-        self._fh: IO[bytes] = self.log.open("wb")
+        self.log = log
+        self._fh: IO[bytes] = self.log.open("ab" if append else "wb")
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI
             [sys.executable, "-m", "streams", *args],
             env=env,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=self._fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -94,6 +104,13 @@ class Child:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (no goodbye, no commit)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._fh.close()
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.alive():
@@ -251,7 +268,7 @@ class Demo:
             ("sink-clickhouse", ["sink", "clickhouse"]),
             ("sink-redis", ["sink", "redis"]),
         ):
-            self.children.append(Child(name, args, self.env, logs))
+            self.children.append(Child(name, args, self.env, logs / f"{name}.log"))
         deadline = time.monotonic() + self.args.start_timeout
         with console.status("waiting for the worker to join its group and load the rule set"):
             while True:
