@@ -7,6 +7,7 @@ one entity key is an ``EntityState`` holding plain data, snapshotted by ``dumps`
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -424,6 +425,56 @@ class FeatureEngine:
             return False
         keep = max(plan.span, self.dedup_horizon_ms, self.allowed_lateness_ms)
         return now_ms - state.tmax >= keep
+
+    def state_keys(self, entity: str) -> tuple[str, ...]:
+        """The state keys of an entity kind's features, in spec order (a feature's state key
+        changes whenever one of its parameters does)."""
+        return self._plan(entity).keys
+
+    def apply_except(
+        self, entity: str, state: EntityState, event: Mapping[str, Any], keep: frozenset[str]
+    ) -> ApplyResult:
+        """:meth:`apply`, leaving the features whose state key is in ``keep`` as they were
+        (their values in the result include the event; their states do not).  A warm start
+        uses it for events its rebuild from history already holds."""
+        plan = self._plan(entity)
+        idx = [i for i, k in enumerate(plan.keys) if k in keep]
+        saved = [copy.deepcopy(state.feats[i]) for i in idx]
+        result = self.apply(entity, state, event)
+        if idx and result.status == APPLIED:
+            for i, st in zip(idx, saved, strict=True):
+                state.feats[i] = st
+                state.vals[i] = st.val
+            state.umin = _NEG  # the cached values are recomputed with the next event
+        return result
+
+    def adopt(self, state: EntityState, donor: EntityState, donor_engine: FeatureEngine) -> int:
+        """Splice the features of ``donor`` (a state of ``donor_engine``, whose spec holds some
+        of this engine's features) into ``state``, matched by state key: a warm start
+        rebuilds new features from history with an engine over just those features, then
+        hands their states to the live key.  The values remembered for the key's event ids
+        (what a redelivery gets) take the donor's values where it remembers the id too.
+        Returns how many features were spliced."""
+        plan = self._plan(state.entity)
+        dplan = donor_engine._plan(donor.entity)
+        pos = {k: i for i, k in enumerate(plan.keys)}
+        pairs = [(pos[k], j) for j, k in enumerate(dplan.keys) if k in pos]
+        for i, j in pairs:
+            state.feats[i] = donor.feats[j]
+            state.vals[i] = donor.feats[j].val
+        state.umin = _NEG
+        if pairs:
+            width = len(plan.names)
+            ddedup = donor.dedup
+            for eid, vals in state.dedup.items():
+                dv = ddedup.get(eid)
+                if dv is None:
+                    continue
+                new = list(vals) + [None] * (width - len(vals))
+                for i, j in pairs:
+                    new[i] = dv[j] if j < len(dv) else None
+                state.dedup[eid] = tuple(new)
+        return len(pairs)
 
     def dumps(self, state: EntityState) -> bytes:
         """A compact, versioned snapshot (orjson bytes) that ``loads`` restores exactly."""

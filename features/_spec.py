@@ -40,7 +40,7 @@ from features.errors import DurationError, SpecError
 AGGS: tuple[str, ...] = tuple(sorted(LOGICS))
 
 _COMMON_KEYS = frozenset({"name", "entity", "agg", "where"})
-_TOP_KEYS = ("entities", "events", "features")
+_TOP_KEYS = ("entities", "events", "features", "version")
 #: the envelope field holding the event type (what ``events:`` declares values of)
 TYPE_FIELD = "type"
 # what a spec that leaves out a required parameter is told, per key ({agg}: the agg name)
@@ -122,6 +122,8 @@ class FeatureSpec:
     entities: Mapping[str, str]
     features: tuple[Feature, ...]
     events: tuple[str, ...] | None = None
+    #: the spec's ``version:`` (what ``bypass features publish`` publishes it as); None: not set
+    version: str | None = None
     _by_entity: Mapping[str, tuple[Feature, ...]] = field(repr=False, compare=False, default_factory=dict)
     _key_getters: tuple[tuple[str, str, Getter | None], ...] = field(repr=False, compare=False, default=())
 
@@ -145,10 +147,16 @@ class FeatureSpec:
         if unknown:
             raise SpecError(
                 f"feature spec: unknown top-level key(s) {sorted(map(str, unknown))} "
-                "(expected 'entities', 'features' and optionally 'events')",
+                "(expected 'entities', 'features' and optionally 'events' and 'version')",
                 feature=None,
             )
         events = _parse_events(data.get("events"))
+        version = data.get("version")
+        if version is not None and (not isinstance(version, str | int) or isinstance(version, bool)):
+            raise SpecError(
+                f"feature spec: 'version' must be a string such as \"2026-12-03.1\", got {version!r}",
+                feature=None,
+            )
         ents = data.get("entities")
         if not isinstance(ents, Mapping) or not ents:
             raise SpecError(
@@ -190,6 +198,7 @@ class FeatureSpec:
             entities=dict(entities),
             features=tuple(feats),
             events=events,
+            version=None if version is None else str(version),
             _by_entity=by_entity,
             _key_getters=key_getters,
         )

@@ -25,6 +25,7 @@ this module are defined here; each other class lives with the code that raises i
     ├── InvalidEventError           a raw event does not decode or validate (streams.core.envelope)
     ├── KafkaSetupError             topics cannot be created or checked (streams.core.kafka)
     ├── PublishError                a rule set could not be published (streams.core.rulestore)
+    ├── SpecPublishError            a feature spec could not be published (streams.core.featurestore)
     ├── ClickHouseUnavailableError  ClickHouse unreachable or refusing (streams.core.outputs)
     ├── RedisUnavailableError       Redis unreachable for a CLI verb (streams.cli.lists)
     ├── ReplayError                 a replay cannot start or go on (streams.replay.options)

@@ -7,12 +7,13 @@ assignment; a rejected version never replaces the active one.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import math
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -385,6 +386,31 @@ class RuleSet:
     def entities(self) -> tuple[str, ...]:
         """Entity kinds that have at least one rule."""
         return tuple(sorted({r.entity for r in self.rules}))
+
+    def reading(self, entity: str, names: Iterable[str]) -> tuple[str, ...]:
+        """Ids of the rules of ``entity`` that read any of the features ``names``."""
+        wanted = set(names)
+        return tuple(c.rule.id for c in self._compiled if c.rule.entity == entity and wanted & set(c.reads))
+
+    def with_shadow(self, rule_ids: Iterable[str]) -> RuleSet:
+        """This version with the rules ``rule_ids`` in shadow mode: their hits are recorded
+        but never counted (a feature warm start holds back rules reading cold features)."""
+        ids = set(rule_ids)
+        if not ids:
+            return self
+        compiled = tuple(
+            dataclasses.replace(c, rule=dataclasses.replace(c.rule, mode="shadow")) if c.rule.id in ids else c
+            for c in self._compiled
+        )
+        return RuleSet(
+            version=self.version,
+            reject=self.reject,
+            review=self.review,
+            rules=tuple(c.rule for c in compiled),
+            source=self.source,
+            description=self.description,
+            _compiled=compiled,
+        )
 
     def rules_for(self, entity: str, event_type: Any) -> tuple[Rule, ...]:
         """The rules evaluated for an event of ``event_type`` on ``entity``, in file order."""

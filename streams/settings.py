@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     blacklist_topic: str = Field("bypass.blacklist", description="blacklist entries")
     dlq_topic: str = Field("bypass.dlq", description="dead letters: original bytes + reason headers")
     rules_topic: str = Field("bypass.rules", description="compacted topic holding rule-set versions")
+    features_topic: str = Field(
+        "bypass.features", description="compacted topic holding published feature spec versions"
+    )
+    warm_start: bool = Field(
+        True,
+        description="rebuild a new or changed feature from the raw topics before rules count it "
+        "(false: it starts empty, and its rules count at once)",
+    )
     workers_topic: str = Field(
         "bypass.workers", description="compacted topic where each running worker reports its rule set"
     )

@@ -277,6 +277,13 @@ class OrderBuffer(Generic[S, I]):
         """Items held (of one source, or of all)."""
         return len(self._heap) if source is None else self._held.get(source, 0)
 
+    def holds_before(self, source: S, offset: int) -> bool:
+        """True when an item of ``source`` whose key ends in an offset below ``offset`` is
+        held (keys ``(time, topic, partition, offset)``)."""
+        return self._held.get(source, 0) > 0 and any(
+            src == source and key[-1] < offset for key, _, src, _ in self._heap
+        )
+
     def lagging(self) -> list[S]:
         """The sources whose bound is the watermark (the ones everything waits for)."""
         mark = self.watermark

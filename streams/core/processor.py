@@ -130,10 +130,34 @@ class Processor:
         #: share of ``pass`` decisions recorded (``sinks.records.decision_record``); None: no
         #: decision records at all
         self.decision_sample = decision_sample
+        # --- warm start (streams.live.warmup) ---
+        #: per entity kind: feature names still warming (their rules run in shadow mode)
+        self.cold: dict[str, frozenset[str]] = {}
+        #: per entity kind: (state keys, cut): an event from before the cut (raw offset
+        #: below it) leaves those features as they are - the warm start's rebuild holds it
+        self.keep: dict[str, tuple[frozenset[str], dict[tuple[str, int], int]]] = {}
+        #: the rule set as published (``ruleset`` is it with the rules reading cold features
+        #: in shadow mode)
+        self.published_ruleset = ruleset
 
     def set_ruleset(self, ruleset: rules.RuleSet) -> None:
-        """Make ``ruleset`` active for every later call (atomic reference swap)."""
-        self.ruleset = ruleset
+        """Make ``ruleset`` active for every later call (atomic reference swap); its rules
+        that read a feature still warming (``cold``) run in shadow mode."""
+        self.published_ruleset = ruleset
+        shadow = [
+            rule_id for entity, names in self.cold.items() for rule_id in ruleset.reading(entity, names)
+        ]
+        self.ruleset = ruleset.with_shadow(shadow) if shadow else ruleset
+
+    def set_cold(self, entity: str, names: Iterable[str]) -> None:
+        """Mark the features ``names`` of ``entity`` as warming (none: all warm) and re-derive
+        the rules in shadow mode."""
+        names = frozenset(names)
+        if names:
+            self.cold[entity] = names
+        else:
+            self.cold.pop(entity, None)
+        self.set_ruleset(self.published_ruleset)
 
     def dumps(self, state: features.EntityState) -> bytes:
         """Serialize a state object (for the Faust table / a checkpoint)."""
@@ -163,11 +187,15 @@ class Processor:
         engine = self.engine
         results: list[KeyResult] = []
         to_evaluate: list[tuple[KeyResult, SourceEvent, dict[str, Any]]] = []
+        keep = self.keep.get(entity)
         for batch in batches:
             state = self.load_state(entity, batch.state)
             result = KeyResult(entity=entity, key=batch.key, state=state)
             for source in batch.events:
-                applied = engine.apply(entity, state, source.event)
+                if keep is not None and source.offset < keep[1].get((source.topic, source.partition), -1):
+                    applied = engine.apply_except(entity, state, source.event, keep[0])
+                else:
+                    applied = engine.apply(entity, state, source.event)
                 status = applied.status
                 if status == "applied":
                     result.applied += 1

@@ -41,15 +41,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Generic, TypeVar, cast
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
+from features import FeatureSpec
 from features.errors import BypassError
-from rules import RuleSet
 from streams.core import kafka
-from streams.core.assembly import load_for_spec, load_spec
+from streams.core.assembly import load_for_spec
 from streams.settings import Settings
 
 __all__ = [
@@ -68,6 +68,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("bypass.rules")
+
+#: what a follower loads a version into (a RuleSet; the feature spec follower's own pair)
+T = TypeVar("T")
 
 POLL_S = 0.2
 
@@ -180,6 +183,14 @@ def designated(entries: list[Entry]) -> list[RuleSetRecord]:
     return out
 
 
+def _active_spec(settings: Settings) -> FeatureSpec:
+    """The feature spec rules are checked against: the active published one, else the
+    BYPASS_FEATURES_SPEC file (:mod:`streams.core.featurestore`)."""
+    from streams.core.featurestore import active_spec
+
+    return active_spec(settings).spec
+
+
 def operator_name(settings: Settings) -> str:
     """Who publishes or activates: BYPASS_OPERATOR, else the login name and host."""
     if settings.operator:
@@ -228,31 +239,36 @@ def _parse_quietly(msg: Message) -> Entry | None:
         return None
 
 
-def read_versions(settings: Settings, *, timeout_s: float = 15.0) -> list[RuleSetRecord]:
-    """Every publication on the rules topic, in publish order (empty when there is none)."""
-    return [e for e in read_entries(settings, timeout_s=timeout_s) if isinstance(e, RuleSetRecord)]
+def read_versions(
+    settings: Settings, *, timeout_s: float = 15.0, topic: str | None = None
+) -> list[RuleSetRecord]:
+    """Every publication on the rules topic (or ``topic``: the feature specs' uses the same
+    records), in publish order (empty when there is none)."""
+    entries = read_entries(settings, timeout_s=timeout_s, topic=topic)
+    return [e for e in entries if isinstance(e, RuleSetRecord)]
 
 
-def read_entries(settings: Settings, *, timeout_s: float = 15.0) -> list[Entry]:
-    """Every record on the rules topic (publications and activations) in topic order."""
+def read_entries(settings: Settings, *, timeout_s: float = 15.0, topic: str | None = None) -> list[Entry]:
+    """Every record on the rules topic (or ``topic``), publications and activations, in topic order."""
+    topic = topic or settings.rules_topic
     try:
         kafka.check_reachable(settings)  # one clear line within seconds, not a 15 s wait
     except kafka.KafkaSetupError as exc:
-        raise PublishError(f"cannot read {settings.rules_topic!r}: {exc.message}", version=None) from None
+        raise PublishError(f"cannot read {topic!r}: {exc.message}", version=None) from None
     client = _reader(settings)
     try:
         try:
-            records, pending = _catch_up(client, settings.rules_topic, timeout_s, _parse_quietly)
+            records, pending = _catch_up(client, topic, timeout_s, _parse_quietly)
         except KafkaException as exc:
             raise PublishError(
-                f"cannot read {settings.rules_topic!r}: Kafka at {settings.kafka_bootstrap} does not "
+                f"cannot read {topic!r}: Kafka at {settings.kafka_bootstrap} does not "
                 f"answer ({exc.args[0]}). Is the broker up (`bypass stack status`) and "
                 "BYPASS_KAFKA_BOOTSTRAP right?",
                 version=None,
             ) from None
         if pending:
             raise PublishError(
-                f"timed out reading {settings.rules_topic!r} at {settings.kafka_bootstrap}",
+                f"timed out reading {topic!r} at {settings.kafka_bootstrap}",
                 version=None,
             )
         return records
@@ -260,8 +276,11 @@ def read_entries(settings: Settings, *, timeout_s: float = 15.0) -> list[Entry]:
         client.close()
 
 
-def _produce(settings: Settings, key: bytes, value: bytes, what: str, version: str) -> int:
-    """Produce one record to the rules topic and wait for the broker; returns its offset."""
+def produce_record(
+    settings: Settings, key: bytes, value: bytes, what: str, version: str, *, topic: str | None = None
+) -> int:
+    """Produce one record to the rules topic (or ``topic``) and wait for the broker; returns
+    its offset."""
     errors: list[str] = []
     offsets: list[int] = []
 
@@ -272,7 +291,7 @@ def _produce(settings: Settings, key: bytes, value: bytes, what: str, version: s
             offsets.append(msg.offset() or 0)
 
     producer = kafka.producer(settings)
-    producer.produce(settings.rules_topic, key=key, value=value, on_delivery=delivered)
+    producer.produce(topic or settings.rules_topic, key=key, value=value, on_delivery=delivered)
     left = producer.flush(15.0)
     if left or errors:
         raise PublishError(
@@ -302,13 +321,13 @@ def activate_ruleset(
             f"(published: {known}); publish it first with `bypass rules publish FILE`",
             version=version,
         )
-    spec = load_spec(settings)
+    spec = _active_spec(settings)
     load_for_spec(record.text, spec, source=record.source)  # raises RuleSetError, names the problems
     before = chain[-1] if chain else None
     if before is not None and before.version == version:
         return record, before, None
     activation = Activation(version=version, activated_ms=int(time.time() * 1000), by=operator_name(settings))
-    offset = _produce(settings, activation.key(), activation.to_bytes(), "the activation of", version)
+    offset = produce_record(settings, activation.key(), activation.to_bytes(), "the activation of", version)
     return record, before, Activation(activation.version, activation.activated_ms, activation.by, offset)
 
 
@@ -322,7 +341,7 @@ def publish_ruleset(
     invalid set, :class:`PublishError` when the version exists with another text or the
     broker does not confirm the write.
     """
-    spec = load_spec(settings)
+    spec = _active_spec(settings)
     ruleset = load_for_spec(text, spec, source=source)
     version = str(ruleset.version)
     kafka.ensure_topics(settings, [settings.rules_topic], partitions=1, compacted=True)
@@ -342,11 +361,11 @@ def publish_ruleset(
         source=source,
         publisher=operator_name(settings),
     )
-    offset = _produce(settings, version.encode(), record.to_bytes(), "rule set", version)
+    offset = produce_record(settings, version.encode(), record.to_bytes(), "rule set", version)
     return dataclasses.replace(record, offset=offset), True
 
 
-class RulesFollower:
+class RulesFollower(Generic[T]):
     """Follows the rules topic in a daemon thread; calls ``on_swap(ruleset, record)`` per new version.
 
     ``load(text, source)`` builds a RuleSet (raising on an invalid one).  :meth:`start`
@@ -358,12 +377,16 @@ class RulesFollower:
     def __init__(
         self,
         settings: Settings,
-        load: Callable[[str, str | None], RuleSet],
-        on_swap: Callable[[RuleSet, RuleSetRecord], None],
+        load: Callable[[str, str | None], T],
+        on_swap: Callable[[T, RuleSetRecord], None],
         *,
         on_reject: Callable[[RuleSetRecord, Exception], None] | None = None,
+        topic: str | None = None,
+        what: str = "rule set",
     ) -> None:
         self.settings = settings
+        self.topic = topic or settings.rules_topic
+        self.what = what
         self._load = load
         self._on_swap = on_swap
         self._on_reject = on_reject
@@ -373,14 +396,15 @@ class RulesFollower:
         self.active: RuleSetRecord | None = None
         self._published: dict[str, RuleSetRecord] = {}  # version -> its publication
 
-    def _try_load(self, record: RuleSetRecord) -> RuleSet | None:
+    def _try_load(self, record: RuleSetRecord) -> T | None:
         try:
             return self._load(record.text, record.source)
         except Exception as exc:  # a broken set must never stop the worker
             log.error(
-                "rule set %r on %s rejected, version %r stays active: %s",
+                "%s %r on %s rejected, version %r stays active: %s",
+                self.what,
                 record.version,
-                self.settings.rules_topic,
+                self.topic,
                 self.active.version if self.active else None,
                 getattr(exc, "message", exc),
             )
@@ -404,16 +428,16 @@ class RulesFollower:
 
     def start(self, *, timeout_s: float = 30.0) -> RuleSetRecord | None:
         """Catch up to the end of the topic, activate the latest valid version, then follow."""
-        kafka.ensure_topics(self.settings, [self.settings.rules_topic], partitions=1, compacted=True)
+        kafka.ensure_topics(self.settings, [self.topic], partitions=1, compacted=True)
         client = _reader(self.settings)
-        entries, _ = _catch_up(client, self.settings.rules_topic, timeout_s, self._parse)
+        entries, _ = _catch_up(client, self.topic, timeout_s, self._parse)
         self._published.update((e.version, e) for e in entries if isinstance(e, RuleSetRecord))
         # the latest designated version that loads wins; broken ones are reported and skipped
         for record in reversed(designated(entries)):
             if self._activate(record):
                 break
         self._client = client
-        self._thread = threading.Thread(target=self._run, name="bypass-rules-follower", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"bypass-follower-{self.topic}", daemon=True)
         self._thread.start()
         return self.active
 
@@ -421,9 +445,7 @@ class RulesFollower:
         try:
             return parse_entry(msg.key(), msg.value(), msg.offset() or 0)
         except ValueError as exc:
-            log.error(
-                "ignoring a message on %s at offset %s: %s", self.settings.rules_topic, msg.offset(), exc
-            )
+            log.error("ignoring a message on %s at offset %s: %s", self.topic, msg.offset(), exc)
             return None
 
     def _run(self) -> None:
@@ -435,7 +457,7 @@ class RulesFollower:
                 try:
                     msg = client.poll(POLL_S)
                 except KafkaException as exc:  # pragma: no cover - broker trouble: keep trying
-                    log.warning("rules reader: %s", exc)
+                    log.warning("%s reader: %s", self.topic, exc)
                     time.sleep(1.0)
                     continue
                 if msg is None or msg.error():
@@ -448,12 +470,13 @@ class RulesFollower:
                     record = self._published.get(entry.version)
                     if record is None:
                         log.error(
-                            "activation of rule-set version %r on %s ignored: never published",
+                            "activation of %s version %r on %s ignored: never published",
+                            self.what,
                             entry.version,
-                            self.settings.rules_topic,
+                            self.topic,
                         )
                     else:
-                        log.warning("rule-set version %r activated by %s", entry.version, entry.by)
+                        log.warning("%s version %r activated by %s", self.what, entry.version, entry.by)
                         self._activate(record)
         finally:
             client.close()

@@ -332,6 +332,9 @@ class Pipeline:
                 # write states straight to the store + changelog (TableStore)
                 direct=settings.table_store == "memory://",
             )
+        from streams.live.warmup import WarmStarts
+
+        self.warm = WarmStarts(self)  # feature warm starts (streams.live.warmup)
         self.app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
         self.app.timer(settings.order_heartbeat_ms / 1000, name="order-heartbeat")(self._heartbeat)
         self.app.on_partitions_revoked.connect(self._on_revoked)
@@ -597,6 +600,7 @@ class Pipeline:
         async def entity_agent(stream: Any) -> None:
             s = self.settings
             async for events in stream.noack_take(s.worker_batch_size, s.worker_batch_within_ms / 1000):
+                await self.warm.tick(entity)  # a warm start's hand-over happens between batches
                 await self.take_bundles(entity, events)
                 await self._drain(entity)  # the batch's state writes before any tombstone
                 for order in self._orders_of(entity):
@@ -613,6 +617,17 @@ class Pipeline:
 
         entity_agent.__name__ = f"entity_{entity}"
         return entity_agent
+
+    def swap_processor(self, processor: Processor) -> None:
+        """Run a new feature spec (same entity kinds) from the next batch on: the processor,
+        its batch step, and no decoded state of the old spec's layout; every entity kind's
+        warm starts are planned again."""
+        self.processor = processor
+        self.spec = processor.spec
+        self.step = BatchStep(processor)
+        for store in self.stores.values():
+            store.cache.clear()
+        self.warm.mark_dirty()
 
     def _orders_of(self, entity: str) -> list[_PartitionOrder]:
         return [order for (e, _), order in self._orders.items() if e == entity]
@@ -647,6 +662,7 @@ class Pipeline:
             if entity is not None:
                 self._orders.pop((entity, partition), None)
         self._paused -= gone
+        self.warm.mark_dirty()
 
     async def take_bundles(self, entity: str, events: Sequence[Any]) -> None:
         """One batch of bundle messages: hold their events, note their progress, and run
@@ -860,7 +876,7 @@ class Pipeline:
         for i, kb in enumerate(list(table.keys())):
             if i % 1000 == 999:
                 await asyncio.sleep(0)  # heartbeats keep flowing during a long sweep
-            if kb.startswith(PROGRESS_PREFIX) or table.partition_for_key(kb) not in owned:
+            if kb[:1] == b"\x00" or table.partition_for_key(kb) not in owned:  # progress, markers
                 continue
             raw, state = store.peek(kb)
             if raw is None:

@@ -26,9 +26,13 @@ from typing import Any
 
 from faust.types import TP as FaustTP
 
+import features
+from features.errors import ConfigError
 from rules import RuleSet
 from streams.core import kafka
-from streams.core.assembly import build_processor, load_for_spec, load_spec
+from streams.core.assembly import build_engine, build_processor, empty_ruleset, load_for_spec, load_spec
+from streams.core.featurestore import changed_features, file_spec
+from streams.core.processor import Processor
 from streams.core.rulestore import RuleSetRecord, RulesFollower
 from streams.core.workers import WorkerReporter
 from streams.live import health
@@ -105,6 +109,16 @@ class LiveWorker:
         self.metrics = metrics or Metrics()
         self.processor = build_processor(settings, self.spec, run_id="live")
         self.engine = self.processor.engine
+        self.spec_version = file_spec(settings).version  # until a published spec is active
+        # published feature spec versions (`bypass features publish`): hot swap + warm start
+        self.features_follower: RulesFollower[tuple[features.FeatureSpec, RuleSet]] = RulesFollower(
+            settings,
+            self._load_features,
+            self._on_features,
+            topic=settings.features_topic,
+            what="feature spec",
+        )
+        self._features_following = False
         # what this worker runs, for `bypass rules history` (streams/core/workers.py)
         self.reporter: WorkerReporter | None = None
         self.follower = RulesFollower(
@@ -151,6 +165,73 @@ class LiveWorker:
             delay_ms,
         )
 
+    # --- feature spec versions -------------------------------------------------
+    def _load_features(self, text: str, source: str | None) -> tuple[features.FeatureSpec, RuleSet]:
+        """A published spec, checked against what this worker runs: the same entity kinds
+        (their tables and topics exist), and the active rule set loads against it."""
+        spec = features.load_spec(text)
+        if dict(spec.entities) != dict(self.spec.entities):
+            raise ConfigError(
+                f"entity kinds {dict(spec.entities)} differ from the running {dict(self.spec.entities)}: "
+                "a new entity kind needs BYPASS_FEATURES_SPEC changed and a restart"
+            )
+        active = self.follower.active
+        ruleset = load_for_spec(active.text, spec, source=active.source) if active else empty_ruleset(spec)
+        return spec, ruleset
+
+    def _on_features(self, loaded: tuple[features.FeatureSpec, RuleSet], record: RuleSetRecord) -> None:
+        spec, ruleset = loaded
+        old = self.processor
+        processor = Processor(
+            spec,
+            build_engine(spec, self.settings),
+            ruleset,
+            run_id="live",
+            lists=old.lists,
+            decision_sample=old.decision_sample,
+        )
+        if self._features_following:
+            self.app.loop.call_soon_threadsafe(self._install, processor, record)
+        else:
+            self._install(processor, record)
+
+    def _install(self, processor: Processor, record: RuleSetRecord) -> None:
+        """Make ``processor`` (a new feature spec) the one the pipeline runs (event loop)."""
+        old = self.processor
+        active = self.follower.active
+        if active is not None:  # a rule set activated since the spec was loaded
+            try:
+                processor.set_ruleset(load_for_spec(active.text, processor.spec, source=active.source))
+            except Exception as exc:
+                log.error(
+                    "rule set %s does not load against feature spec %s: %s",
+                    active.version,
+                    record.version,
+                    exc,
+                )
+                return
+        changed = changed_features(old.spec, processor.spec)
+        if self.settings.warm_start:
+            for entity, names in changed.items():
+                processor.set_cold(entity, names)  # until the warm start's first plan
+        self.processor = processor
+        self.spec = processor.spec
+        self.engine = processor.engine
+        self.pipeline.swap_processor(processor)
+        self.spec_version = record.version
+        if self.reporter is not None:
+            self.reporter.set_ruleset(str(processor.ruleset.version))
+        log.warning(
+            "feature spec version %s active (%d features)%s",
+            record.version,
+            len(processor.spec.features),
+            "; new or changed: "
+            + "; ".join(f"{e}: {', '.join(names)}" for e, names in changed.items())
+            + (" (warm start from the raw topics)" if self.settings.warm_start else " (starting empty)")
+            if changed
+            else "",
+        )
+
     # --- readiness, health, status ------------------------------------------
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.ready = False
@@ -163,6 +244,7 @@ class LiveWorker:
             by_topic[tp.topic].append(tp.partition)
         self.assigned = {topic: sorted(parts) for topic, parts in by_topic.items()}
         self.metrics.set_assigned({topic: len(parts) for topic, parts in self.assigned.items()})
+        self.pipeline.warm.mark_dirty()
 
     async def _on_rebalance_complete(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         first = self.ready_at is None
@@ -210,6 +292,7 @@ class LiveWorker:
         report: what ``bypass status --all`` shows per worker (see streams/core/workers.py)."""
         code, body = self.health()
         body["consumer_lag"] = {f"{t}[{p}]": n for (t, p), n in sorted(self.consumer_lag().items())}
+        body["features"] = {"version": self.spec_version, **self.pipeline.warm.report()}
         now, events = time.monotonic(), float(body.get("events_in") or 0)
         before_t, before = self._report_prev
         body["events_per_s"] = round((events - before) / (now - before_t), 1) if now > before_t else 0.0
@@ -312,6 +395,9 @@ class LiveWorker:
             ", ".join(self.pipeline.entities),
         )
         self.reporter = WorkerReporter(s, health=self._report)
+        # the active feature spec first: the rule set is loaded against it
+        self.features_follower.start()
+        self._features_following = True
         active = self.follower.start()
         self._following = True
         if active is not None:
@@ -368,6 +454,8 @@ class LiveWorker:
             worker.execute_from_commandline()
         finally:
             self.follower.stop()
+            self.features_follower.stop()
+            self.pipeline.warm.stop()
             if self.reporter is not None:
                 self.reporter.stop()
             if self.server is not None:

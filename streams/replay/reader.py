@@ -208,17 +208,22 @@ class ReplayReader:
         chunk_size: int,
         retention_edge: set[TP],
         should_stop: Callable[[], bool] = lambda: False,
+        stop_offsets: dict[TP, int] | None = None,
+        clock: RunningMax | None = None,
     ) -> Iterator[list[Record]]:
         """Chunks of at most ``chunk_size`` records, in processing order, from ``positions``.
 
         The caller advances ``positions`` for the records it processed (for checkpoints);
         :attr:`finished` turns True after the last chunk.  ``should_stop`` is asked after
         every fetch: True ends the iteration early (``finished`` stays False).
+        ``stop_offsets``: a partition also ends before this offset (a warm start reads the
+        history before a cut); ``clock``: the running maxima to continue from (the default
+        starts each partition's afresh).
         """
         consumer = self.consumer
         tps = self.partitions
         order: OrderBuffer[TP, Record] = OrderBuffer(tps)
-        clock = self.clock = RunningMax()
+        clock = self.clock = clock if clock is not None else RunningMax()
         finished: set[TP] = set()
 
         def finish(tp: TP) -> None:
@@ -227,6 +232,10 @@ class ReplayReader:
             consumer.pause([TopicPartition(*tp)])
 
         consumer.assign([TopicPartition(t, p, positions[(t, p)]) for t, p in tps])
+        if stop_offsets is not None:
+            for tp in tps:
+                if positions[tp] >= stop_offsets.get(tp, positions[tp] + 1):
+                    finish(tp)
         paused: set[TP] = set()
         high_mark = max(chunk_size * 2, 1000)
         pending: list[Record] = []
@@ -268,6 +277,9 @@ class ReplayReader:
                     log.warning("Kafka: %s", err.str())
                     continue
                 if tp in finished:
+                    continue
+                if stop_offsets is not None and int(m.offset() or 0) >= stop_offsets.get(tp, 2**62):
+                    finish(tp)
                     continue
                 ts_type, kafka_ts = m.timestamp()
                 kts = kafka_ts if ts_type != 0 and kafka_ts >= 0 else None

@@ -1,0 +1,202 @@
+"""Feature spec versions on the compacted ``bypass.features`` topic: publish, read, pick.
+
+The records are those of the rules topic (:mod:`streams.core.rulestore`): a publication per
+version (key = the version, value = ``{"version", "text" (the spec YAML), "published_ms",
+"source", "publisher"}``) and activations (``bypass features activate VERSION``, key
+``\\x00activate:<uuid>``).  The active spec is the one the last record designates that
+loads, like a rule set; with nothing published, BYPASS_FEATURES_SPEC (the file) is it.
+
+A spec version is its ``version:`` key, or ``sha-`` and 12 hex digits of its text when it
+has none.  Versions are immutable.  A spec is published only when
+
+- it loads (every problem is a SpecError naming the feature),
+- it has the entity kinds of the active spec (a new entity kind needs its own topics and
+  tables: change BYPASS_FEATURES_SPEC and restart the workers), and
+- the active rule set loads against it (a spec that drops or retypes a feature a rule
+  reads would be refused by every worker).
+
+What a running worker does with a new version (warm start) is :mod:`streams.core.warmup`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+
+import features
+from features.errors import BypassError
+from streams.core import kafka
+from streams.core.assembly import load_for_spec, load_spec
+from streams.core.rulestore import (
+    Activation,
+    PublishError,
+    RuleSetRecord,
+    designated,
+    operator_name,
+    produce_record,
+    read_entries,
+)
+from streams.settings import Settings
+
+__all__ = [
+    "ActiveSpec",
+    "SpecPublishError",
+    "activate_spec",
+    "active_spec",
+    "changed_features",
+    "check_compatible",
+    "file_spec",
+    "publish_spec",
+    "spec_version",
+]
+
+
+class SpecPublishError(BypassError):
+    """A feature spec could not be published or activated (``fields['version']``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSpec:
+    """The feature spec in force: its version, the spec, and its publication (None: the
+    BYPASS_FEATURES_SPEC file, nothing published)."""
+
+    version: str
+    spec: features.FeatureSpec
+    record: RuleSetRecord | None
+
+
+def spec_version(spec: features.FeatureSpec, text: str) -> str:
+    """The version a spec is published as: its ``version:``, else a digest of its text."""
+    if spec.version:
+        return spec.version
+    return "sha-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def file_spec(settings: Settings) -> ActiveSpec:
+    """BYPASS_FEATURES_SPEC as the active spec (nothing published)."""
+    path = settings.features_spec
+    spec = load_spec(settings)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:  # pragma: no cover - load_spec read it a moment ago
+        text = ""
+    return ActiveSpec(spec_version(spec, text), spec, None)
+
+
+def _load(record: RuleSetRecord) -> features.FeatureSpec:
+    return features.load_spec(record.text)
+
+
+def active_spec(settings: Settings, *, timeout_s: float = 15.0) -> ActiveSpec:
+    """The spec in force: the latest designated publication on BYPASS_FEATURES_TOPIC that
+    loads, else the BYPASS_FEATURES_SPEC file."""
+    entries = read_entries(settings, timeout_s=timeout_s, topic=settings.features_topic)
+    for record in reversed(designated(entries)):
+        try:
+            return ActiveSpec(record.version, _load(record), record)
+        except BypassError:
+            continue
+    return file_spec(settings)
+
+
+def changed_features(old: features.FeatureSpec, new: features.FeatureSpec) -> dict[str, tuple[str, ...]]:
+    """Per entity kind: the features of ``new`` whose state ``old`` does not hold (new, or
+    with a changed parameter): the ones a warm start rebuilds."""
+    out: dict[str, tuple[str, ...]] = {}
+    for entity in new.entities:
+        have = {f.state_key for f in old.features_of(entity)}
+        changed = tuple(f.name for f in new.features_of(entity) if f.state_key not in have)
+        if changed:
+            out[entity] = changed
+    return out
+
+
+def check_compatible(
+    settings: Settings, current: features.FeatureSpec, new: features.FeatureSpec, version: str
+) -> None:
+    """Raise SpecPublishError when ``new`` cannot replace ``current`` in running workers, or
+    rules.RuleSetError when the active rule set does not load against it."""
+    if set(new.entities) != set(current.entities) or any(
+        new.entities[e] != current.entities[e] for e in current.entities
+    ):
+        raise SpecPublishError(
+            f"feature spec {version!r} has entity kinds {dict(new.entities)}, the active spec "
+            f"{dict(current.entities)}: adding, removing or re-keying an entity kind needs its own "
+            "topics and tables - change BYPASS_FEATURES_SPEC and restart the workers",
+            version=version,
+        )
+    rule_entries = read_entries(settings)
+    chain = designated(rule_entries)
+    if chain:
+        active = chain[-1]
+        load_for_spec(active.text, new, source=f"active rule set {active.version}")
+
+
+def publish_spec(settings: Settings, text: str, *, source: str | None = None) -> tuple[RuleSetRecord, bool]:
+    """Validate ``text`` as a feature spec and publish it to BYPASS_FEATURES_TOPIC.
+
+    Returns (record, published): False when that version is already there with this text.
+    Raises SpecError (invalid spec), SpecPublishError (other entity kinds, a version taken by
+    another text, the broker not confirming) or rules.RuleSetError (the active rule set does
+    not load against it).  Nothing is published on any error.
+    """
+    spec = features.load_spec(text)
+    version = spec_version(spec, text)
+    topic = settings.features_topic
+    kafka.ensure_topics(settings, [topic], partitions=1, compacted=True)
+    current = active_spec(settings)
+    check_compatible(settings, current.spec, spec, version)
+    for entry in read_entries(settings, topic=topic):
+        if isinstance(entry, RuleSetRecord) and entry.version == version:
+            if entry.text == text:
+                return entry, False
+            raise SpecPublishError(
+                f"feature spec version {version!r} is already published with a different text; "
+                "versions are immutable - give the edited spec a new `version:`",
+                version=version,
+            )
+    record = RuleSetRecord(
+        version=version,
+        text=text,
+        published_ms=int(time.time() * 1000),
+        source=source,
+        publisher=operator_name(settings),
+    )
+    try:
+        offset = produce_record(
+            settings, version.encode(), record.to_bytes(), "feature spec", version, topic=topic
+        )
+    except PublishError as exc:
+        raise SpecPublishError(exc.message, version=version) from None
+    return dataclasses.replace(record, offset=offset), True
+
+
+def activate_spec(settings: Settings, version: str) -> tuple[RuleSetRecord, Activation | None]:
+    """Make the published spec ``version`` active again (rollback, roll-forward); the same
+    checks as a publish.  Returns (its publication, the activation written: None when it is
+    active already)."""
+    topic = settings.features_topic
+    entries = read_entries(settings, topic=topic)
+    published = {e.version: e for e in entries if isinstance(e, RuleSetRecord)}
+    record = published.get(version)
+    if record is None:
+        known = ", ".join(list(published)[-10:]) or "none"
+        raise SpecPublishError(
+            f"feature spec version {version!r} was never published on {topic} (published: {known}); "
+            "publish it first with `bypass features publish SPEC.yaml`",
+            version=version,
+        )
+    current = active_spec(settings)
+    if current.version == version:
+        return record, None
+    check_compatible(settings, current.spec, _load(record), version)
+    activation = Activation(version=version, activated_ms=int(time.time() * 1000), by=operator_name(settings))
+    try:
+        offset = produce_record(
+            settings, activation.key(), activation.to_bytes(), "the activation of", version, topic=topic
+        )
+    except PublishError as exc:
+        raise SpecPublishError(exc.message, version=version) from None
+    return record, dataclasses.replace(activation, offset=offset)
