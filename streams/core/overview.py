@@ -188,8 +188,14 @@ def render(view: Overview) -> str:
         waiting = (
             f", WAITING for {dep.get('entity')} {_dur(dep.get('waiting_s'))}" if dep.get("waiting") else ""
         )
+        feats = h.get("features") or {}
+        warming = ", ".join(
+            f"{w.get('entity')}: {', '.join(w.get('features', ()))} {float(w.get('progress') or 0):.0%}"
+            for w in feats.get("warming", ())
+        )
         lines.append(
             f"  {p.worker_id}  {h.get('status', '?')}  rules {p.ruleset_version or '-'}  "
+            f"features {feats.get('version', '-')}{f' (warming {warming})' if warming else ''}  "
             f"partitions {h.get('partitions_assigned', '?')}  "
             f"events {int(h.get('events_in') or 0):,} ({h.get('events_per_s', 0)}/s)  "
             f"lag {total_lag if total_lag is not None else '-'}  "

@@ -227,7 +227,11 @@ class LiveWorker:
             len(processor.spec.features),
             "; new or changed: "
             + "; ".join(f"{e}: {', '.join(names)}" for e, names in changed.items())
-            + (" (warm start from the raw topics)" if self.settings.warm_start else " (starting empty)")
+            + (
+                " (warm-started where a partition's states do not hold them yet)"
+                if self.settings.warm_start
+                else " (starting empty)"
+            )
             if changed
             else "",
         )

@@ -153,6 +153,25 @@ def test_publishing_a_spec_with_a_new_feature_warm_starts_it_to_the_values_of_a_
         worker.stop()
     assert "Traceback" not in worker.text()
 
+    # a restart does not warm again: the partitions' markers say the features are warm
+    last = logins("z", now - 5 * HOUR, users=2, per_user=1, step_ms=HOUR)
+    restarted = Worker(s, tmp_path / "worker2.log")
+    try:
+        produce(s, last)
+        more = read_topic(
+            s,
+            s.hits_topic,
+            lambda m: {e["event_id"] for e in last} <= {h["event_id"] for h in values(m)},
+            timeout_s=120,
+        )
+    finally:
+        restarted.stop()
+    assert "warm start of" not in restarted.text()
+    assert "feature spec version warm-2 active" in restarted.text()
+    after = after + last
+    wanted |= {e["event_id"] for e in last}
+    messages = more
+
     # the reference: a worker that had the features from the start, i.e. the one engine over
     # every event of the key in order (live equals replay equals this order for one key)
     spec = features.load_spec(spec_v2)

@@ -36,7 +36,18 @@ def test_the_screen_names_every_worker_writer_dependency_and_dead_letter_reason(
         "h:3:ef", "h", 3, 0, 0, None, "bypass", "sink-clickhouse", 200, {"written": 99, "lag": 7}
     )
     view = Overview(
-        [_worker("h:1:ab"), _worker("h:2:cd", code=503), sink],
+        [
+            _worker("h:1:ab", features={"version": "f2", "warming": []}),
+            _worker(
+                "h:2:cd",
+                code=503,
+                features={
+                    "version": "f3",
+                    "warming": [{"entity": "user", "features": ["logins_7d"], "progress": 0.5}],
+                },
+            ),
+            sink,
+        ],
         {"kafka": None, "clickhouse": None, "redis": "cannot reach Redis at redis://h:6379/0: refused"},
         {"not_json": 3, "ts_out_of_bounds": 1},
         problems=["redis: cannot reach Redis", "worker h:2:cd: degraded"],
@@ -44,7 +55,8 @@ def test_the_screen_names_every_worker_writer_dependency_and_dead_letter_reason(
     text = render(view)
     assert text.startswith("bypass: NOT healthy")
     assert "workers (2)" in text and "writers (1)" in text
-    assert "h:1:ab  ok  rules v7  partitions 4  events 12,345 (410.5/s)  lag 1500" in text
+    assert "h:1:ab  ok  rules v7  features f2  partitions 4  events 12,345 (410.5/s)  lag 1500" in text
+    assert "h:2:cd  degraded  rules v7  features f3 (warming user: logins_7d 50%)  partitions 4" in text
     assert "lag by partition: bypass.events[1] 1,500" in text
     assert "WAITING for device 75.0 s" in text
     assert "sink-clickhouse  h:3:ef  written 99  lag 7" in text
