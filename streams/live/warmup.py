@@ -28,8 +28,9 @@ empty, and a 30-day feature would be wrong for 30 days.  Instead, per entity kin
 
 A worker that restarts during a warm start warms again (the marker says the features are
 not warm); one that loses a partition drops its part.  History is what the raw topics
-retain: an event already deleted by retention is not rebuilt (``bypass features status``
-and the log say from which offset each partition was read).  Keys whose state the worker
+retain and, below their earliest retained offsets, what the event archive holds
+(``risk_events``, when BYPASS_ARCHIVE_EVENTS is on; :class:`streams.replay.archive.ArchiveReader`,
+the same order); with the archive off the log says which offsets are not rebuilt.  Keys whose state the worker
 evicted before the hand-over keep no rebuilt history: a feature with a longer window than
 the spec's others should be published before the keys it needs are evicted.
 """
@@ -116,8 +117,14 @@ class Warmup:
         keys: frozenset[str],
         partitions: set[int],
         stops: Mapping[TP, int],
+        *,
+        retained_from: Mapping[TP, int] | None = None,
     ) -> None:
         self.settings = settings
+        #: per raw partition, the first offset to read from Kafka (default: the earliest it
+        #: retains); the events below it come from the event archive when it is on
+        self.retained_from = dict(retained_from) if retained_from is not None else None
+        self.archived = 0  # events read from the archive
         self.entity = entity
         self.keys = keys
         self.partitions = set(partitions)
@@ -189,9 +196,12 @@ class Warmup:
             tps = reader.discover()
             reader.find_offsets(0, 0)
             positions = {tp: reader.marks[tp][0] for tp in tps}
+            if self.retained_from is not None:
+                positions = {tp: max(positions[tp], self.retained_from.get(tp, 0)) for tp in tps}
             self.starts = dict(positions)
             self.total = sum(max(0, self.stops.get(tp, 0) - positions[tp]) for tp in tps)
             stops = {tp: self.stops.get(tp, 0) for tp in tps}
+            clock = self._from_archive(positions) if any(positions.values()) else None
             for chunk in reader.records(
                 positions,
                 stop_ms=2**62,
@@ -202,12 +212,59 @@ class Warmup:
                 retention_edge=set(),
                 should_stop=self._stop.is_set,
                 stop_offsets=stops,
+                clock=clock,
             ):
                 self.read += len(chunk)
                 self._apply([r.event for r in chunk if r.event is not None])
             self.clock = reader.clock
         finally:
             reader.close()
+
+    def _from_archive(self, below: Mapping[TP, int]) -> RunningMax | None:
+        """The events the raw topics no longer retain (offsets below ``below``), from the
+        event archive in the replay order, when it is on; returns the partitions' running
+        maxima to continue the raw read with (None: nothing read)."""
+        if not self.settings.archive_events:
+            log.warning(
+                "warm start of %s: the raw topics no longer hold offsets below %s and the event archive "
+                "is off (BYPASS_ARCHIVE_EVENTS): that history is not rebuilt",
+                self.entity,
+                dict(below),
+            )
+            return None
+        from streams.replay.archive import ArchiveReader
+
+        try:
+            archive = ArchiveReader(self.settings, list(self.settings.raw_topics), warn=log.warning)
+        except BypassError as exc:
+            log.warning("warm start of %s: the event archive cannot be read (%s)", self.entity, exc.message)
+            return None
+        try:
+            tps = archive.discover()
+            archive.find_offsets(0, 2**62)
+            positions = {tp: archive.marks[tp][0] for tp in tps}
+            self.total += sum(max(0, below.get(tp, 0) - positions[tp]) for tp in tps)
+            for chunk in archive.records(
+                positions,
+                stop_ms=2**62,
+                to_ms=2**62,
+                skew_ms=0,
+                select_from_ms=0,
+                chunk_size=2000,
+                retention_edge=set(),
+                should_stop=self._stop.is_set,
+                stop_offsets=dict(below),
+            ):
+                self.read += len(chunk)
+                self.archived += len(chunk)
+                self._apply([r.event for r in chunk if r.event is not None])
+        except BypassError as exc:
+            log.warning("warm start of %s: the event archive cannot be read (%s)", self.entity, exc.message)
+            return None
+        finally:
+            archive.close()
+        log.info("warm start of %s: %d events from the event archive", self.entity, self.archived)
+        return archive.clock
 
     def _apply(self, events: Sequence[Mapping[str, Any]]) -> None:
         entity = self.entity
@@ -245,6 +302,7 @@ class Warmup:
             "eta_s": None if self.done or rate <= 0 else round(left / rate, 1),
             "elapsed_s": round(elapsed, 1),
             "keys": len(self.states),
+            "archived": self.archived,
             "error": self.error,
         }
 

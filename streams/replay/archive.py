@@ -179,8 +179,14 @@ class ArchiveReader:
         chunk_size: int,
         retention_edge: set[TP],
         should_stop: Callable[[], bool] = lambda: False,
+        stop_offsets: dict[TP, int] | None = None,
     ) -> Iterator[list[Record]]:
-        """Chunks of at most ``chunk_size`` records in processing order (see the module)."""
+        """Chunks of at most ``chunk_size`` records in processing order (see the module).
+        ``stop_offsets``: a partition also ends before this source offset (a warm start
+        reads the archive below what the raw topics still retain)."""
+        if stop_offsets is not None:
+            for tp in self.partitions:
+                self._stop_offset[tp] = min(self._stop_offset.get(tp, 0), stop_offsets.get(tp, 0))
         tps = self.partitions
         order: OrderBuffer[TP, Record] = OrderBuffer(tps)
         clock = self.clock

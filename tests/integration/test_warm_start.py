@@ -191,3 +191,72 @@ def test_publishing_a_spec_with_a_new_feature_warm_starts_it_to_the_values_of_a_
         assert hit["features"] == expected[eid], (eid, hit["features"], expected[eid])
     # without the warm start the first post-warm login of u0 would count only what came after the switch
     assert expected["a-0-0"]["logins_7d"] > len([e for e in during + after if e["user_id"] == "u0"])
+
+
+@pytest.mark.slow
+def test_a_warm_start_reads_what_the_raw_topics_no_longer_hold_from_the_event_archive(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The raw topics keep only their retention; the rebuild reads the offsets below what they
+    retain from the event archive (risk_events), in the same order, to the same states.
+    (Tansu never deletes records: the retention edge is given to the rebuild here.)"""
+    from sinks_support import bypass
+    from sinks_support import produce as produce_raw
+
+    from sinks.clickhouse import connect
+    from sinks.clickhouse_schema import migrate
+    from streams.live.warmup import Warmup, raw_end_offsets
+
+    s = settings.model_copy(
+        update={
+            "features_spec": FEATURES,
+            "topic_partitions": 2,
+            "sink_batch_ms": 200,
+            "sink_session_timeout_ms": 2000,
+            "sink_batch_size": 1000,
+        }
+    )
+    migrate(
+        connect(
+            s.clickhouse_url, username=s.clickhouse_user, password=s.clickhouse_password.get_secret_value()
+        ),
+        s.clickhouse_database,
+    )
+    now = time.time_ns() // 1_000_000
+    history = logins("h", now - 6 * DAY, users=9, per_user=30, step_ms=4 * HOUR)
+    kafka.ensure_topics(s, [*s.raw_topics])
+    produce(s, history)
+    produce_raw(s, s.hits_topic, [])
+    archived = bypass(s, "sink", "clickhouse", "--idle-exit", "3", timeout=180)
+    assert archived.returncode == 0, archived.stdout + archived.stderr
+
+    base = FEATURES.read_text(encoding="utf-8")
+    spec = features.load_spec(base.rstrip("\n") + "\n" + NEW_FEATURE)
+    keys = frozenset(f.state_key for f in spec.features if f.name in ("logins_7d", "login_devices_7d"))
+    cut = raw_end_offsets(s)
+    assert sum(cut.values()) == len(history)
+    edge = {tp: end // 2 for tp, end in cut.items()}  # "retention" deleted the first half
+
+    def rebuild(settings_: Settings, retained: dict[tuple[str, int], int] | None) -> Warmup:
+        w = Warmup(settings_, spec, "user", keys, {0, 1}, cut, retained_from=retained)
+        w._rebuild()
+        return w
+
+    with_archive = rebuild(s, edge)
+    assert with_archive.archived == sum(edge.values())
+    assert with_archive.read == len(history)
+    from_kafka = rebuild(s, None)
+    assert from_kafka.archived == 0
+    dumps = {k: with_archive.engine.dumps(v) for k, v in with_archive.states.items()}
+    assert dumps == {k: from_kafka.engine.dumps(v) for k, v in from_kafka.states.items()}
+    assert len(dumps) == 9
+    # the reference: the features over every event of each key, in order
+    reference: dict[str, features.EntityState] = {}
+    for event in sorted(history, key=lambda e: e["ts"]):
+        state = reference.setdefault(event["user_id"], from_kafka.engine.new_state("user"))
+        from_kafka.engine.apply("user", state, event)
+    assert dumps == {k: from_kafka.engine.dumps(v) for k, v in reference.items()}
+    # without the archive, the first half is simply missing (and the log says so)
+    no_archive = rebuild(s.model_copy(update={"archive_events": False}), edge)
+    assert no_archive.read == len(history) - sum(edge.values())
+    assert {k: no_archive.engine.dumps(v) for k, v in no_archive.states.items()} != dumps
