@@ -212,14 +212,14 @@ class Replay:
     ) -> tuple[features.FeatureSpec, rules.RuleSet, Processor]:
         """spec, rule set and processor, assembled as the live worker assembles them."""
         s = self.settings
-        spec = load_spec(s)
-        spec_sha = _sha(Path(s.features_spec).read_bytes())
+        spec, spec_sha = self._spec()
         if checkpoint is not None:
             rules_text = str(params["rules_text"])
             source = str(params.get("rules_source") or "checkpoint")
             if params.get("spec_sha") != spec_sha:
                 raise ReplayError(
-                    f"the feature spec {s.features_spec} changed since replay {params['run_id']} started; "
+                    f"the feature spec (published, or {s.features_spec}) changed since replay "
+                    f"{params['run_id']} started; "
                     "a resumed run must use the same spec: restore it or start a new run",
                     path=str(s.features_spec),
                 )
@@ -234,6 +234,25 @@ class Replay:
         if params.get("out") != "clickhouse":  # only ClickHouse stores decision records
             processor.decision_sample = None
         return spec, ruleset, processor
+
+    def _spec(self) -> tuple[features.FeatureSpec, str]:
+        """The feature spec the live workers run (the active published version, else
+        BYPASS_FEATURES_SPEC) and a digest of its text."""
+        from features.errors import BypassError
+        from streams.core.featurestore import active_spec
+
+        s = self.settings
+        try:
+            active = active_spec(s)
+        except BypassError as exc:
+            self._warn(
+                f"cannot read the published feature specs ({exc.message}); replaying with "
+                f"BYPASS_FEATURES_SPEC {s.features_spec}"
+            )
+            return load_spec(s), _sha(Path(s.features_spec).read_bytes())
+        if active.record is None:
+            return active.spec, _sha(Path(s.features_spec).read_bytes())
+        return active.spec, _sha(active.record.text.encode())
 
     def _rules_text(self, params: dict[str, Any]) -> tuple[str, str]:
         """The rule-set YAML to replay with: --rules FILE, --rules-version V, or the latest."""
