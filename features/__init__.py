@@ -18,6 +18,13 @@ it only). An aggregation is one class: it describes itself (``agg`` name, accept
 value type, own checks) and defining it registers it; the spec and the engine only read
 that registry (see ``features._aggs``).
 
+Models (``_model``): tree ensembles (gradient-boosted trees, random forests) in a JSON
+format that holds only numbers and names (it cannot run code when loaded), declared in the
+spec (``models:``) and scored per batch over an entity's feature values::
+
+    model = load_model("models/resale.json")          # or TreeModel.from_dict(mapping)
+    scores = model.score_many([features_a, features_b])   # None / non-numbers: missing
+
 Time (``_time``): the one grammar of durations and instants of bypass, used by the spec
 (``window``, ``within``), the rules (``ttl``) and the command line:
 ``parse_duration_ms("1h30m")``, ``parse_time_ms("2026-11-01T10:00:00Z")``, their inverses
@@ -60,7 +67,8 @@ are the remembered event ids of the last 24 h with their first-application value
 """
 
 from features._engine import APPLIED, DUPLICATE, LATE_REJECTED, ApplyResult, EntityState, FeatureEngine
-from features._spec import AGGS, Feature, FeatureSpec, load_spec, parse_duration
+from features._model import TreeModel, load_model
+from features._spec import AGGS, MODEL_PREFIX, Feature, FeatureSpec, ModelDecl, load_spec, parse_duration
 from features._time import (
     DURATION_HELP,
     TIME_HELP,
@@ -75,6 +83,7 @@ from features.errors import (
     DurationError,
     EventError,
     LateEventError,
+    ModelError,
     SpecError,
     StateError,
     TimeFormatError,
@@ -86,6 +95,7 @@ __all__ = [
     "DUPLICATE",
     "DURATION_HELP",
     "LATE_REJECTED",
+    "MODEL_PREFIX",
     "TIME_HELP",
     "ApplyResult",
     "BypassError",
@@ -97,11 +107,15 @@ __all__ = [
     "FeatureEngine",
     "FeatureSpec",
     "LateEventError",
+    "ModelDecl",
+    "ModelError",
     "SpecError",
     "StateError",
     "TimeFormatError",
+    "TreeModel",
     "format_duration",
     "format_ms",
+    "load_model",
     "load_spec",
     "parse_duration",
     "parse_duration_ms",

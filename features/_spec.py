@@ -16,6 +16,14 @@ A spec may declare its event types (top-level ``events: [login, order, ...]``). 
 ``where: {type: ...}`` or a sequence step naming another type is a SpecError with a
 "did you mean", and rule validation rejects a rule whose ``events:`` names one
 (``FeatureSpec.events``). A spec without ``events:`` accepts any type.
+
+A spec may declare models (top-level ``models: [{name, file, entity}]``, tree ensembles of
+``features._model``): each is scored over the features of its entity kind and read by rules
+as ``model.<name>``. ``from_dict`` takes the parsed model files (``models=``, keyed by the
+``file`` text as written); ``load_spec`` reads them, relative to the spec's folder. A model
+file that is missing, invalid, made for another entity kind, or that reads a feature the
+spec does not define for that entity is a SpecError naming the model (and the feature,
+with a "did you mean").
 """
 
 from __future__ import annotations
@@ -31,16 +39,20 @@ from typing import Any
 import orjson
 
 from features._aggs import LOGICS, SpecErr
+from features._model import TreeModel, load_model
 from features._paths import Getter, Where, make_getter
 from features._time import parse_duration_ms
-from features.errors import DurationError, SpecError
+from features.errors import DurationError, ModelError, SpecError
 
 #: The aggregations built in (sorted); a snapshot of the registry when ``features`` is
 #: imported. ``features._aggs.LOGICS`` is the live registry.
 AGGS: tuple[str, ...] = tuple(sorted(LOGICS))
 
 _COMMON_KEYS = frozenset({"name", "entity", "agg", "where"})
-_TOP_KEYS = ("entities", "events", "features", "version")
+_TOP_KEYS = ("entities", "events", "features", "models", "version")
+_MODEL_KEYS = ("name", "file", "entity")
+#: the prefix rules read a model's score under (``model.<name>``), also its key in the features
+MODEL_PREFIX = "model."
 #: the envelope field holding the event type (what ``events:`` declares values of)
 TYPE_FIELD = "type"
 # what a spec that leaves out a required parameter is told, per key ({agg}: the agg name)
@@ -115,6 +127,22 @@ class Feature:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelDecl:
+    """A model the spec declares: its ``name`` (rules read ``model.<name>``), the ``file`` as
+    written in the spec, the entity kind it scores and the validated model."""
+
+    name: str
+    entity: str
+    file: str
+    model: TreeModel
+
+    @property
+    def column(self) -> str:
+        """Where the score goes among the entity's values: ``model.<name>``."""
+        return MODEL_PREFIX + self.name
+
+
+@dataclass(frozen=True, slots=True)
 class FeatureSpec:
     """A validated feature spec: entity kinds and their features (in spec order), and the
     declared event types (``events``; None when the spec declares none: any type goes)."""
@@ -124,6 +152,8 @@ class FeatureSpec:
     events: tuple[str, ...] | None = None
     #: the spec's ``version:`` (what ``bypass features publish`` publishes it as); None: not set
     version: str | None = None
+    #: the models the spec declares (``models:``), in spec order
+    models: tuple[ModelDecl, ...] = ()
     _by_entity: Mapping[str, tuple[Feature, ...]] = field(repr=False, compare=False, default_factory=dict)
     _key_getters: tuple[tuple[str, str, Getter | None], ...] = field(repr=False, compare=False, default=())
 
@@ -139,15 +169,19 @@ class FeatureSpec:
             object.__setattr__(self, "_key_getters", getters)
 
     @classmethod
-    def from_dict(cls, data: Any) -> FeatureSpec:
-        """Validate an already-parsed spec mapping; raises SpecError naming the feature."""
+    def from_dict(cls, data: Any, *, models: Mapping[str, TreeModel] | None = None) -> FeatureSpec:
+        """Validate an already-parsed spec mapping; raises SpecError naming the feature.
+
+        ``models``: the model files the spec's ``models:`` name, parsed, keyed by the
+        ``file`` text as written (``load_spec`` reads them); a declared file missing from it
+        is a SpecError."""
         if not isinstance(data, Mapping):
             raise SpecError("feature spec: expected a mapping with 'entities' and 'features'", feature=None)
         unknown = set(data) - set(_TOP_KEYS)
         if unknown:
             raise SpecError(
                 f"feature spec: unknown top-level key(s) {sorted(map(str, unknown))} "
-                "(expected 'entities', 'features' and optionally 'events' and 'version')",
+                "(expected 'entities', 'features' and optionally 'events', 'models' and 'version')",
                 feature=None,
             )
         events = _parse_events(data.get("events"))
@@ -194,10 +228,12 @@ class FeatureSpec:
         if len(set(keys)) != len(keys):  # pragma: no cover - 32-bit collision
             raise SpecError("feature spec: state key collision; rename a feature", feature=None)
         key_getters = tuple((e, p, None if "." not in p else make_getter(p)) for e, p in entities.items())
+        decls = _parse_models(data.get("models"), entities, by_entity, models or {})
         return cls(
             entities=dict(entities),
             features=tuple(feats),
             events=events,
+            models=decls,
             version=None if version is None else str(version),
             _by_entity=by_entity,
             _key_getters=key_getters,
@@ -207,9 +243,20 @@ class FeatureSpec:
         """The features of one entity kind, in spec order."""
         return self._by_entity.get(entity, ())
 
+    def models_of(self, entity: str) -> tuple[ModelDecl, ...]:
+        """The models scoring one entity kind, in spec order."""
+        return tuple(m for m in self.models if m.entity == entity)
+
     def schema(self) -> dict[str, dict[str, str]]:
-        """entity -> {feature name -> type name} for the rules compiler (every entity listed)."""
-        return {e: {f.name: f.type_name for f in self.features_of(e)} for e in self.entities}
+        """entity -> {feature name -> type name} for the rules compiler (every entity listed);
+        each model of the entity is there as ``model.<name>`` of type number."""
+        return {
+            e: {
+                **{f.name: f.type_name for f in self.features_of(e)},
+                **{m.column: "number" for m in self.models_of(e)},
+            }
+            for e in self.entities
+        }
 
     def entity_keys(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(entity kind, key) for every entity whose key field the event carries, in spec order.
@@ -257,6 +304,75 @@ def _parse_events(raw: Any) -> tuple[str, ...] | None:
     if dup:
         raise SpecError(f"feature spec: 'events' lists {', '.join(dup)} more than once", feature=None)
     return tuple(raw)
+
+
+def _parse_models(
+    raw: Any,
+    entities: Mapping[str, str],
+    by_entity: Mapping[str, tuple[Feature, ...]],
+    loaded: Mapping[str, TreeModel],
+) -> tuple[ModelDecl, ...]:
+    """The optional top-level ``models``: ``[{name, file, entity}]``, each checked against
+    its model file (``loaded``) and the features of its entity."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError("feature spec: 'models' must be a list of {name, file, entity}", feature=None)
+    out: list[ModelDecl] = []
+    for i, item in enumerate(raw):
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not isinstance(item, Mapping) or not isinstance(name, str) or not _NAME.match(name):
+            raise SpecError(
+                f"model #{i + 1}: expected {{name, file, entity}} with a name of letters, digits and "
+                f"underscores, got {item!r}"[:300],
+                feature=None,
+                problem="bad model",
+            )
+
+        def err(msg: str, problem: str, feature: str | None = None, model: str = name) -> SpecError:
+            return SpecError(f"model {model!r}: {msg}", feature=feature, model=model, problem=problem)
+
+        extra = sorted(str(k) for k in set(item) - set(_MODEL_KEYS))
+        if extra:
+            raise err(f"unexpected key(s) {extra} (a model has {', '.join(_MODEL_KEYS)})", "unexpected key")
+        if any(m.name == name for m in out):
+            raise err("declared twice (model names must be unique)", "duplicate name")
+        entity, file = item.get("entity"), item.get("file")
+        if entity not in entities:
+            raise err(
+                f"unknown entity {entity!r} (declared entities: {', '.join(entities)})", "unknown entity"
+            )
+        if not isinstance(file, str) or not file:
+            raise err("missing 'file' (the model's JSON file, relative to the feature spec)", "missing field")
+        model = loaded.get(file)
+        if model is None:
+            raise err(
+                f"model file {file!r} not found (relative to the feature spec's folder)", "missing file"
+            )
+        if model.entity != entity:
+            raise err(
+                f"the file {file!r} holds a model of entity {model.entity!r}, declared for {entity!r}",
+                "wrong entity",
+            )
+        own = {f.name: f for f in by_entity.get(entity, ())}
+        for fname in model.features:
+            feat = own.get(fname)
+            if feat is None:
+                other = [e for e, feats in by_entity.items() if any(f.name == fname for f in feats)]
+                if other:
+                    hint = f"it is a feature of entity {other[0]!r}"
+                else:
+                    close = difflib.get_close_matches(fname, list(own), n=1, cutoff=0.6)
+                    hint = f"did you mean {close[0]!r}?" if close else "retrain it on this spec's features"
+                raise err(
+                    f"reads feature {fname!r}, which the spec does not define for entity {entity!r} ({hint})",
+                    "unknown feature",
+                    feature=fname,
+                )
+            if feat.type_name == "str":
+                raise err(f"reads feature {fname!r}, a string: a model reads numbers", "bad feature", fname)
+        out.append(ModelDecl(name=name, entity=str(entity), file=file, model=model))
+    return tuple(out)
 
 
 def unknown_event_type(etype: Any, declared: tuple[str, ...] | None) -> str | None:
@@ -384,14 +500,16 @@ def load_spec(source: Any) -> FeatureSpec:
     for YAML input); everything else is pure. Raises SpecError (a ConfigError) on any problem.
     """
     if isinstance(source, Mapping):
-        return FeatureSpec.from_dict(source)
+        return FeatureSpec.from_dict(source, models=_read_models(source, Path()))
     text: str
+    base = Path()
     if isinstance(source, Path) or (
         isinstance(source, str)
         and "\n" not in source
         and (source.endswith((".yaml", ".yml", ".json")) or Path(source).is_file())
     ):
         path = Path(source)
+        base = path.parent
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -403,13 +521,38 @@ def load_spec(source: Any) -> FeatureSpec:
     stripped = text.lstrip()
     if stripped.startswith("{"):
         try:
-            return FeatureSpec.from_dict(orjson.loads(text))
+            parsed = orjson.loads(text)
         except orjson.JSONDecodeError:
             pass  # maybe YAML flow style
+        else:
+            return FeatureSpec.from_dict(parsed, models=_read_models(parsed, base))
     import yaml  # lazy: only this edge helper parses YAML
 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"feature spec: invalid YAML: {exc}", feature=None) from exc
-    return FeatureSpec.from_dict(data)
+    return FeatureSpec.from_dict(data, models=_read_models(data, base))
+
+
+def _read_models(data: Any, base: Path) -> dict[str, TreeModel]:
+    """The model files a parsed spec declares that exist (relative to ``base``), read and
+    validated; a missing one is left out (``from_dict`` reports it), an invalid one is a
+    SpecError naming the model."""
+    raw = data.get("models") if isinstance(data, Mapping) else None
+    out: dict[str, TreeModel] = {}
+    for item in raw if isinstance(raw, list) else ():
+        file = item.get("file") if isinstance(item, Mapping) else None
+        if not isinstance(file, str) or not file or file in out:
+            continue
+        path = base / file
+        if not path.is_file():
+            continue
+        try:
+            out[file] = load_model(path)
+        except ModelError as exc:
+            name = item.get("name")
+            raise SpecError(
+                f"model {name!r}: {exc.message}", feature=None, model=name, problem="bad model file"
+            ) from None
+    return out

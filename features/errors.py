@@ -10,6 +10,7 @@ this module are defined here; each other class lives with the code that raises i
     │   ├── SpecError               the feature spec is invalid (feature, problem)
     │   ├── DurationError           a duration is not in the duration grammar (text, reason)
     │   ├── TimeFormatError         an instant is not in the time grammar (text, reason)
+    │   ├── ModelError              a model file is invalid or unreadable (model, path)
     │   └── LabelFileError          a label file has a bad row (file, line; streams.cli.labels)
     ├── LateEventError              an event is older than the allowed lateness
     ├── EventError                  an event lacks what the feature engine needs
@@ -76,6 +77,11 @@ class DurationError(ConfigError):
 class TimeFormatError(ConfigError):
     """A text is not an instant of the time grammar (``features._time``): ISO 8601 or
     epoch milliseconds. Same fields as ``DurationError``."""
+
+
+class ModelError(ConfigError):
+    """A model file (``features._model``) is unreadable or not a valid tree ensemble.
+    ``fields['model']`` names the model when known, ``fields['path']`` the file."""
 
 
 class LateEventError(BypassError):

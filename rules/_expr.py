@@ -13,6 +13,8 @@ literals      ``3``, ``2.5``, ``"login"``, ``true``/``false``/``null``
               (``True``/``False``/``None`` also work)
 names         features of the rule's entity
 event fields  ``event.<dotted path>`` reads the envelope (``event.geo.city``)
+models        ``model.<name>``: the score of a model the feature spec declares for the
+              rule's entity (a number; null when the entity's features could not be scored)
 comparisons   ``< <= > >= == != in not in`` (chains such as ``1 < x < 5``);
               the right side of ``in`` / ``not in`` is a list literal
 logic         ``and or not``
@@ -125,6 +127,8 @@ EVENT_FIELD_TYPES: Final[Mapping[tuple[str, ...], str]] = {
 
 FUNCTIONS: Final = ("abs", "coalesce", "days", "hours", "in_list", "max", "min", "minutes")
 RESERVED: Final = ("event", "false", "null", "true")
+#: ``model.<name>`` reads the score of the model ``name`` (``features.MODEL_PREFIX``)
+MODEL_PREFIX: Final = "model."
 
 _LIST_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")  # \Z: $ would match before a final newline
 _NUMT: Final = (int, float)
@@ -923,6 +927,8 @@ class _Compiler:
             self.read_features.add(ident)
             return _T(_feature_reader(ident), ANY, True)
         ftype = self.features.get(ident)
+        if ftype is None and ident == "model":
+            return self.problem(n, "`model` needs a model name", "write e.g. `model.resale > 0.8`")
         if ftype is None:
             for entity, names in self.other.items():
                 if ident in names:
@@ -942,13 +948,15 @@ class _Compiler:
         while isinstance(base, ast.Attribute):
             parts.append(base.attr)
             base = base.value
-        if not (isinstance(base, ast.Name) and base.id == "event"):
+        if not (isinstance(base, ast.Name) and base.id in ("event", "model")):
             return self.problem(
                 n,
                 "attribute access is only allowed on `event.<field path>`",
                 "use a feature or `event.<field>`",
             )
         parts.reverse()
+        if base.id == "model":
+            return self.model(n, parts)
         bad = [p for p in parts if p.startswith("_")]
         if bad:
             return self.problem(n, f"event field names starting with '_' are not allowed ({bad[0]!r})")
@@ -957,6 +965,32 @@ class _Compiler:
         path = tuple(parts)
         self.read_paths.add(path)
         return _T(_event_reader(path), EVENT_FIELD_TYPES.get(path, ANY), True)
+
+    def model(self, n: ast.Attribute, parts: list[str]) -> _T:
+        """``model.<name>``: a model's score, read like a feature named ``model.<name>``."""
+        if len(parts) != 1 or parts[0].startswith("_"):
+            return self.problem(n, "a model is read as `model.<name>`", "write e.g. `model.resale > 0.8`")
+        key = f"{MODEL_PREFIX}{parts[0]}"
+        if self.features is None:
+            self.read_features.add(key)
+            return _T(_feature_reader(key), ANY, True)
+        if key not in self.features:
+            for entity, names in self.other.items():
+                if key in names:
+                    return self.problem(
+                        n,
+                        f"model {parts[0]!r} scores entity {entity!r}, not this rule's entity",
+                        f"write a rule with `entity: {entity}`",
+                    )
+            known = [k[len(MODEL_PREFIX) :] for k in self.features if k.startswith(MODEL_PREFIX)]
+            hint = _suggest(parts[0], known) or (
+                f"the feature spec declares {', '.join(known)} for this entity"
+                if known
+                else "declare it in the feature spec's `models:`"
+            )
+            return self.problem(n, f"unknown model {parts[0]!r}", hint)
+        self.read_features.add(key)
+        return _T(_feature_reader(key), NUM, True)
 
     def _list_literal(self, n: ast.AST, left_type: str) -> frozenset[Any] | None:
         if not isinstance(n, ast.List):

@@ -33,6 +33,7 @@ _VERBS: dict[str, str] = {
     "clickhouse": "streams.cli.clickhouse:clickhouse",
     "status": "streams.cli.status:status",
     "labels": "streams.cli.labels:labels",
+    "model": "streams.cli.model:model",
     "serve": "streams.cli.serve:serve",
 }
 
@@ -47,6 +48,7 @@ _HELP_ORDER: tuple[str, ...] = (
     "worker",
     "sink",
     "replay",
+    "model",
     "hits",
     "lists",
     "serve",

@@ -12,7 +12,9 @@ nothing about Kafka beyond the source coordinates it copies into the records::
     for record in result.blacklist: produce(blacklist_topic, record, key=f"{entity}:{key}")
 
 Order: the events of one key are applied in the order given (:mod:`streams.core.order`).
-All events are applied first (features/), then the rules are evaluated per event over the features that event
+All events are applied first (features/), then the models of the entity kind (``models:`` in
+the feature spec) score the rows of the call in one vectorized call per model, their scores
+joining the features as ``model.<name>``, then the rules are evaluated per event over the features that event
 produced (rules/), so a list provider with a ``prefetch(probes)`` method can look up every
 ``in_list`` value of the batch at once.  Rule evaluation is pure, so this order gives the
 same hits as evaluating right after each apply.
@@ -37,7 +39,7 @@ one home.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +132,10 @@ class Processor:
         #: share of ``pass`` decisions recorded (``sinks.records.decision_record``); None: no
         #: decision records at all
         self.decision_sample = decision_sample
+        #: called with (entity, key, source, values) for every evaluated (event, entity) row,
+        #: values being its features and model scores (``bypass model dataset`` reads them)
+        self.observe: Callable[[str, str, SourceEvent, dict[str, Any]], None] | None = None
+
         # --- warm start (streams.live.warmup) ---
         #: per entity kind: feature names still warming (their rules run in shadow mode)
         self.cold: dict[str, frozenset[str]] = {}
@@ -210,6 +216,19 @@ class Processor:
                     continue
                 to_evaluate.append((result, source, applied.features))
             results.append(result)
+
+        # --- models: each model of the entity kind scores every row of the call in one
+        # vectorized call; the score is read by rules (and shown in hits) as model.<name>
+        if to_evaluate:
+            for decl in self.spec.models_of(entity):
+                rows = [feats for _result, _source, feats in to_evaluate]
+                for feats, score in zip(rows, decl.model.score_many(rows), strict=True):
+                    feats[decl.column] = score
+            observe = self.observe
+            if observe is not None:
+                for result, source, feats in to_evaluate:
+                    observe(entity, result.key, source, feats)
+        # --- end models
 
         lists = self.lists
         prefetch = getattr(lists, "prefetch", None)

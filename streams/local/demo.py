@@ -529,6 +529,55 @@ class Demo:
             self.rules_report()
         except Exception as exc:  # as above: the rest of the report stands
             console.print(f"[red]rule report failed:[/] {exc}", highlight=False)
+        try:
+            self.models_report(sim)
+        except Exception as exc:  # as above: the rest of the report stands
+            console.print(f"[red]model step failed:[/] {exc}", highlight=False)
+
+    def models_report(self, sim: Any) -> None:
+        """Models trained on the first part of the traffic, scored on the rest
+        (``streams.local.demo_models``): precision and recall per scenario for the rules
+        alone, the models alone and both."""
+        from streams.local.demo_models import MODELS, TRAIN_SHARE, run_models
+        from streams.settings import Settings
+
+        t0 = time.monotonic()
+        with console.status("models: training set by replay, training, scoring the rest by replay"):
+            outcome = run_models(Settings(), sim, self.run_dir, RULES_FILE, FEATURES_FILE)
+        console.print(
+            f"[green]✓[/] models trained on the first {TRAIN_SHARE:.0%} of event time, scored on the rest "
+            f"({time.monotonic() - t0:.0f} s; files in {self.run_dir / 'models'})"
+        )
+        for name, how in outcome.trained.items():
+            console.print(f"  model {name}: {how}", highlight=False)
+        table = Table(
+            title="rules vs models on the later traffic (entities active there, against the truth)",
+            header_style="bold",
+        )
+        columns = ("scenario", "model", "truth", "rules P / R", "model P / R", "both P / R", "evasive r/m/b")
+        for col in columns:
+            table.add_column(col, justify="left" if col == "scenario" else "right")
+
+        def pr(tp_flagged: tuple[int, int], truth: int) -> str:
+            tp, flagged = tp_flagged
+            p = "-" if not flagged else f"{tp / flagged:.2f}"
+            r = "-" if not truth else f"{tp / truth:.2f}"
+            return f"{p} / {r}"
+
+        model_of = {scenario: name for name, (_entity, scenario) in MODELS.items()}
+        for scenario, row in outcome.rows.items():
+            n = row["truth"]
+            ev_truth, ev_rules, ev_model, ev_both = row["evasive"]
+            table.add_row(
+                scenario,
+                model_of[scenario],
+                str(n),
+                pr(row["rules"], n),
+                pr(row["model"], n),
+                pr(row["both"], n),
+                f"{ev_rules}/{ev_model}/{ev_both} of {ev_truth}" if ev_truth else "-",
+            )
+        console.print(table)
 
     def rules_report(self) -> None:
         """The simulator's truth imported as outcome labels, then ``bypass rules report``

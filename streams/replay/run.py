@@ -111,12 +111,15 @@ class Replay:
         stdout: IO[bytes] | None = None,
         console: Any = None,
         on_chunk: Callable[[ReplayStats], None] | None = None,
+        on_features: Callable[[str, str, SourceEvent, dict[str, Any]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.options = options
         self._stdout = stdout
         self._console = console
         self._on_chunk = on_chunk  # called after each processed chunk (tests, embedding)
+        #: called with every evaluated (event, entity) row's features (``bypass model dataset``)
+        self._on_features = on_features
         self._stop = False
         self.warnings: list[str] = []
 
@@ -291,6 +294,7 @@ class Replay:
         params, checkpoint = self._resolve()
         run_id = str(params["run_id"])
         spec, _ruleset, processor = self._load_core(params, checkpoint)
+        processor.observe = self._on_features
         unbounded: list[str] = []
         if checkpoint is None:
             warmup = params["warmup"]

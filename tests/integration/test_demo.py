@@ -62,6 +62,8 @@ def test_demo_runs_to_the_end_and_prints_computed_quality(stack: Any, tmp_path: 
     ):
         assert heading in out, heading
     assert "rule report failed" not in out and "analyst query failed" not in out
+    # models trained on the first part of the traffic, scored on the rest (rules / model / both)
+    assert "rules vs models on the later traffic" in out and "model step failed" not in out
     assert "stopped the worker, both sinks and no stack parts" in out  # the parts were external
 
     # the worker and both sinks are gone
