@@ -493,16 +493,19 @@ def _parse_where(where_raw: Any, err: SpecErr) -> Where:
     return tuple(where)
 
 
-def load_spec(source: Any) -> FeatureSpec:
+def load_spec(source: Any, *, base: Path | None = None) -> FeatureSpec:
     """Load a feature spec from a parsed mapping, YAML/JSON text, or a path to a YAML/JSON file.
+
+    Model files (``models:``) are relative to the spec file's folder, or to ``base`` for a
+    mapping or text (default: the working directory).
 
     The only function of ``features`` that may read a file or import PyYAML (lazily, only
     for YAML input); everything else is pure. Raises SpecError (a ConfigError) on any problem.
     """
     if isinstance(source, Mapping):
-        return FeatureSpec.from_dict(source, models=_read_models(source, Path()))
+        return FeatureSpec.from_dict(source, models=_read_models(source, base or Path()))
     text: str
-    base = Path()
+    base = base or Path()
     if isinstance(source, Path) or (
         isinstance(source, str)
         and "\n" not in source

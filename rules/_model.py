@@ -392,6 +392,17 @@ class RuleSet:
         wanted = set(names)
         return tuple(c.rule.id for c in self._compiled if c.rule.entity == entity and wanted & set(c.reads))
 
+    def types_reading(self, entity: str, name: str) -> frozenset[str] | None:
+        """The event types on which a rule of ``entity`` reading ``name`` runs: None when
+        one runs on every type, an empty set when no rule reads it."""
+        types: set[str] = set()
+        for c in self._compiled:
+            if c.rule.entity == entity and name in c.reads:
+                if c.rule.events is None:
+                    return None
+                types.update(c.rule.events)
+        return frozenset(types)
+
     def with_shadow(self, rule_ids: Iterable[str]) -> RuleSet:
         """This version with the rules ``rule_ids`` in shadow mode: their hits are recorded
         but never counted (a feature warm start holds back rules reading cold features)."""

@@ -48,6 +48,7 @@ __all__ = [
     "changed_features",
     "check_compatible",
     "file_spec",
+    "load_published",
     "publish_spec",
     "spec_version",
 ]
@@ -85,8 +86,14 @@ def file_spec(settings: Settings) -> ActiveSpec:
     return ActiveSpec(spec_version(spec, text), spec, None)
 
 
-def _load(record: RuleSetRecord) -> features.FeatureSpec:
-    return features.load_spec(record.text)
+def load_published(text: str, settings: Settings) -> features.FeatureSpec:
+    """A published spec's text -> the spec; its model files (``models:``) are read relative
+    to BYPASS_FEATURES_SPEC's folder, where each worker has the deployed spec."""
+    return features.load_spec(text, base=settings.features_spec.parent)
+
+
+def _load(record: RuleSetRecord, settings: Settings) -> features.FeatureSpec:
+    return load_published(record.text, settings)
 
 
 def active_spec(settings: Settings, *, timeout_s: float = 15.0) -> ActiveSpec:
@@ -95,7 +102,7 @@ def active_spec(settings: Settings, *, timeout_s: float = 15.0) -> ActiveSpec:
     entries = read_entries(settings, timeout_s=timeout_s, topic=settings.features_topic)
     for record in reversed(designated(entries)):
         try:
-            return ActiveSpec(record.version, _load(record), record)
+            return ActiveSpec(record.version, _load(record, settings), record)
         except BypassError:
             continue
     return file_spec(settings)
@@ -142,7 +149,7 @@ def publish_spec(settings: Settings, text: str, *, source: str | None = None) ->
     another text, the broker not confirming) or rules.RuleSetError (the active rule set does
     not load against it).  Nothing is published on any error.
     """
-    spec = features.load_spec(text)
+    spec = load_published(text, settings)
     version = spec_version(spec, text)
     topic = settings.features_topic
     kafka.ensure_topics(settings, [topic], partitions=1, compacted=True)
@@ -191,7 +198,7 @@ def activate_spec(settings: Settings, version: str) -> tuple[RuleSetRecord, Acti
     current = active_spec(settings)
     if current.version == version:
         return record, None
-    check_compatible(settings, current.spec, _load(record), version)
+    check_compatible(settings, current.spec, _load(record, settings), version)
     activation = Activation(version=version, activated_ms=int(time.time() * 1000), by=operator_name(settings))
     try:
         offset = produce_record(

@@ -151,9 +151,34 @@ class Processor:
         that read a feature still warming (``cold``) run in shadow mode."""
         self.published_ruleset = ruleset
         shadow = [
-            rule_id for entity, names in self.cold.items() for rule_id in ruleset.reading(entity, names)
+            rule_id
+            for entity, names in self.cold.items()
+            for rule_id in ruleset.reading(entity, self._with_models(entity, names))
         ]
         self.ruleset = ruleset.with_shadow(shadow) if shadow else ruleset
+
+    def _with_models(self, entity: str, names: frozenset[str]) -> frozenset[str]:
+        """``names`` plus the ``model.<name>`` columns of the models reading any of them."""
+        extra = {decl.column for decl in self.spec.models_of(entity) if names & set(decl.model.features)}
+        return names | extra
+
+    def _rows_to_score(
+        self,
+        ruleset: rules.RuleSet,
+        entity: str,
+        column: str,
+        rows: list[tuple[KeyResult, SourceEvent, dict[str, Any]]],
+    ) -> list[int]:
+        """The rows a model must score: those a rule reading its column evaluates (all of
+        them when observed: a training set has every row's score)."""
+        if self.observe is not None:
+            return list(range(len(rows)))
+        types = ruleset.types_reading(entity, column)
+        if types is None:
+            return list(range(len(rows)))
+        if not types:
+            return []
+        return [i for i, (_r, source, _f) in enumerate(rows) if source.event.get("type") in types]
 
     def set_cold(self, entity: str, names: Iterable[str]) -> None:
         """Mark the features ``names`` of ``entity`` as warming (none: all warm) and re-derive
@@ -221,7 +246,11 @@ class Processor:
         # vectorized call; the score is read by rules (and shown in hits) as model.<name>
         if to_evaluate:
             for decl in self.spec.models_of(entity):
-                rows = [feats for _result, _source, feats in to_evaluate]
+                # only the rows a rule reading the score evaluates (a model costs per row)
+                wanted = self._rows_to_score(ruleset, entity, decl.column, to_evaluate)
+                if not wanted:
+                    continue
+                rows = [to_evaluate[i][2] for i in wanted]
                 for feats, score in zip(rows, decl.model.score_many(rows), strict=True):
                     feats[decl.column] = score
             observe = self.observe

@@ -31,7 +31,7 @@ from features.errors import ConfigError
 from rules import RuleSet
 from streams.core import kafka
 from streams.core.assembly import build_engine, build_processor, empty_ruleset, load_for_spec, load_spec
-from streams.core.featurestore import changed_features, file_spec
+from streams.core.featurestore import changed_features, file_spec, load_published
 from streams.core.processor import Processor
 from streams.core.rulestore import RuleSetRecord, RulesFollower
 from streams.core.workers import WorkerReporter
@@ -169,7 +169,7 @@ class LiveWorker:
     def _load_features(self, text: str, source: str | None) -> tuple[features.FeatureSpec, RuleSet]:
         """A published spec, checked against what this worker runs: the same entity kinds
         (their tables and topics exist), and the active rule set loads against it."""
-        spec = features.load_spec(text)
+        spec = load_published(text, self.settings)
         if dict(spec.entities) != dict(self.spec.entities):
             raise ConfigError(
                 f"entity kinds {dict(spec.entities)} differ from the running {dict(self.spec.entities)}: "

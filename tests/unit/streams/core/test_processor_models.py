@@ -103,10 +103,42 @@ def test_one_vectorized_call_per_model_and_call(tmp_path: Path, monkeypatch: Any
 
     monkeypatch.setattr(features.TreeModel, "score_many", counting)
     batches = [
-        KeyBatch(f"u{k}", None, [src(f"u{k}", f"e{k}{i}", "login", T0 + i, i) for i in range(3)])
+        KeyBatch(f"u{k}", None, [src(f"u{k}", f"e{k}{i}", "contract_sign", T0 + i, i) for i in range(3)])
         for k in range(4)
     ]
     processor.process_many("user", batches)
     assert calls == [12]
     processor.process_many("device", [])
     assert calls == [12]
+
+
+def test_a_model_scores_only_the_rows_a_rule_reading_it_evaluates(tmp_path: Path, monkeypatch: Any) -> None:
+    """A 200-tree model costs per row: the events no rule reading ``model.resale`` runs on
+    (here: all but contract_sign) are not scored, and with no such rule nothing is."""
+    processor = make_processor(tmp_path)
+    calls: list[int] = []
+    model = processor.spec.models[0].model
+    original = features.TreeModel.score_many
+
+    def counting(self: features.TreeModel, rows: Any) -> list[float]:
+        calls.append(len(rows))
+        return original(self, rows)
+
+    monkeypatch.setattr(features.TreeModel, "score_many", counting)
+    events = [src("u1", f"p{i}", "phone_change", T0 + i * 60_000, i) for i in range(3)]
+    events.append(src("u1", "c1", "contract_sign", T0 + 300_000, 3))
+    result = processor.process("user", "u1", None, events)
+    assert calls == [1]  # the contract_sign only
+    assert [h["features"]["model.resale"] for h in result.hits] == original(model, [{"phone_changes_30d": 3}])
+    spec = processor.spec
+    processor.set_ruleset(rules.load_ruleset('version: "none"\nrules: []\n', spec.schema()))
+    processor.process("user", "u2", None, [src("u2", "c2", "contract_sign", T0, 9)])
+    assert calls == [1]
+
+
+def test_a_rule_reading_a_model_over_a_warming_feature_runs_in_shadow(tmp_path: Path) -> None:
+    processor = make_processor(tmp_path)
+    processor.set_cold("user", ["property_views_total"])  # the model reads it
+    assert {r.id: r.mode for r in processor.ruleset.rules} == {"resale_model": "shadow"}
+    processor.set_cold("user", ["login_cities_7d"])  # the model does not
+    assert {r.id: r.mode for r in processor.ruleset.rules} == {"resale_model": "active"}
