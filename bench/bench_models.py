@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-BUDGET_S = 150
+BUDGET_S = 90
 QUICK_BUDGET_S = 60
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def _throughput(spec_path: Path, rules_text: str, events: list[dict[str, Any]]) 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     import bench_features
 
-    events = bench_features.make_events(300 if quick else 1000)
+    events = bench_features.make_events(200 if quick else 500)
     rules_text = (ROOT / "examples" / "rules.yaml").read_text(encoding="utf-8")
     spec_text = (ROOT / "examples" / "features.yaml").read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory() as tmp:
