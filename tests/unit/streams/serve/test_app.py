@@ -174,6 +174,8 @@ def test_listed_and_not_listed_with_freshness(env: Env) -> None:
     assert fresh["status"] == "ok" and fresh["workers"] == 2 and 2.5 < fresh["lag_s"] < 30
     r2 = env.client.get("/v1/check/user/nobody")
     assert r2.status_code == 200 and r2.json()["listed"] is False
+    timing = r2.headers["server-timing"]  # the time inside the service, for the caller
+    assert timing.startswith("app;dur=") and 0 <= float(timing.split("=")[1]) < 5_000
     assert env.client.get("/v1/check/user/a/b%2Fc").json()["key"] == "a/b/c"  # keys may hold '/'
 
 
