@@ -18,7 +18,10 @@ hourly uniqExact rollup MV) on the chdb-served ClickHouse 26.9 engine.
   ``risk_events``), rows/s from the first record consumed to the last row accepted; side by
   side with ``writer_rows_per_s`` (``ratio_to_hits_writer``). Goal >= 100,000.
   ``archive_bytes_per_million_events``: ``sum(bytes_on_disk)`` of the active ``risk_events``
-  parts after the run, per million events.
+  parts after the run, per million events. ``archive_decode_us_per_event``: the decoder alone
+  (``EnvelopeDecoder.decode`` with the Kafka timestamp and clock checks, as the writer calls it)
+  on the same events, in-process CPU per event: the share of ``archive_rows_per_cpu_s`` that
+  is decoding.
 - ``lag_hit_to_queryable_p50/p99``: hits produced at a steady rate while the writer runs
   (default batching settings: ``sink_batch_ms`` = 1000; the full run adds 200 ms); a
   poller queries ClickHouse every 50 ms; lag = first time a hit is visible in a SELECT -
@@ -215,8 +218,11 @@ def _archive(
     now_ms = int(time.time() * 1000)
     kafka.ensure_topics(settings, [raw, settings.dlq_topic])
     producer = Producer({**settings.kafka_config(), "linger.ms": 20, "batch.num.messages": 10000})
+    sample: list[bytes] = []
     for i in range(n):
         value = orjson.dumps(_event(i, now_ms))
+        if i < 50_000:
+            sample.append(value)
         while True:
             try:
                 producer.produce(raw, value, key=f"u{i % 20_000}".encode())
@@ -224,11 +230,16 @@ def _archive(
             except BufferError:
                 producer.poll(0.05)
     producer.flush(60)
+    decoder = decoder_from_settings(settings)
+    decode = decoder.decode
+    decode_cpu = time.process_time()
+    for value in sample:
+        decode(value, now_ms, now_ms=now_ms)
+    decode_us = (time.process_time() - decode_cpu) / len(sample) * 1e6
+    del sample
     client = connect(settings.clickhouse_url)
     migrate(client, settings.clickhouse_database)
-    sink = ClickHouseSink(
-        client, settings.clickhouse_database, {raw: "events"}, decoder=decoder_from_settings(settings)
-    )
+    sink = ClickHouseSink(client, settings.clickhouse_database, {raw: "events"}, decoder=decoder)
     runner = build_runner(settings, sink, [raw], "clickhouse")
     runner.progress_every_s = 3600.0
     stop = threading.Event()
@@ -264,6 +275,8 @@ def _archive(
     extra: list[dict[str, Any]] = [
         {"name": "archive_rows_per_cpu_s", "value": round(n / max(1e-9, cpu1 - cpu0)), "unit": "rows/cpu-s",
          "note": "writer process CPU only (consume, decode + validate + hash, insert client)"},
+        {"name": "archive_decode_us_per_event", "value": round(decode_us, 2), "unit": "us/event",
+         "rows": min(n, 50_000), "note": "EnvelopeDecoder.decode alone on the same events (process CPU)"},
     ]  # fmt: skip
     if ch_pid is not None and ch1 > ch0:
         extra.append(

@@ -156,3 +156,44 @@ def test_check_decision_names_the_field(field: str, value: object, reason: str) 
     with pytest.raises(RecordError) as info:
         check_decision(record)
     assert info.value.reason == reason and info.value.fields["field"] == field
+
+
+class _RefusingClient(_Client):
+    """Refuses (as ClickHouse does a value it cannot store: code 53) every insert holding ``bad``."""
+
+    def __init__(self, bad: str) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def insert(self, table: str, data: Any, **kwargs: Any) -> None:
+        if self.bad in data[0]:
+            raise RuntimeError("Code: 53. DB::Exception: Type mismatch (version 26.9)")
+        super().insert(table, data, **kwargs)
+
+
+def test_the_archive_batch_holds_each_row_as_event_values_and_its_record_for_the_dlq() -> None:
+    """The archive keeps its rows in one flat list: the columns it inserts must be those of
+    event_values row by row, and a row ClickHouse refuses must come back as its own record
+    (coordinates, key, original bytes, timestamp) for the DLQ, the others inserted."""
+    decoder = EnvelopeDecoder(KEY)
+    records = []
+    for i in range(7):
+        event: dict[str, Any] = {"event_id": f"e{i}", "type": "login", "ts": 1_000 + i, "user_id": f"u{i}"}
+        if i % 2:
+            event.update(phone=f"+86 138 0000 000{i}", geo={"lat": 1, "lon": 2.5}, attrs={"b": 1, "a": [i]})
+        records.append(SourceRecord("raw", i % 3, 100 + i, f"k{i}".encode(), orjson.dumps(event), 5_000 + i))
+    client = _RefusingClient("e3")
+    sink = ClickHouseSink(client, "db", {"raw": "events"}, decoder=decoder)
+    for record in records:
+        sink.add(record)
+    assert sink.pending() == 7
+    assert sink.flush() == 6
+    [(rejected, error)] = sink.take_rejected()
+    assert rejected == records[3] and error.reason == "rejected_by_clickhouse"
+    inserted = [row for _, data, _ in client.inserts for row in zip(*data, strict=True)]
+    expected = [event_values(decoder.decode(r.value), r) for r in records if r is not records[3]]
+    assert sorted(inserted) == sorted(expected)
+    e1 = dict(zip(EVENT_COLUMNS, next(v for v in expected if v[0] == "e1"), strict=True))
+    assert e1["attrs"] == '{"a":[1],"b":1}' and e1["phone"].startswith("ph_")  # JSON text, keys sorted
+    tokens = [settings["insert_deduplication_token"] for _, _, settings in client.inserts]
+    assert len(set(tokens)) == len(tokens) and all(t.startswith("bypass-db.risk_events-") for t in tokens)

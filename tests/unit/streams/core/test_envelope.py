@@ -314,3 +314,140 @@ def test_a_refused_message_keeps_no_personal_data_on_the_dlq_when_it_parses() ->
     assert decoder.redact(b"{not json") == b"{not json"  # nothing to find: the original bytes
     plain = b'{"type": "login"}'
     assert decoder.redact(plain) == plain  # nothing personal: byte for byte
+
+
+def _reference(event: object, key: bytes) -> object:
+    """What the decoder gave before its flat check existed: validate field by field, then hash
+    the phone with the standard library's HMAC. An InvalidEventError as (reason, field, message)."""
+    try:
+        checked = validate(event)
+    except InvalidEventError as exc:
+        return (exc.reason, exc.fields.get("field"), exc.message)
+    if checked.get("phone") is not None:
+        checked["phone"] = hash_phone(checked["phone"], key)
+    return list(checked.items())  # the order of the fields too
+
+
+def _outcome(decode: object, event: object) -> object:
+    try:
+        checked = decode(event)  # type: ignore[operator]
+    except InvalidEventError as exc:
+        return (exc.reason, exc.fields.get("field"), exc.message)
+    return list(checked.items())
+
+
+_ids = st.one_of(
+    st.sampled_from(
+        ["e-1", "u", "x" * 256, "x" * 257, "", "a\x00b", "a\x1fb", "a\x7fb", "a\u2028b", "\xa0", "ü"]
+    ),
+    st.text(max_size=8),
+    st.none(),
+    st.integers(),
+    st.booleans(),
+)
+_numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-200, 200),
+    st.sampled_from([90, -90.0, 90.0001, 180, -180.5, True]),
+    st.none(),
+    st.text(max_size=3),
+)
+_fields = {
+    "event_id": _ids,
+    "type": _ids,
+    "user_id": _ids,
+    "ts": st.one_of(
+        st.integers(-5, 300_000_000_000_000),
+        st.sampled_from([0, 253_402_300_799_999, 253_402_300_800_000, True, 1.5e12]),
+        st.none(),
+        st.text(max_size=3),
+    ),
+    "device_id": _ids,
+    "ip": _ids,
+    "phone": st.one_of(
+        st.sampled_from(["+86 138-0000-0000", "+8613800000000", "call me", "+12", "", " (010) 1234.5678 "]),
+        _ids,
+    ),
+    "geo": st.one_of(
+        st.none(),
+        st.lists(st.integers(), max_size=2),
+        st.fixed_dictionaries(
+            {}, optional={"lat": _numbers, "lon": _numbers, "city": _ids, "alt": st.integers()}
+        ),
+    ),
+    "attrs": st.one_of(
+        st.none(), st.text(max_size=2), st.dictionaries(st.text(max_size=3), json_values, max_size=3)
+    ),
+    "extra": st.integers(),
+}
+
+
+@st.composite
+def _envelopes(draw: st.DrawFn) -> dict[str, object]:
+    """A valid event (some optional fields left out), then a few fields dropped or replaced by
+    anything: mostly near the common shape, where the flat check decides alone."""
+    event = good()
+    for name in draw(st.sets(st.sampled_from(["device_id", "ip", "phone", "geo", "attrs"]))):
+        del event[name]
+    for name in draw(st.lists(st.sampled_from(sorted(_fields)), max_size=2)):
+        if draw(st.booleans()) and name in event:
+            del event[name]
+        else:
+            event[name] = draw(_fields[name])
+    return event
+
+
+@settings(max_examples=1_000, deadline=None)
+@given(_envelopes())
+def test_the_flat_check_accepts_and_refuses_exactly_as_validate(event: dict[str, object]) -> None:
+    """The decoder's flat check for the common shape (_quick) must give the same event - fields
+    in the same order, nulls dropped, phone hashed - or the same refusal (reason, field,
+    message) as validate field by field, whatever the input."""
+    decoder = EnvelopeDecoder(KEY)
+    expected = _reference(orjson.loads(orjson.dumps(event)) if _encodes(event) else _copy(event), KEY)
+    assert _outcome(decoder.prepare, _copy(event)) == expected
+    if _encodes(event):  # through the bytes too (what the ingest and the archive do)
+        assert _outcome(decoder.decode, orjson.dumps(event)) == expected
+
+
+def _encodes(event: dict[str, object]) -> bool:
+    try:
+        return bool(orjson.loads(orjson.dumps(event)) == event)
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+
+
+def _copy(event: dict[str, object]) -> dict[str, object]:
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in event.items()}
+
+
+def test_a_subclass_of_a_json_type_takes_the_field_by_field_path() -> None:
+    class Text(str):
+        pass
+
+    event = good(event_id=Text("e-01"), attrs={"x": [[1]]})
+    assert EnvelopeDecoder(KEY).prepare(dict(event))["event_id"] == "e-01"
+    bad = good(ts=True)
+    with pytest.raises(InvalidEventError) as info:
+        EnvelopeDecoder(KEY).prepare(bad)
+    assert info.value.reason == "wrong_type"
+
+
+@pytest.mark.parametrize("key", [b"k", b"test-key", b"x" * 64, b"y" * 65, bytes(range(200))])
+def test_the_decoders_keyed_hash_is_hmac_sha256(key: bytes) -> None:
+    decoder = EnvelopeDecoder(key, pii_fields=("attrs.email",))
+    event = decoder.decode(orjson.dumps(good(attrs={"email": "a@b.c", "n": [1, {"m": 2}]})))
+    assert event["phone"] == "ph_" + hmac.new(key, b"+8613800000000", hashlib.sha256).hexdigest()[:32]
+    assert event["phone"] == hash_phone("+86 138-0000-0000", key)
+    assert event["attrs"]["email"] == "pii_" + hmac.new(key, b"a@b.c", hashlib.sha256).hexdigest()[:32]
+
+
+def test_attrs_nested_to_the_bound_pass_one_deeper_are_refused_through_both_paths() -> None:
+    nested: object = 1
+    for _ in range(MAX_NESTING - 1):
+        nested = {"k": nested}
+    decoder = EnvelopeDecoder(KEY)
+    assert decoder.prepare(good(attrs={"x": nested}))["attrs"]["x"] == nested
+    with pytest.raises(InvalidEventError) as info:
+        decoder.prepare(good(attrs={"x": [nested]}))
+    assert info.value.reason == "too_deep"
