@@ -11,7 +11,19 @@ that consumes the whole backlog from the beginning with a fresh consumer group:
 (c) ``pipeline`` this pipeline (``bypass worker``: ingest + DLQ check + re-key to user,
                device and ip + features + a 50-rule set + hits and blacklist topics);
 (d) the same pipeline with ``BYPASS_EVENT_TIME_ORDER=false`` (arrival order, the behaviour
-    before event-time order): the cost of ordering, goal <= 10%.
+    before event-time order): the cost of ordering, goal <= 10%;
+(e) ``quix`` a Quix Streams app (bench/quix_app.py: one stateful apply per user, 4 windowed
+    features, 3 threshold rules, hits to a topic, RocksDB state with changelog,
+    at-least-once) on the same broker and backlog: the external baseline, goal (c) >= 0.50x.
+    It runs with the first interpreter that has ``quixstreams``: BENCH_QUIX_PYTHON, this
+    one, or ``.venv-bench/bin/python`` (see bench/README.md); without one its rows are left
+    out and the reason is printed;
+(f) ``bypass worker --processes 2`` against ``--processes 1`` (the CLI, a supervisor and its
+    children), on the first 30,000 of the same events: both join first, then the events
+    are produced to a fresh raw topic; throughput = events / (produce start -> every
+    entity's events applied), read from the children's /metrics; CPU = the children's CPU
+    time over that span, beside the cores the whole node, the broker, Redis and the rest
+    used (what limits a second process on a 2-core machine).
 
 Throughput = events / (time the last event was done - time the first event was read),
 so group-join time is not counted; ``events_per_cpu_s`` divides by the CPU time the worker
@@ -26,12 +38,14 @@ producer; the reader waits on fetches like bypass's own consumers
 order and without (arrival order): goal p99 within 10%; and both again, shorter, at 800
 events/s (below saturation on a slow machine, where 2,000 events/s only measures a queue).
 
-Runs a private Tansu broker (``streams.local.stack``) unless BYPASS_KAFKA_BOOTSTRAP is set.
+Runs a private Tansu broker and Redis (``streams.local.stack``) unless BYPASS_KAFKA_BOOTSTRAP
+(and BYPASS_REDIS_URL) is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import subprocess
@@ -45,14 +59,19 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
-BUDGET_S = 420
+BUDGET_S = 480
 QUICK_BUDGET_S = 150
 FEATURES = ROOT / "examples" / "features.yaml"
 PARTITIONS = 4
 PROBE_TYPE = "bench_probe"
 LIGHT_RATE = 800  # events/s: a latency run well below what one worker takes
+PROCESSES_EVENTS = 30_000  # events of the --processes 2 vs 1 runs
+#: Quix Streams copies the input topic's retention.ms to its changelog topic and Tansu
+#: describes only the configs given at creation: the raw topic is created with it.
+RAW_TOPIC_CONFIG = {"retention.ms": str(7 * 24 * 3_600_000)}
 
 
 # --------------------------------------------------------------------------- rules
@@ -269,6 +288,8 @@ def _env(
     env.update(
         {
             "BYPASS_KAFKA_BOOTSTRAP": bootstrap,
+            # the rules' lists and unblock overrides are looked up in Redis, as in production
+            "BYPASS_REDIS_URL": os.environ.get("BYPASS_REDIS_URL", "redis://127.0.0.1:6379/0"),
             "BYPASS_RAW_TOPICS": raw,
             "BYPASS_APP_ID": f"{prefix}-app",
             "BYPASS_HITS_TOPIC": f"{prefix}.hits",
@@ -342,7 +363,9 @@ def _expected(events: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def _throughput(bootstrap: str, state: Path, phone_key: str, quick: bool) -> list[dict[str, Any]]:
+def _throughput(
+    bootstrap: str, state: Path, phone_key: str, quick: bool, part_pids: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
     from streams.core import kafka
     from streams.local.simulate import SimConfig, Simulator
     from streams.producer import EventProducer
@@ -353,7 +376,7 @@ def _throughput(bootstrap: str, state: Path, phone_key: str, quick: bool) -> lis
     n_s = 20 if quick else 60
     events = list(Simulator(SimConfig(users=2000, rate=1000, duration_s=n_s, seed=11)).events())
     base = Settings(kafka_bootstrap=bootstrap, raw_topics=(raw,), topic_partitions=PARTITIONS)
-    kafka.ensure_topics(base, [raw])
+    kafka.ensure_topics(base, [raw], config=RAW_TOPIC_CONFIG)
     producer = EventProducer(base, topic=raw)
     producer.send_many(events)
     producer.flush().raise_for_errors()
@@ -376,6 +399,14 @@ def _throughput(bootstrap: str, state: Path, phone_key: str, quick: bool) -> lis
         result = _run_child(variant, arg, env, timeout)
         out[name] = n / result["seconds"]
         cpu[name] = n / result["cpu_seconds"]
+    quix_rows = _quix_rows(bootstrap, state, run, raw, n, out["pipeline"], cpu["pipeline"], timeout)
+    # (f) on the first PROCESSES_EVENTS of the same events (both runs the same ones): each
+    # run has a start and a group join of its own, and the whole benchmark a time budget
+    some = events[:PROCESSES_EVENTS]
+    processes = [
+        _run_processes(k, bootstrap, state, f"bench{run}p{k}", phone_key, some, timeout, part_pids or {})
+        for k in (1, 2)
+    ]
     return [
         {
             "name": "faust_bare_decode_events_per_s",
@@ -422,7 +453,335 @@ def _throughput(bootstrap: str, state: Path, phone_key: str, quick: bool) -> lis
             "goal": "ratio >= 0.90",
             "cpu_ratio": cpu["pipeline"] / cpu["arrival"],
         },
+        *quix_rows,
+        _processes_row(*processes, len(some)),
     ]
+
+
+# --------------------------------------------------------------------------- (e) Quix Streams
+
+
+def _quix_python() -> tuple[str | None, str]:
+    """An interpreter with quixstreams and where it came from, or None and why not."""
+    explicit = os.environ.get("BENCH_QUIX_PYTHON")
+    if explicit:
+        return explicit, "BENCH_QUIX_PYTHON"
+    if importlib.util.find_spec("quixstreams") is not None:
+        return sys.executable, "this interpreter"
+    venv = ROOT / ".venv-bench" / "bin" / "python"
+    if venv.exists():
+        return str(venv), ".venv-bench"
+    return None, (
+        "quixstreams is not installed: `pip install -e '.[bench]'`, or a separate venv "
+        "(python -m venv .venv-bench && .venv-bench/bin/pip install quixstreams; see bench/README.md)"
+    )
+
+
+def _run_quix(
+    python: str, bootstrap: str, state: Path, prefix: str, raw: str, n: int, timeout_s: float
+) -> dict[str, Any]:
+    cmd = [
+        python,
+        str(BENCH_DIR / "quix_app.py"),
+        *("--bootstrap", bootstrap, "--topic", raw, "--hits", f"{prefix}.hits"),
+        *("--group", f"{prefix}-quix", "--state-dir", str(state / prefix / "quix"), "--expected", str(n)),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BYPASS_", "PYTHON"))}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, cwd=str(ROOT))
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    for line in stdout.decode(errors="replace").splitlines():
+        if line.startswith('{"seconds"'):
+            result: dict[str, Any] = orjson.loads(line)
+            return result
+    raise RuntimeError(
+        f"the Quix Streams app failed (exit {proc.returncode}): {stderr.decode(errors='replace')[-3000:]}"
+    )
+
+
+def _quix_rows(
+    bootstrap: str,
+    state: Path,
+    run: str,
+    raw: str,
+    n: int,
+    pipeline: float,
+    pipeline_cpu: float,
+    timeout_s: float,
+) -> list[dict[str, Any]]:
+    """(e): the Quix app over the same backlog; no rows (and the reason on stderr) when it
+    cannot run: a number is never made up."""
+    python, origin = _quix_python()
+    if python is None:
+        print(f"bench_pipeline: no Quix Streams baseline: {origin}", file=sys.stderr)
+        return []
+    try:
+        result = _run_quix(python, bootstrap, state, f"bench{run}e", raw, n, timeout_s)
+    except RuntimeError as exc:
+        print(f"bench_pipeline: no Quix Streams baseline: {exc}", file=sys.stderr)
+        return []
+    quix, quix_cpu = n / result["seconds"], n / result["cpu_seconds"]
+    return [
+        {
+            "name": "quix_app_events_per_s",
+            "value": quix,
+            "unit": "events/s",
+            "events": n,
+            "hits": result["hits"],
+            "events_per_cpu_s": quix_cpu,
+            "note": "Quix Streams app (bench/quix_app.py, " + origin + "): one stateful apply per user, "
+            "4 windowed features, 3 rules, hits topic, RocksDB + changelog, at-least-once",
+        },
+        {
+            "name": "pipeline_vs_quix",
+            "value": pipeline,
+            "unit": "events/s",
+            "baseline_name": "(e) Quix Streams app, 4 features + 3 rules per user, same broker and run",
+            "baseline_value": quix,
+            "ratio": pipeline / quix,
+            "goal": "ratio >= 0.50",
+            "events_per_cpu_s": pipeline_cpu,
+            "cpu_ratio": pipeline_cpu / quix_cpu,
+            "note": "bypass does more per event: 3 entity kinds behind a repartition hop, dedup, "
+            "lateness, event-time order, DLQ checks, 50 rules, decisions",
+        },
+    ]
+
+
+# --------------------------------------------------------------------------- (f) --processes
+
+
+def _free_ports(k: int) -> int:
+    """A port p with p .. p + k - 1 free (worker i serves on BYPASS_METRICS_PORT + i)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        try:
+            for i in range(1, k):
+                with socket.socket() as sock:
+                    sock.bind(("0.0.0.0", base + i))  # noqa: S104 - as the worker binds
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {k} consecutive free ports")
+
+
+def _get(url: str) -> bytes | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            body: bytes = response.read()
+    except urllib.error.HTTPError as exc:  # 503 while starting
+        body = exc.read()
+    except OSError:
+        return None
+    return body
+
+
+def _applied(port: int) -> dict[str, float]:
+    """Per entity: events applied + duplicates + late, from one worker's /metrics."""
+    text = _get(f"http://127.0.0.1:{port}/metrics")
+    out: dict[str, float] = {}
+    for line in (text or b"").decode().splitlines():
+        if (
+            line.startswith(
+                (
+                    "bypass_events_applied_total{",
+                    "bypass_events_duplicate_total{",
+                    "bypass_events_late_total{",
+                )
+            )
+            and 'entity="' in line
+        ):
+            entity = line.split('entity="', 1)[1].split('"', 1)[0]
+            out[entity] = out.get(entity, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _node_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all cores, every process) so far."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_processes(
+    k: int,
+    bootstrap: str,
+    state: Path,
+    prefix: str,
+    phone_key: str,
+    events: list[dict[str, Any]],
+    timeout_s: float,
+    part_pids: dict[str, int],
+) -> dict[str, Any]:
+    """(f): ``bypass worker --processes k``; once every child is ready and the raw partitions
+    are split, the events go to its fresh raw topic; until every entity's events are applied."""
+    from streams.core import kafka
+    from streams.settings import Settings
+
+    raw = f"{prefix}.events"
+    env = _env(bootstrap, state, prefix, raw, phone_key)
+    base_port = _free_ports(k)
+    env.update({"BYPASS_METRICS_PORT": str(base_port), "BYPASS_WORKER_STATUS_S": "0"})
+    settings = Settings(kafka_bootstrap=bootstrap, raw_topics=(raw,), topic_partitions=PARTITIONS)
+    kafka.ensure_topics(settings, [raw], config=RAW_TOPIC_CONFIG)
+    _publish(env, rules_50(), state)
+    expected = _expected(events)
+    ports = [base_port + i for i in range(k)]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker", "--processes", str(k)],
+            env=env,
+            cwd=str(ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            pids: list[int] = []
+            split: list[list[int]] = []
+            while time.monotonic() < deadline and proc.poll() is None:
+                bodies = [_get(f"http://127.0.0.1:{p}/healthz") for p in ports]
+                health = [orjson.loads(b) for b in bodies if b]
+                if len(health) == k and all(h.get("ready") for h in health):
+                    split = [h["partitions"].get(raw, []) for h in health]
+                    if all(split) and sum(map(len, split)) == PARTITIONS:
+                        pids = [int(h["pid"]) for h in health]
+                        break
+                time.sleep(0.5)
+            if not pids:
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-3000:]
+                raise RuntimeError(f"--processes {k}: the workers never split the partitions: {tail}")
+            # the messages EventProducer would send (key = user id, Kafka timestamp = ts),
+            # encoded before the clock starts: the bench's producer takes as little of the
+            # two cores as it can while the workers run
+            messages = [(str(e["user_id"]).encode(), orjson.dumps(e), int(e["ts"])) for e in events]
+            producer = kafka.producer(settings)
+            # the local stack's parts (if ours), and the supervisor (k = 1: no supervisor)
+            others = {**part_pids, **({"supervisor": proc.pid} if k > 1 else {})}
+            cpu0, busy0 = sum(_cpu_s(pid) for pid in pids), _node_busy_s()
+            others0 = {name: _cpu_s(pid) for name, pid in others.items()}
+            bench0 = time.process_time()
+            t0 = time.perf_counter()
+            for key, value, ts in messages:
+                while True:
+                    try:
+                        producer.produce(raw, key=key, value=value, timestamp=ts)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            producer.flush(60)
+            produce_s = time.perf_counter() - t0
+            done = time.monotonic() + timeout_s
+            while time.monotonic() < done:
+                totals: dict[str, float] = {}
+                for port in ports:
+                    for entity, count in _applied(port).items():
+                        totals[entity] = totals.get(entity, 0.0) + count
+                if all(totals.get(entity, 0.0) >= want for entity, want in expected.items()):
+                    break
+                time.sleep(0.25)
+            else:
+                raise RuntimeError(f"--processes {k}: not every event applied: {totals} of {expected}")
+            seconds = time.perf_counter() - t0
+            cpu = sum(_cpu_s(pid) for pid in pids) - cpu0
+            busy = _node_busy_s() - busy0
+            cores = {f"{name}_cores": (_cpu_s(pid) - others0[name]) / seconds for name, pid in others.items()}
+            cores["bench_cores"] = (time.process_time() - bench0) / seconds
+        finally:
+            proc.terminate()  # SIGTERM: the supervisor stops its children
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {
+        "processes": k,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "partitions": split,
+        "produce_seconds": produce_s,
+        "worker_cores": cpu / seconds,
+        "node_busy_cores": busy / seconds,
+        **cores,
+    }
+
+
+def _processes_note(one: dict[str, Any], two: dict[str, Any]) -> str:
+    """What the node's cores did during the two runs (1 / 2 processes)."""
+
+    def pair(name: str) -> str:
+        a, b = one.get(name), two.get(name)
+        return f"{a:.2f} / {b:.2f}" if a is not None and b is not None else "?"
+
+    rest = [
+        one["node_busy_cores"]
+        - one["worker_cores"]
+        - sum(one.get(f"{n}_cores", 0.0) for n in ("kafka", "redis")),
+        two["node_busy_cores"]
+        - two["worker_cores"]
+        - sum(two.get(f"{n}_cores", 0.0) for n in ("kafka", "redis")),
+    ]
+    return (
+        f"cores busy on the {os.cpu_count()}-core node with 1 / 2 worker processes: all "
+        f"{pair('node_busy_cores')}, the workers {pair('worker_cores')}, the Tansu broker "
+        f"{pair('kafka_cores')}, Redis {pair('redis_cores')}, the rest (this bench, the supervisor, "
+        f"other people's work on the machine) {rest[0]:.2f} / {rest[1]:.2f}. A worker is CPU-bound "
+        "(Python, one core each); the broker needs little, so two processes scale until the node's "
+        "cores are full: here the 2 cores themselves are the limit, shared with whatever else runs"
+    )
+
+
+def _processes_row(one: dict[str, Any], two: dict[str, Any], n: int) -> dict[str, Any]:
+    eps1, eps2 = n / one["seconds"], n / two["seconds"]
+    return {
+        "name": "pipeline_processes_2_vs_1",
+        "value": eps2,
+        "unit": "events/s",
+        "baseline_name": "(f) `bypass worker --processes 1`, same events, same run",
+        "baseline_value": eps1,
+        "ratio": eps2 / eps1,
+        "events": n,
+        "events_per_cpu_s": n / two["cpu_seconds"],
+        "baseline_events_per_cpu_s": n / one["cpu_seconds"],
+        "cpu_seconds": two["cpu_seconds"],
+        "baseline_cpu_seconds": one["cpu_seconds"],
+        "raw_partitions": two["partitions"],
+        "produce_seconds": [one["produce_seconds"], two["produce_seconds"]],
+        # cores in use over each run: the workers' own, and the whole machine's (broker,
+        # Redis, this bench, anyone else's work on it)
+        "worker_cores": [one["worker_cores"], two["worker_cores"]],
+        "node_busy_cores": [one["node_busy_cores"], two["node_busy_cores"]],
+        "node_cores": os.cpu_count(),
+        # the rest of the node's busy cores, per part: the broker, Redis, the supervisor,
+        # this bench (producing and reading /metrics); what is left is other people's work
+        **{
+            name: [one.get(name), two.get(name)]
+            for name in ("kafka_cores", "redis_cores", "supervisor_cores", "bench_cores")
+            if name in one or name in two
+        },
+        "note": _processes_note(one, two),
+    }
 
 
 def _latency(
@@ -569,15 +928,16 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         bootstrap = os.environ.get("BYPASS_KAFKA_BOOTSTRAP")
         stack = None
         if not bootstrap:
-            stack = Stack(
-                state / "stack",
-                external={"clickhouse": "http://127.0.0.1:1", "redis": "redis://127.0.0.1:1/0"},
-                die_with_parent=True,
-            )
-            bootstrap = stack.up().addresses["kafka"]
+            # Redis too: the workers look up the rules' lists and unblock overrides in it
+            no_clickhouse = {"clickhouse": "http://127.0.0.1:1"}
+            stack = Stack(state / "stack", external=no_clickhouse, die_with_parent=True)
+            addresses = stack.up().addresses
+            bootstrap = addresses["kafka"]
+            os.environ["BYPASS_REDIS_URL"] = addresses["redis"]
         phone_key = secrets.token_urlsafe(24)
         try:
-            results = _throughput(bootstrap, state, phone_key, quick)
+            part_pids = {p.name: p.pid for p in stack.status() if p.pid} if stack is not None else {}
+            results = _throughput(bootstrap, state, phone_key, quick, part_pids)
             ordered = _latency(bootstrap, state, phone_key, quick)
             arrival = _latency(bootstrap, state, phone_key, quick, ordered=False)
             results += _latency_rows(ordered, arrival)

@@ -357,6 +357,9 @@ class Chaos:
                 "BYPASS_TABLE_STANDBY_REPLICAS": "0",
                 "BYPASS_LOG_LEVEL": "INFO",
                 "BYPASS_METRICS_PORT": "0",
+                # the faults hit "the worker" and "the writer" processes themselves
+                "BYPASS_WORKER_PROCESSES": "1",
+                "BYPASS_SINK_PROCESSES": "1",
             }
         )
         self.env = env

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         description="Prometheus port of `bypass sink clickhouse` (/metrics); `bypass sink redis` uses "
         "the next one; 0 = off; a taken port: a free one, logged",
     )
+    sink_processes: int = Field(
+        0,
+        ge=0,
+        description="processes `bypass sink clickhouse` runs in its consumer group, under a supervisor "
+        "(process i > 0 on BYPASS_SINK_METRICS_PORT + 1 + i); 0 = one per usable core; 1 = the one process",
+    )
     redis_key_prefix: str = Field("bypass:", description="prefix of every Redis key bypass writes")
 
     # --- Redis -----------------------------------------------------------
@@ -218,6 +224,13 @@ class Settings(BaseSettings):
     )
     consumer_fetch_max_wait_ms: int = Field(
         100, ge=1, description="longest time the broker may hold a worker's fetch (latency bound)"
+    )
+    worker_processes: int = Field(
+        0,
+        ge=0,
+        description="processes `bypass worker` runs in the one consumer group, under a supervisor that "
+        "restarts a dead one (each on BYPASS_METRICS_PORT + i); 0 = one per usable core; 1 = the one "
+        "process, no supervisor",
     )
     metrics_port: int = Field(
         9108,

@@ -123,10 +123,13 @@ def check_entity_kind(kind: str, settings: Settings | None = None) -> str:
     )
 
 
-def setup_logging(settings: Settings) -> None:
+def setup_logging(settings: Settings, tag: str | None = None) -> None:
+    """The one log format; ``tag`` (``worker 1``: a supervised child) goes in front of each
+    logger name. The first call wins (later ones, as a verb's own, change nothing)."""
+    prefix = f"[{tag}] " if tag else ""
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
     )
 
 

@@ -7,6 +7,7 @@ A new sink: its class in ``sinks/`` and a command here calling
 from __future__ import annotations
 
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -31,15 +32,40 @@ def sink() -> None:
 @click.option(
     "--crash-after-flushes", type=int, default=None, hidden=True, help="test hook: exit before a commit"
 )
-def sink_clickhouse(idle_exit: float | None, crash_after_flushes: int | None) -> None:
+@click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="writer processes in the consumer group, under one supervisor that restarts a dead one "
+    "(default: BYPASS_SINK_PROCESSES; 0 = one per usable core; 1 = this process alone)",
+)
+@click.option("--child", type=click.IntRange(min=0), default=None, hidden=True, help="run as child I")
+def sink_clickhouse(
+    idle_exit: float | None, crash_after_flushes: int | None, processes: int | None, child: int | None
+) -> None:
     """Consume bypass.hits, bypass.blacklist and bypass.decisions into risk_hits / risk_blacklist /
     risk_decisions (exactly once by hit_id), and archive the raw events into risk_events
-    (BYPASS_ARCHIVE_EVENTS)."""
+    (BYPASS_ARCHIVE_EVENTS).
+
+    With N processes (by default one per usable core) the topics' partitions are split
+    between them; process i > 0 serves /metrics on BYPASS_SINK_METRICS_PORT + 1 + i (+ 1 is
+    `bypass sink redis`'s), and the supervisor restarts one that dies and passes SIGTERM /
+    Ctrl-C on to all (streams/live/supervisor.py). With --idle-exit each exits on its own.
+    """
     from sinks.clickhouse import ClickHouseSink
     from streams.core.envelope import decoder_from_settings
+    from streams.live import supervisor
 
     settings = Settings()
-    setup_logging(settings)
+    n = supervisor.resolve_processes(processes, settings.sink_processes)
+    if child is None and n > 1:
+        args = [*(("--idle-exit", str(idle_exit)) if idle_exit is not None else ())]
+        if crash_after_flushes is not None:
+            args += ["--crash-after-flushes", str(crash_after_flushes)]
+        sys.exit(supervisor.supervise("sink-clickhouse", supervisor.sink_specs(settings, n, args), settings))
+    setup_logging(settings, tag=f"sink-clickhouse {child}" if child is not None else None)
     stop = stop_on_signals()
     client = wait_for_clickhouse(settings, stop)
     if client is None:

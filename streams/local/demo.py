@@ -243,6 +243,9 @@ class Demo:
                 "BYPASS_FEATURES_SPEC": str(FEATURES_FILE),
                 "BYPASS_STATE_DIR": str(self.run_dir / "state"),
                 "BYPASS_METRICS_PORT": str(self.metrics_port),
+                # one worker and one writer: the walk-through reads the one metrics port
+                "BYPASS_WORKER_PROCESSES": "1",
+                "BYPASS_SINK_PROCESSES": "1",
                 "BYPASS_ALLOWED_LATENESS_MS": str(LATENESS_MS),
                 # Tansu: group joins take about the rebalance / half the session timeout
                 "BYPASS_CONSUMER_SESSION_TIMEOUT_MS": "6000",

@@ -92,6 +92,9 @@ class StackHandle:
             "redis_url": self.redis_url,
             "phone_hash_key": self.phone_hash_key,
             "state_dir": self.state_dir,
+            # one process per `bypass worker` / `bypass sink clickhouse` unless a test asks
+            "worker_processes": 1,
+            "sink_processes": 1,
         }
         values.update(overrides)
         return Settings(**values)
@@ -105,6 +108,8 @@ class StackHandle:
             "BYPASS_CLICKHOUSE_PASSWORD": self.clickhouse_password,
             "BYPASS_REDIS_URL": self.redis_url,
             "BYPASS_PHONE_HASH_KEY": self.phone_hash_key,
+            "BYPASS_WORKER_PROCESSES": "1",
+            "BYPASS_SINK_PROCESSES": "1",
         }
 
     def restartable(self, name: str) -> bool:

@@ -79,9 +79,11 @@ def status(settings: Settings) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 def test_publishing_a_spec_with_a_new_feature_warm_starts_it_to_the_values_of_a_worker_that_had_it(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, workers: int
 ) -> None:
+    """With two workers each warms the user partition it owns."""
     s = settings.model_copy(
         update={
             "features_spec": FEATURES,
@@ -91,6 +93,7 @@ def test_publishing_a_spec_with_a_new_feature_warm_starts_it_to_the_values_of_a_
             "worker_batch_within_ms": 20,
             "table_standby_replicas": 0,
             "log_level": "INFO",
+            "worker_processes": 1,  # `workers` processes in all
         }
     )
     now = time.time_ns() // 1_000_000
@@ -100,10 +103,10 @@ def test_publishing_a_spec_with_a_new_feature_warm_starts_it_to_the_values_of_a_
     kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic])
     produce(s, history)
 
-    worker = Worker(s, tmp_path / "worker.log")
+    pool = [Worker(s, tmp_path / f"worker{i}.log") for i in range(workers)]
     try:
         wait_for(
-            lambda: worker.metric("bypass_events_applied_total", 'entity="user"'),
+            lambda: sum(w.metric("bypass_events_applied_total", 'entity="user"') or 0 for w in pool),
             float(len(history)),
             timeout=120,
         )
@@ -125,20 +128,32 @@ def test_publishing_a_spec_with_a_new_feature_warm_starts_it_to_the_values_of_a_
         assert published.returncode == 0, published.stdout + published.stderr
 
         wait_for(
-            lambda: "warm start of user features logins_7d, login_devices_7d done" in worker.text(),
+            lambda: (
+                "warm start of user features logins_7d, login_devices_7d done"
+                in "".join(w.text() for w in pool)
+            ),
             True,
             timeout=120,
         )
-        report = status(s)
-        assert report["version"] == "warm-2"
-        rows = {(r["entity"], r["feature"]): r for r in report["features"]}
         wait_for(
-            lambda: {
-                r["state"] for r in status(s)["features"] if r["feature"] in ("logins_7d", "login_devices_7d")
-            },
+            lambda: (
+                {
+                    (r["worker"], r["state"])
+                    for r in status(s)["features"]
+                    if r["feature"] in ("logins_7d", "login_devices_7d")
+                }
+                and {
+                    r["state"]
+                    for r in status(s)["features"]
+                    if r["feature"] in ("logins_7d", "login_devices_7d")
+                }
+            ),
             {"warm"},
-            timeout=40,
+            timeout=60,
         )
+        report = status(s)
+        assert report["version"] == "warm-2" and report["workers"] == workers
+        rows = {(r["entity"], r["feature"]): r for r in report["features"]}
         assert rows[("user", "phone_changes_30d")]["spec_version"] == "warm-2"
 
         produce(s, after)
@@ -150,12 +165,13 @@ def test_publishing_a_spec_with_a_new_feature_warm_starts_it_to_the_values_of_a_
             timeout_s=120,
         )
     finally:
-        worker.stop()
-    assert "Traceback" not in worker.text()
+        for w in pool:
+            w.stop()
+    assert not any("Traceback" in w.text() for w in pool)
 
     # a restart does not warm again: the partitions' markers say the features are warm
     last = logins("z", now - 5 * HOUR, users=2, per_user=1, step_ms=HOUR)
-    restarted = Worker(s, tmp_path / "worker2.log")
+    restarted = Worker(s, tmp_path / "restarted.log")
     try:
         produce(s, last)
         more = read_topic(
