@@ -64,6 +64,9 @@ def sink_clickhouse(
         args = [*(("--idle-exit", str(idle_exit)) if idle_exit is not None else ())]
         if crash_after_flushes is not None:
             args += ["--crash-after-flushes", str(crash_after_flushes)]
+        from streams.core import kafka
+
+        kafka.check_reachable(settings)  # no broker: one clear line, not N crash-looping writers
         sys.exit(supervisor.supervise("sink-clickhouse", supervisor.sink_specs(settings, n, args), settings))
     setup_logging(settings, tag=f"sink-clickhouse {child}" if child is not None else None)
     stop = stop_on_signals()

@@ -74,4 +74,8 @@ def worker(verbose: bool, processes: int | None, child: int | None) -> None:
 
         run_worker(settings, verbose=verbose)
         return
+    from streams.core import kafka
+
+    # no broker: one clear line and exit 1, as a single worker does, not N crash-looping children
+    kafka.check_reachable(settings)
     sys.exit(supervisor.supervise("worker", supervisor.worker_specs(settings, n, verbose=verbose), settings))
