@@ -248,6 +248,8 @@ class Replay:
         try:
             active = active_spec(s)
         except BypassError as exc:
+            if self.options.source != "archive":
+                raise  # a Kafka replay cannot go on either: one clear error
             self._warn(
                 f"cannot read the published feature specs ({exc.message}); replaying with "
                 f"BYPASS_FEATURES_SPEC {s.features_spec}"
