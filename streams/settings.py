@@ -209,7 +209,9 @@ class Settings(BaseSettings):
         description="entity-agent batches between sweeps dropping evictable keys (0 = never)",
     )
     table_store: Literal["memory://", "rocksdb://"] = Field(
-        "memory://", description="Faust table store: memory:// or rocksdb://"
+        "memory://",
+        description="Faust table store: memory:// (RAM, rebuilt from the changelog at start) or rocksdb:// "
+        "(local disk, only the changelog tail replayed at restart)",
     )
     consumer_session_timeout_ms: int = Field(
         10_000,

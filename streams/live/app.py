@@ -47,11 +47,12 @@ events come again after a crash.  The reports are kept in the entity table (key
 ``\x00order-progress:<partition>``) so a new owner of a raw partition continues its running
 maximum.  At BYPASS_ORDER_MAX_HELD held events the raw partitions running ahead are paused.
 
-Eviction.  Every ``evict_every_batches`` batches an entity agent sweeps its table: a key
-of a partition it owns whose state the step says is evictable at the worker's event-time
-watermark (the largest event time its entity agents have processed, capped by the clock so
-an outlier from the future cannot make every key look stale: :meth:`Pipeline.eviction_time`)
-is deleted (a tombstone on the changelog) and dropped from the decoded-state cache.
+Eviction.  Every ``evict_every_batches`` batches an entity agent starts a sweep of its
+table (``EVICT_SLICE_KEYS`` keys after each batch until done): a key of a partition it
+owns whose state the step says is evictable at the worker's event-time watermark (the
+largest event time its entity agents have processed, capped by the clock so an outlier
+from the future cannot make every key look stale: :meth:`Pipeline.eviction_time`) is
+deleted (a tombstone on the changelog) and dropped from the decoded-state cache.
 
 Delivery.  At-least-once: the entity agent sends hits and writes state before the batch's
 offsets are acknowledged, and Faust flushes the producer before it commits.  After a crash
@@ -85,6 +86,7 @@ from streams.core.processor import Processor
 from streams.core.step import BatchStep, StepResult, group_by_key
 from streams.live.metrics import Metrics
 from streams.live.setup import (
+    EntityRocksStore,
     EntityTable,
     bundle_partition,
     credentials,
@@ -98,6 +100,10 @@ __all__ = ["BUNDLE_MAX_BYTES", "Pipeline", "TableStore", "pack_bundles"]
 log = logging.getLogger("bypass.worker")
 
 BUNDLE_MAX_BYTES = 512 * 1024
+
+#: Keys an eviction sweep checks per entity-agent batch (each check may decode a state:
+#: a few ms per thousand keys).
+EVICT_SLICE_KEYS = 2_000
 
 #: A message an agent produced: topic, key, value, partition (None: the key's default
 #: partition), headers (None: none).
@@ -192,9 +198,13 @@ class TableStore:
     an LRU of decoded states (``cache_keys``) valid while the table holds the bytes they
     came from.
 
-    With the memory store (``direct``), a write goes straight into the table's data and
-    its changelog record into the agent's outbox (what ``table[key] = value`` does, minus
-    Faust's per-message buffer); otherwise through the table.
+    A write goes into the table's store and its changelog record into the agent's outbox
+    (what ``table[key] = value`` does, minus Faust's per-message buffer, future and task):
+    with the memory store (``direct``) straight into its dict; with RocksDB
+    (:class:`streams.live.setup.EntityRocksStore`) as a pending write that reaches the
+    partition's database once the broker acknowledged its changelog record
+    (:meth:`acknowledged`, called by the agent's drain).  Any other store goes through
+    the table.
     """
 
     def __init__(self, table: Any, cache_keys: int, outbox: list[Outgoing], *, direct: bool) -> None:
@@ -204,15 +214,34 @@ class TableStore:
         self.direct = direct
         self.cache: dict[bytes, tuple[bytes, features.EntityState]] = {}
         self._changelog: str | None = None
+        self._rocks: EntityRocksStore | None = None
+        self._resolved = False
+
+    def _resolve(self) -> None:
+        """The table's store is built on first use (after the app's set-up)."""
+        self._resolved = True
+        data = self.table.data
+        if isinstance(data, EntityRocksStore):
+            self._rocks = data
+        if self.direct or self._rocks is not None:
+            self._changelog = self.table.changelog_topic.get_topic_name()
+
+    def _get(self, kb: bytes) -> bytes | None:
+        if not self._resolved:
+            self._resolve()
+        if self._rocks is not None:
+            return self._rocks.get_raw(kb)
+        raw: bytes | None = self.table.get(kb)
+        return raw
 
     def load(self, entity: str, key: str) -> tuple[bytes | None, features.EntityState | None]:
         kb = key.encode()
-        raw: bytes | None = self.table.get(kb)
+        raw = self._get(kb)
         return raw, _valid(self.cache.pop(kb, None), raw)  # popped: save() puts it back last
 
     def peek(self, kb: bytes) -> tuple[bytes | None, features.EntityState | None]:
         """Like :meth:`load`, leaving the cache as it is (eviction sweeps)."""
-        raw: bytes | None = self.table.get(kb)
+        raw = self._get(kb)
         return raw, _valid(self.cache.get(kb), raw)
 
     def save(
@@ -232,14 +261,47 @@ class TableStore:
     def put_raw(self, kb: bytes, data: bytes, partition: int) -> None:
         """Write ``kb`` into the table's ``partition`` (an entity state, or a record of the
         agent's own such as the ordering progress)."""
-        table = self.table
-        if self.direct:
-            if self._changelog is None:
-                self._changelog = table.changelog_topic.get_topic_name()
-            table.data[kb] = data
-            self.outbox.append((self._changelog, kb, data, partition, None))
+        if not self._resolved:
+            self._resolve()
+        if self._changelog is None:
+            self.table[kb] = data
+            return
+        if self._rocks is not None:
+            self._rocks.put_raw(kb, data)
         else:
-            table[kb] = data
+            self.table.data[kb] = data
+        self.outbox.append((self._changelog, kb, data, partition, None))
+
+    def keys(self) -> list[bytes]:
+        """The table's keys now (eviction sweeps), without Faust's per-key decoding."""
+        if not self._resolved:
+            self._resolve()
+        if self._rocks is not None:
+            return self._rocks.raw_keys()
+        data = getattr(self.table.data, "data", None)
+        if self.direct and isinstance(data, dict):
+            return list(data)
+        return list(self.table.keys())
+
+    def awaits_acks(self) -> str | None:
+        """The changelog topic whose records :meth:`acknowledged` wants (RocksDB), else None."""
+        if not self._resolved:
+            self._resolve()
+        return self._changelog if self._rocks is not None else None
+
+    async def acknowledged(self, sent: Sequence[tuple[bytes, bytes, Any]]) -> None:
+        """``sent``: (key, value, delivery future) of changelog records in send order.  Once
+        the broker acknowledged them, their writes go into the RocksDB databases with the
+        last changelog offset of each partition."""
+        assert self._rocks is not None  # noqa: S101
+        offsets: dict[int, int] = {}
+        values: dict[bytes, bytes] = {}
+        for key, value, fut in sent:
+            meta = await fut
+            if meta.offset > offsets.get(meta.partition, -1):
+                offsets[meta.partition] = meta.offset
+            values[key] = value
+        self._rocks.apply(offsets, values)
 
     def trim(self) -> None:
         """Keep the ``cache_keys`` most recently used decoded states."""
@@ -301,6 +363,8 @@ class Pipeline:
         # entity kind -> since when (unix time) a batch waits for a dependency (health)
         self.waiting: dict[str, float] = {}
         self._batches: dict[str, int] = dict.fromkeys(self.entities, 0)
+        # per entity kind: the running eviction sweep's keys, how far it got, how many went
+        self._sweeps: dict[str, tuple[list[bytes], int, int]] = {}
         # the messages each agent produced in its current batch (Outgoing); _drain sends them
         self._outbox: dict[str, list[Outgoing]] = {"ingest": []}
         self.entity_topics: dict[str, Any] = {}
@@ -347,7 +411,8 @@ class Pipeline:
     def _build_app(self, datadir: Path | None) -> faust.App:
         s = self.settings
         tune_faust_consumer(s)
-        datadir = datadir or (Path(s.state_dir) / "faust")
+        # per app id: two apps (a reference run, a second deployment) never share RocksDB files
+        datadir = datadir or (Path(s.state_dir) / "faust" / s.app_id)
         datadir.mkdir(parents=True, exist_ok=True)
         app = faust.App(
             s.app_id,
@@ -611,7 +676,7 @@ class Pipeline:
                 every = s.evict_every_batches
                 if every:
                     n = self._batches[entity] = self._batches[entity] + 1
-                    if n % every == 0:
+                    if n % every == 0 or entity in self._sweeps:  # a sweep goes on in slices
                         await self.evict(entity)
                         await self._drain(entity)
 
@@ -845,6 +910,29 @@ class Pipeline:
                 m.feature_skipped.labels(feature=name).inc(total - seen if total > seen else total)
                 self._skipped_seen[name] = total
 
+    def state_size(self) -> dict[str, tuple[int, int]]:
+        """Per entity kind: (keys, bytes) of its state table, ordering records left out.
+        The memory store is counted (owned and standby partitions); a RocksDB table is
+        not scanned: RocksDB's estimate for the active partitions (live data and
+        memtables; a few percent off, the agent's own records included)."""
+        out: dict[str, tuple[int, int]] = {}
+        for entity, table in self.tables.items():
+            data = table.data
+            if isinstance(data, EntityRocksStore):
+                out[entity] = data.estimate()
+                continue
+            items = getattr(data, "data", None)
+            if not isinstance(items, dict):
+                continue
+            keys = sizes = 0
+            for key, value in list(items.items()):
+                if key[:1] == b"\x00":
+                    continue
+                keys += 1
+                sizes += len(value) if isinstance(value, bytes | bytearray) else 0
+            out[entity] = (keys, sizes)
+        return out
+
     def eviction_time(self) -> int | None:
         """The event time eviction sweeps at: the largest event time processed, never beyond
         the clock, so an outlier from the future cannot make every key look stale (such
@@ -860,22 +948,31 @@ class Pipeline:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name}
 
     async def evict(self, entity: str) -> int:
-        """Delete the keys of ``entity`` whose state is evictable at the watermark.
+        """One slice of a sweep deleting the keys of ``entity`` whose state is evictable at
+        the watermark.
 
-        Each deletion writes a tombstone to the table's changelog (so a worker recovering
-        the partition drops the key too) and drops the key from the decoded-state cache.
-        Only keys of partitions this worker owns are swept.  Returns how many went.
+        A sweep goes through the keys the table had when it started, at most
+        ``EVICT_SLICE_KEYS`` per call (the agent calls again after each batch until the
+        sweep is done), so a table of millions of keys - each checked decodes its state -
+        never holds the agent's events back for long.  Each deletion writes a tombstone to
+        the table's changelog (so a worker recovering the partition drops the key too) and
+        drops the key from the decoded-state cache.  Only keys of partitions this worker
+        owns are swept.  Returns how many went in this slice.
         """
         now_ms = self.eviction_time()
         if now_ms is None:
             return 0
         table = self.tables[entity]
         store = self.stores[entity]
+        running = self._sweeps.pop(entity, None)
+        keys, at, swept = running if running is not None else (store.keys(), 0, 0)
         owned = self._owned_partitions(entity)
         gone = 0
-        for i, kb in enumerate(list(table.keys())):
+        stop = min(at + EVICT_SLICE_KEYS, len(keys))
+        for i in range(at, stop):
             if i % 1000 == 999:
-                await asyncio.sleep(0)  # heartbeats keep flowing during a long sweep
+                await asyncio.sleep(0)  # heartbeats keep flowing during a long slice
+            kb = keys[i]
             if kb[:1] == b"\x00" or table.partition_for_key(kb) not in owned:  # progress, markers
                 continue
             raw, state = store.peek(kb)
@@ -887,7 +984,10 @@ class Pipeline:
                 gone += 1
         if gone:
             self.metrics.evicted.labels(entity=entity).inc(gone)
-            log.info("evicted %d %s keys at watermark %d", gone, entity, now_ms)
+        if stop < len(keys):
+            self._sweeps[entity] = (keys, stop, swept + gone)
+        elif swept + gone:
+            log.info("evicted %d %s keys at watermark %d", swept + gone, entity, now_ms)
         return gone
 
     async def _drain(self, agent: str) -> None:
@@ -898,15 +998,24 @@ class Pipeline:
 
         The agent's messages go straight to the transport producer: Faust's ``send_soon``
         buffer costs a future, a task and a ``wait_for`` per message, about a third of a
-        live worker's CPU at 2,000 events/s.
+        live worker's CPU at 2,000 events/s.  With RocksDB the agent then waits for the
+        broker to acknowledge its changelog records, and its states go to disk with their
+        offsets (:meth:`TableStore.acknowledged`).
         """
         box = self._outbox[agent]
         if box:
             out = box[:]
             box.clear()  # the same list: the agent's TableStore appends to it
             send = self.app.producer.send
+            store = self.stores.get(agent)
+            changelog = store.awaits_acks() if store is not None else None
+            acks: list[tuple[bytes, bytes, Any]] = []
             for topic, key, value, partition, headers in out:
-                await send(topic, key, value, partition, None, headers)
+                fut = await send(topic, key, value, partition, None, headers)
+                if topic == changelog and key is not None and value is not None:
+                    acks.append((key, value, fut))
+            if acks and store is not None:
+                await store.acknowledged(acks)  # RocksDB: states reach disk once logged
         buffer = self.app.producer.buffer
         while buffer.size:
             await buffer.flush_atmost(None)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """Faust set-up shared by the worker and the benchmark baselines: broker URL, credentials,
-consumer tuning, and the entity table whose key decides its partition.
+consumer tuning, and the entity table whose key decides its partition (and, with
+``BYPASS_TABLE_STORE=rocksdb://``, its RocksDB store).
 
 Re-keying uses Kafka's default partitioner (murmur2 of the UTF-8 key, as aiokafka and the
 Java client do) both for the repartition topics and for the table changelogs, so the
@@ -9,14 +10,21 @@ partition of a repartition topic that carries a key also holds that key's state.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust.stores.rocksdb import RocksDBOptions as _RocksOptions
+from faust.stores.rocksdb import Store as _RocksStore
+from faust.types import TP as FaustTP
+from yarl import URL
 
 from streams.settings import Settings
 
 __all__ = [
+    "ROCKSDB_OPTIONS",
+    "EntityRocksStore",
     "EntityTable",
     "bundle_partition",
     "credentials",
@@ -51,6 +59,199 @@ class EntityTable(faust.Table):  # type: ignore[type-arg]
             else:
                 partition = cache[key] = bundle_partition(key, self.partitions or 1)
         return partition
+
+    def _new_store_by_url(self, url: str | URL) -> Any:
+        """``rocksdb://`` -> :class:`EntityRocksStore` (Faust's own store files a key under
+        the current event's partition, and our agents write outside any event)."""
+        if URL(str(url)).scheme != "rocksdb":
+            return super()._new_store_by_url(url)
+        return EntityRocksStore(
+            url,
+            self.app,
+            self,
+            table_name=self.name,
+            key_type=self.key_type,
+            key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer,
+            value_type=self.value_type,
+            loop=self.loop,
+            options={**ROCKSDB_OPTIONS, **(self.options or {})},
+        )
+
+
+#: RocksDB options of an entity table's partition databases.  Faust's defaults give each
+#: database a 2 GiB block cache and three 64 MiB write buffers, which multiply by entity
+#: kinds x partitions on one worker; here every database of a worker process shares one
+#: block cache and one write-buffer budget (hot decoded states are in the agents' own
+#: cache anyway).
+ROCKSDB_OPTIONS: dict[str, Any] = {
+    "write_buffer_size": 16 * 1024 * 1024,  # one memtable, at most
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 64 * 1024 * 1024,
+}
+#: The block cache all RocksDB databases of a worker process share.
+ROCKSDB_BLOCK_CACHE_BYTES = 128 * 1024 * 1024
+#: The memtable budget of all RocksDB databases of a worker process (a database over its
+#: share flushes early).
+ROCKSDB_WRITE_BUFFER_BYTES = 128 * 1024 * 1024
+
+_shared: dict[str, Any] = {}
+
+
+class _SharedMemoryOptions(_RocksOptions):
+    """Faust's rocksdict options with the process-wide block cache and write-buffer budget."""
+
+    def as_options(self) -> Any:
+        import rocksdict
+
+        if not _shared:
+            _shared["cache"] = rocksdict.Cache(ROCKSDB_BLOCK_CACHE_BYTES)
+            _shared["buffers"] = rocksdict.WriteBufferManager(ROCKSDB_WRITE_BUFFER_BYTES, False)
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        if self.max_open_files is not None:
+            options.set_max_open_files(self.max_open_files)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        options.set_write_buffer_manager(_shared["buffers"])
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, block_based=True)
+        table.set_block_cache(_shared["cache"])
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+
+class EntityRocksStore(_RocksStore):
+    """Faust's RocksDB store (one database per partition, the changelog offset each holds
+    up to), for tables written outside any event, by :class:`EntityTable`'s key ->
+    partition mapping.
+
+    Writes are *pending* until their changelog records are acknowledged by the broker:
+    reads see them at once, the database gets them with their changelog offset
+    (:meth:`apply`).  So a partition's database never holds a state its changelog lacks,
+    and a restart replays only the changelog after the offset the database holds (Faust's
+    own store writes the database first: a crash in between left states the changelog
+    never got, lost when the partition moved).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rocksdb_options = _SharedMemoryOptions(**(self.options or {}), use_rocksdict=True)
+        self.pending: dict[bytes, bytes] = {}
+        self._revoked: set[int] = set()  # partitions taken away since their last assignment
+
+    def _partition(self, key: bytes) -> int:
+        partition = self.table.partition_for_key(key)
+        assert partition is not None  # EntityTable always knows  # noqa: S101
+        return int(partition)
+
+    # --- the raw byte interface (TableStore; Faust's codecs are bypassed) ----------
+    def get_raw(self, key: bytes) -> bytes | None:
+        value = self.pending.get(key)
+        if value is not None:
+            return value
+        raw: bytes | None = self._db_for_partition(self._partition(key)).get(key)
+        return raw
+
+    def put_raw(self, key: bytes, value: bytes) -> None:
+        self.pending[key] = value
+
+    def apply(self, offsets: Mapping[int, int], sent: Mapping[bytes, bytes]) -> None:
+        """The changelog records ``sent`` (key -> value) are acknowledged, up to
+        ``offsets`` (partition -> last offset): write them into their partitions'
+        databases with that offset, one write batch per partition."""
+        import rocksdict
+
+        batches: dict[int, Any] = {}
+        pending = self.pending
+        for key, value in sent.items():
+            partition = self._partition(key)
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+            batch.put(key, value)
+            if pending.get(key) is value:  # not written again since
+                del pending[key]
+        for partition, offset in offsets.items():
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+            batch.put(self.offset_key, str(offset).encode())
+        for partition, batch in batches.items():
+            if partition not in self._revoked:  # else its next owner reads the changelog
+                self._db_for_partition(partition).write(batch)
+
+    def raw_keys(self) -> list[bytes]:
+        """The keys of the active partitions (Faust's key decoding bypassed)."""
+        return list(self._iterkeys())
+
+    def estimate(self) -> tuple[int, int]:
+        """(keys, bytes) of the active partitions, as RocksDB estimates them (no scan)."""
+        keys = size = 0
+        for db in self._dbs_for_actives():
+            keys += db.property_int_value("rocksdb.estimate-num-keys") or 0
+            size += db.property_int_value("rocksdb.estimate-live-data-size") or 0
+            size += db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+        return keys, size
+
+    # --- Faust's store interface, routed by the key's partition ---------------------
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self._del(key)
+        else:
+            self.pending[key] = value
+
+    def _get(self, key: bytes) -> bytes | None:
+        return self.get_raw(key)
+
+    def _del(self, key: bytes) -> None:
+        self.pending.pop(key, None)
+        self._db_for_partition(self._partition(key)).delete(key)
+
+    def _contains(self, key: bytes) -> bool:
+        return self.get_raw(key) is not None
+
+    def _iterkeys(self) -> Iterator[bytes]:
+        yield from super()._iterkeys()
+        if self.pending:  # written, not in a database yet (none between agent batches)
+            active = self._active_partitions()
+            for key in list(self.pending):
+                partition = self._partition(key)
+                if partition in active and self._db_for_partition(partition).get(key) is None:
+                    yield key
+
+    def _iteritems(self) -> Iterator[tuple[bytes, bytes]]:
+        for key in self._iterkeys():
+            value = self.get_raw(key)
+            if value is not None:
+                yield key, value
+
+    def _itervalues(self) -> Iterator[bytes]:
+        for _, value in self._iteritems():
+            yield value
+
+    def _size(self) -> int:
+        return sum(1 for _ in self._iterkeys())
+
+    def _active_partitions(self) -> set[int]:
+        topic = self.table.changelog_topic.get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def revoke_partitions(self, table: Any, tps: set[FaustTP]) -> None:
+        """Pending writes of revoked partitions are dropped (their new owner has them from
+        the changelog, or the events again)."""
+        gone = {tp.partition for tp in tps if tp.topic in table.changelog_topic.topics}
+        self._revoked |= gone
+        if gone and self.pending:
+            for key in [k for k in self.pending if self._partition(k) in gone]:
+                del self.pending[key]
+        super().revoke_partitions(table, tps)
+
+    async def assign_partitions(self, table: Any, tps: set[FaustTP], generation_id: int = 0) -> None:
+        self._revoked -= {tp.partition for tp in tps if tp.topic in table.changelog_topic.topics}
+        await super().assign_partitions(table, tps, generation_id)
 
 
 def tune_faust_consumer(settings: Settings) -> None:

@@ -336,21 +336,9 @@ class LiveWorker:
             m.event_time_lag.set(lag)
 
     def state_size(self) -> dict[str, tuple[int, int]]:
-        """Per entity kind: (keys, bytes) of its state table, owned and standby partitions
-        (memory store only: a RocksDB table is not scanned)."""
-        out: dict[str, tuple[int, int]] = {}
-        for entity, table in self.pipeline.tables.items():
-            data = getattr(table.data, "data", None)
-            if not isinstance(data, dict):
-                continue
-            keys = sizes = 0
-            for key, value in list(data.items()):
-                if key[:1] == b"\x00":  # the ordering progress records, not entity state
-                    continue
-                keys += 1
-                sizes += len(value) if isinstance(value, bytes | bytearray) else 0
-            out[entity] = (keys, sizes)
-        return out
+        """Per entity kind: (keys, bytes) of its state table (:meth:`Pipeline.state_size`:
+        counted for the memory store, RocksDB's estimate for rocksdb://)."""
+        return self.pipeline.state_size()
 
     def _update_state_size(self) -> None:
         for entity, (keys, size) in self.state_size().items():

@@ -2,7 +2,9 @@
 
 Workers run as subprocesses (``python -m streams worker``) with the fixture settings as
 BYPASS_* variables; the tests read the real ``hits`` / ``blacklist`` / ``dlq`` topics.
-Group joins on Tansu take about the rebalance timeout, so the workers use 2 s.
+Group joins on Tansu take about the rebalance timeout, so the workers use 2 s.  The crash,
+restart, two-worker and eviction tests run with both table stores (``STORES``: memory://
+and rocksdb://, same assertions).
 """
 
 from __future__ import annotations
@@ -112,10 +114,19 @@ def _env(settings: Settings, **extra: Any) -> dict[str, str]:
     return env
 
 
+#: The table stores the key tests run with (``@pytest.mark.parametrize("psettings", STORES,
+#: indirect=True)``, same assertions); the other tests use the default, memory://.
+STORES = [
+    pytest.param("memory://", id="memory"),
+    pytest.param("rocksdb://", id="rocksdb"),
+]
+
+
 @pytest.fixture
-def psettings(settings: Settings) -> Settings:
+def psettings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
     return settings.model_copy(
         update={
+            "table_store": getattr(request, "param", "memory://"),
             "features_spec": FEATURES,
             "topic_partitions": 4,
             "consumer_session_timeout_ms": 10_000,
@@ -418,6 +429,7 @@ def _wait_metric(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("psettings", STORES, indirect=True)
 def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
     psettings: Settings, tmp_path: Path
 ) -> None:
@@ -462,7 +474,25 @@ def test_sigkill_and_restart_give_the_hits_of_a_run_without_crash(
             restarted.stop()
 
 
+def _persisted_offsets(s: Settings, entity: str) -> dict[int, int]:
+    """Partition -> the changelog offset its RocksDB database of ``entity`` holds up to
+    (the worker that wrote them must have stopped: a database is locked while open)."""
+    from rocksdict import AccessType, Options, Rdict
+
+    out: dict[int, int] = {}
+    for path in (Path(s.state_dir) / "faust" / s.app_id).glob(f"*/tables/entity-{entity}-*.db"):
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            offset = db.get(b"__faust\x00offset__")
+        finally:
+            db.close()
+        if offset is not None:
+            out[int(path.name.rsplit("-", 1)[1].removesuffix(".db"))] = int(offset)
+    return out
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("psettings", STORES, indirect=True)
 def test_restart_restores_every_state_from_the_changelog(psettings: Settings, tmp_path: Path) -> None:
     """A worker stopped cleanly after half the events, then a new one for the second half:
     the new worker's states come from the changelog (and the few redeliveries Faust's last
@@ -485,6 +515,14 @@ def test_restart_restores_every_state_from_the_changelog(psettings: Settings, tm
         _wait_metric(first, ("bypass_events_applied_total", "bypass_events_late_total"), applied, half)
         first.stop()  # SIGTERM: Faust flushes and commits
         assert first.proc.returncode == 0
+        if s.table_store == "rocksdb://":
+            # each partition's database holds its changelog to the end (the offset it
+            # holds is the last one): the second worker replays nothing it has
+            changelog = f"{s.app_id}-entity-user-changelog"
+            last: dict[int, int] = {}
+            for m in read_topic(s, changelog, lambda m: len(m) > 0, settle_s=0.5):
+                last[m.partition()] = max(last.get(m.partition(), -1), m.offset())
+            assert last and _persisted_offsets(s, "user") == last
         second = Worker(s, tmp_path / "second.log")
         produce(s, events[half:])
         reference = Worker(ref, tmp_path / "ref.log")
@@ -503,6 +541,7 @@ def test_restart_restores_every_state_from_the_changelog(psettings: Settings, tm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("psettings", STORES, indirect=True)
 def test_two_workers_split_partitions_and_hot_reload(psettings: Settings, tmp_path: Path) -> None:
     s = psettings
     ref = _reference(s)
@@ -521,8 +560,9 @@ def test_two_workers_split_partitions_and_hot_reload(psettings: Settings, tmp_pa
 
     events = _sim_events(seed=5)
     reference = Worker(ref, tmp_path / "ref.log")
-    one = Worker(s, tmp_path / "w1.log")
-    two = Worker(s, tmp_path / "w2.log")
+    # each worker its own state directory (RocksDB databases are locked by their process)
+    one = Worker(s, tmp_path / "w1.log", state_dir=tmp_path / "w1")
+    two = Worker(s, tmp_path / "w2.log", state_dir=tmp_path / "w2")
     try:
         produce(s, events)
         want = _read_reference(ref)
@@ -625,6 +665,7 @@ def _reference_hits(settings: Settings, text: str, events: list[dict[str, Any]])
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("psettings", STORES, indirect=True)
 def test_eviction_drops_evictable_keys_only_and_changes_no_result(
     psettings: Settings, tmp_path: Path
 ) -> None:
