@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,22 @@ def read_marker(raw: bytes | None) -> Marker | None:
     except (ValueError, TypeError, KeyError):
         log.warning("ignoring an unreadable feature marker")
         return None
+
+
+def _whole(reader: Any, positions: dict[TP, int], **options: Any) -> Iterator[list[Any]]:
+    """The chunks of a replay or archive reader over whole partitions (no time range, no
+    retention warnings), from ``positions``, in the processing order."""
+    chunks: Iterator[list[Any]] = reader.records(
+        positions,
+        stop_ms=2**62,
+        to_ms=2**62,
+        skew_ms=0,
+        select_from_ms=0,
+        chunk_size=2000,
+        retention_edge=set(),
+        **options,
+    )
+    return chunks
 
 
 class Warmup:
@@ -202,14 +218,9 @@ class Warmup:
             self.total = sum(max(0, self.stops.get(tp, 0) - positions[tp]) for tp in tps)
             stops = {tp: self.stops.get(tp, 0) for tp in tps}
             clock = self._from_archive(positions) if any(positions.values()) else None
-            for chunk in reader.records(
+            for chunk in _whole(
+                reader,
                 positions,
-                stop_ms=2**62,
-                to_ms=2**62,
-                skew_ms=0,
-                select_from_ms=0,
-                chunk_size=2000,
-                retention_edge=set(),
                 should_stop=self._stop.is_set,
                 stop_offsets=stops,
                 clock=clock,
@@ -244,14 +255,9 @@ class Warmup:
             archive.find_offsets(0, 2**62)
             positions = {tp: archive.marks[tp][0] for tp in tps}
             self.total += sum(max(0, below.get(tp, 0) - positions[tp]) for tp in tps)
-            for chunk in archive.records(
+            for chunk in _whole(
+                archive,
                 positions,
-                stop_ms=2**62,
-                to_ms=2**62,
-                skew_ms=0,
-                select_from_ms=0,
-                chunk_size=2000,
-                retention_edge=set(),
                 should_stop=self._stop.is_set,
                 stop_offsets=dict(below),
             ):
@@ -317,14 +323,9 @@ class Warmup:
             tps = reader.discover()
             reader.find_offsets(0, 0)
             positions = {tp: max(self.stops.get(tp, 0), reader.marks[tp][0]) for tp in tps}
-            for chunk in reader.records(
+            for chunk in _whole(
+                reader,
                 positions,
-                stop_ms=2**62,
-                to_ms=2**62,
-                skew_ms=0,
-                select_from_ms=0,
-                chunk_size=2000,
-                retention_edge=set(),
                 clock=self.clock,
             ):
                 for record in chunk:

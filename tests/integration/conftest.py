@@ -304,6 +304,8 @@ class Names:
             "blacklist_topic": self.blacklist_topic,
             "dlq_topic": self.dlq_topic,
             "rules_topic": self.rules_topic,
+            # a test's published feature specs stay its own (a worker starts with the active one)
+            "features_topic": self.topic("features"),
             "decisions_topic": self.topic("decisions"),
             "clickhouse_database": self.database,
             "app_id": self.app_id,
