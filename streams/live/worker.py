@@ -419,13 +419,11 @@ class LiveWorker:
 
     def run(self) -> None:
         """Prepare, then run the Faust worker until it is stopped (SIGTERM / SIGINT)."""
-        import faust
-
         from streams.cli.params import setup_logging
 
         setup_logging(self.settings)
         self.prepare()
-        worker = faust.Worker(
+        worker = _worker_class()(
             self.app,
             loglevel=self.settings.log_level,
             quiet=True,
@@ -453,6 +451,72 @@ class LiveWorker:
             if self.server is not None:
                 self.server.shutdown()
             log.info("worker stopped")
+
+
+#: Seconds a stop may take before the worker logs where it is stuck (every thread's stack
+#: and every pending asyncio task), then again every as many seconds.
+STOP_REPORT_AFTER_S = 10.0
+
+
+def _stuck_report(loop: Any) -> str:
+    """Every thread's stack and every pending asyncio task of ``loop`` (read from another
+    thread: a best-effort snapshot for the log)."""
+    import asyncio
+    import sys
+    import threading
+    import traceback
+
+    names = {t.ident: t.name for t in threading.enumerate()}
+    lines: list[str] = []
+    for ident, frame in sys._current_frames().items():
+        lines.append(f"thread {names.get(ident, ident)}:")
+        lines.extend("  " + ln.rstrip() for ln in traceback.format_stack(frame)[-8:])
+    try:
+        tasks = list(asyncio.all_tasks(loop))
+    except RuntimeError:  # the set changed while read
+        tasks = []
+    for task in tasks:
+        lines.append(f"task {task.get_name()} {task.get_coro()!r}:")
+        for frame in task.get_stack(limit=6):
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+    return "\n".join(lines)
+
+
+def _watch_stop(loop: Any, signal_name: str) -> None:
+    """Started at SIGTERM/SIGINT: log the stop, and where it is stuck if it stalls."""
+    import threading
+
+    log.info("stopping (%s): committing offsets, flushing the producers", signal_name)
+    started = time.monotonic()
+
+    def watch() -> None:
+        while True:
+            time.sleep(STOP_REPORT_AFTER_S)
+            waited = time.monotonic() - started
+            log.warning("still stopping after %.0f s; where it waits:\n%s", waited, _stuck_report(loop))
+
+    threading.Thread(target=watch, name="stop-watch", daemon=True).start()
+
+
+def _worker_class() -> Any:
+    import signal
+
+    import faust
+
+    class Worker(faust.Worker):
+        """Faust's worker, logging its stop (and where a slow stop waits)."""
+
+        def _on_sigterm(self) -> None:
+            if not self._signal_stop_time:
+                _watch_stop(self.loop, "SIGTERM")
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            if not self._signal_stop_time:
+                _watch_stop(self.loop, signal.SIGINT.name)
+            super()._on_sigint()
+
+    return Worker
 
 
 def run_worker(settings: Settings, *, verbose: bool = False) -> None:
