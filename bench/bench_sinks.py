@@ -22,6 +22,10 @@ hourly uniqExact rollup MV) on the chdb-served ClickHouse 26.9 engine.
   (``EnvelopeDecoder.decode`` with the Kafka timestamp and clock checks, as the writer calls it)
   on the same events, in-process CPU per event: the share of ``archive_rows_per_cpu_s`` that
   is decoding.
+- ``archive_rows_per_s_2_processes``: the same archive run by two writer processes in one
+  consumer group (what ``bypass sink clickhouse --processes N`` starts; its default is one per
+  core), from the first record either consumed to the last row accepted; side by side with
+  the one-process ``archive_rows_per_s`` (``ratio``).
 - ``lag_hit_to_queryable_p50/p99``: hits produced at a steady rate while the writer runs
   (default batching settings: ``sink_batch_ms`` = 1000; the full run adds 200 ms); a
   poller queries ClickHouse every 50 ms; lag = first time a hit is visible in a SELECT -
@@ -199,23 +203,12 @@ def _event(i: int, now_ms: int) -> dict[str, Any]:
     return event
 
 
-def _archive(
-    bootstrap: str, ch_url: str, n: int, hits_rate: float | None, ch_pid: int | None = None
-) -> list[dict[str, Any]]:
+def _produce_events(settings: Any, raw: str, n: int, now_ms: int) -> list[bytes]:
+    """``n`` simulator-mix events onto ``raw``; returns the first 50,000 as sent."""
     from confluent_kafka import Producer
 
-    from sinks.clickhouse import ClickHouseSink, connect
-    from sinks.clickhouse_schema import migrate
     from streams.core import kafka
-    from streams.core.envelope import decoder_from_settings
-    from streams.core.outputs import build_runner
 
-    tag = "ar" + secrets.token_hex(3)
-    raw = f"bench.{tag}.events"
-    settings = _settings(
-        bootstrap, ch_url, tag, sink_batch_size=50_000, raw_topics=(raw,), phone_hash_key="bench-key"
-    )
-    now_ms = int(time.time() * 1000)
     kafka.ensure_topics(settings, [raw, settings.dlq_topic])
     producer = Producer({**settings.kafka_config(), "linger.ms": 20, "batch.num.messages": 10000})
     sample: list[bytes] = []
@@ -230,6 +223,116 @@ def _archive(
             except BufferError:
                 producer.poll(0.05)
     producer.flush(60)
+    return sample
+
+
+def _archive_settings(bootstrap: str, ch_url: str, tag: str) -> Any:
+    return _settings(
+        bootstrap, ch_url, tag, sink_batch_size=50_000, raw_topics=(f"bench.{tag}.events",),
+        phone_hash_key="bench-key",
+    )  # fmt: skip
+
+
+def _archive_child(bootstrap: str, ch_url: str, tag: str, index: int, shared: dict[str, Any]) -> None:
+    """One writer process of ``bypass sink clickhouse --processes N`` (the same runner in
+    the same consumer group), reporting its first-consumed time, rows written and CPU."""
+    from sinks.clickhouse import ClickHouseSink, connect
+    from streams.core.envelope import decoder_from_settings
+    from streams.core.outputs import build_runner
+
+    settings = _archive_settings(bootstrap, ch_url, tag)
+    raw = settings.raw_topics[0]
+    sink = ClickHouseSink(
+        connect(settings.clickhouse_url), settings.clickhouse_database, {raw: "events"},
+        decoder=decoder_from_settings(settings),
+    )  # fmt: skip
+    runner = build_runner(settings, sink, [raw], "clickhouse")
+    runner.progress_every_s = 3600.0
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    first, written, cpu = shared["first"], shared["written"], shared["cpu"]
+    seen = False
+    while not shared["stop"].is_set():
+        if not seen and runner.stats.consumed:
+            seen = True
+            now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process (Linux)
+            with first.get_lock():
+                if first.value == 0.0 or now < first.value:
+                    first.value = now
+        written[index] = runner.stats.written
+        cpu[index] = time.process_time()
+        time.sleep(0.005)
+    stop.set()
+    thread.join(30)
+
+
+def _archive_processes(
+    bootstrap: str, ch_url: str, n: int, processes: int, single_rate: float | None
+) -> list[dict[str, Any]]:
+    """``archive_rows_per_s`` with ``processes`` writer processes in one consumer group (as
+    ``bypass sink clickhouse --processes N`` runs them: by default one per core)."""
+    import multiprocessing
+
+    from sinks.clickhouse import connect
+    from sinks.clickhouse_schema import migrate
+
+    tag = "ap" + secrets.token_hex(3)
+    settings = _archive_settings(bootstrap, ch_url, tag)
+    raw = settings.raw_topics[0]
+    _produce_events(settings, raw, n, int(time.time() * 1000))
+    migrate(connect(settings.clickhouse_url), settings.clickhouse_database)
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with librdkafka threads
+    shared = {
+        "first": ctx.Value("d", 0.0), "written": ctx.Array("q", processes), "cpu": ctx.Array("d", processes),
+        "stop": ctx.Event(),
+    }  # fmt: skip
+    children = [
+        ctx.Process(target=_archive_child, args=(bootstrap, ch_url, tag, i, shared), daemon=True)
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+    deadline = time.monotonic() + 180
+    while sum(shared["written"][:]) < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    t1 = time.monotonic()
+    written = sum(shared["written"][:])
+    shared["stop"].set()
+    for child in children:
+        child.join(40)
+        if child.is_alive():
+            child.kill()
+    t0 = shared["first"].value
+    if written < n or not t0:
+        raise RuntimeError(f"{processes} archive writers wrote {written} of {n} rows in time")
+    rate = n / (t1 - t0)
+    row: dict[str, Any] = {
+        "name": f"archive_rows_per_s_{processes}_processes", "value": round(rate), "unit": "rows/s",
+        "goal": ">= 100000", "rows": n, "processes": processes, "partitions": settings.topic_partitions,
+        "rows_per_process": list(shared["written"][:]), "loadavg_1m": round(os.getloadavg()[0], 1),
+    }  # fmt: skip
+    if single_rate:
+        row["baseline_name"] = "archive_rows_per_s (one writer process, same run)"
+        row["baseline_value"] = round(single_rate)
+        row["ratio"] = round(rate / single_rate, 2)
+    return [row]
+
+
+def _archive(
+    bootstrap: str, ch_url: str, n: int, hits_rate: float | None, ch_pid: int | None = None
+) -> list[dict[str, Any]]:
+
+    from sinks.clickhouse import ClickHouseSink, connect
+    from sinks.clickhouse_schema import migrate
+    from streams.core.envelope import decoder_from_settings
+    from streams.core.outputs import build_runner
+
+    tag = "ar" + secrets.token_hex(3)
+    settings = _archive_settings(bootstrap, ch_url, tag)
+    raw = settings.raw_topics[0]
+    now_ms = int(time.time() * 1000)
+    sample = _produce_events(settings, raw, n, now_ms)
     decoder = decoder_from_settings(settings)
     decode = decoder.decode
     decode_cpu = time.process_time()
@@ -379,9 +482,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         bootstrap, ch_url = parts.addresses["kafka"], parts.addresses["clickhouse"]
         results = _throughput(bootstrap, ch_url, 100_000 if quick else 300_000, parts.pid("clickhouse"))
         hits_rate = next((r["value"] for r in results if r["name"] == "writer_rows_per_s"), None)
-        results += _archive(
-            bootstrap, ch_url, 100_000 if quick else 300_000, hits_rate, parts.pid("clickhouse")
-        )
+        n_archive = 100_000 if quick else 300_000
+        results += _archive(bootstrap, ch_url, n_archive, hits_rate, parts.pid("clickhouse"))
+        single = next((r["value"] for r in results if r["name"] == "archive_rows_per_s"), None)
+        results += _archive_processes(bootstrap, ch_url, n_archive, 2, single)
         results += _lag(bootstrap, ch_url, rate=1000 if quick else 2000, seconds=5 if quick else 10)
         if not quick:
             results += _lag(bootstrap, ch_url, rate=2000, seconds=8, batch_ms=200)
