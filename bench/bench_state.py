@@ -201,6 +201,10 @@ def _events(n_users: int, count: int) -> list[dict[str, Any]]:
     ]
 
 
+#: BENCH_VERBOSE=1: the workers log Faust's and aiokafka's INFO lines too (rebalances, recovery).
+VERBOSE = ["--verbose"] if os.environ.get("BENCH_VERBOSE") else []
+
+
 class _Worker:
     def __init__(self, settings: Any, log: Path) -> None:
         self.port = _free_port()
@@ -213,7 +217,7 @@ class _Worker:
         self.started = time.monotonic()
         self.reported = float("nan")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"],
+            [sys.executable, "-m", "streams", "worker", *VERBOSE],
             env=env,
             cwd=str(ROOT),
             stdout=self._out,

@@ -311,6 +311,42 @@ class TableStore:
                 del cache[kb]
 
 
+#: Seconds a rebalance waits for the agents' batches in progress.
+REVOKE_WAIT_S = 15.0
+
+
+class _Running:
+    """How many agent batches are in progress, and an event set when none is."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            if not self.count:
+                self._idle.set()
+        return self._idle
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._event().clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if not self.count:
+            self._event().set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True once no batch is in progress; False after ``timeout_s``."""
+        try:
+            await asyncio.wait_for(self._event().wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
 class Pipeline:
     """Builds the Faust app, its topics, tables and agents from settings and a Processor.
 
@@ -353,6 +389,7 @@ class Pipeline:
         self._raw_sources: list[tuple[str, int]] | None = None
         self._paused: set[tuple[str, int]] = set()
         self._ingest_lock = asyncio.Lock()  # a progress report never overtakes the events it covers
+        self.running = _Running()  # the agents' batches in progress (a rebalance waits for them)
         self._progress_sent = 0.0
         # ingest: key -> partition of the repartition topics (murmur2 costs ~4 us a call)
         self._partition_of: dict[str, int] = {}
@@ -429,6 +466,14 @@ class Pipeline:
             producer_linger=0.005,
             producer_max_batch_size=512 * 1024,
             Table=EntityTable,
+            # Faust waits at each rebalance and at stop until every message its streams took
+            # is acknowledged.  Events held back for event-time order are acknowledged only
+            # when released, and a release may wait for a partition that is moving: the
+            # rebalance never ended (a worker killed while the others held events froze them
+            # all).  Only the batches in progress are waited for (_on_revoked, on_stop); held
+            # events stay unacknowledged, so their offsets are not committed and whoever
+            # owns their partitions next reads them again (at least once).
+            stream_wait_empty=False,
         )
         # Faust pauses every stream while its producer buffer holds more than 100 messages
         # (and logs a warning each time); our agents put a whole batch of changelog writes
@@ -599,13 +644,14 @@ class Pipeline:
         async for events in stream.take_events(s.worker_batch_size, s.worker_batch_within_ms / 1000):
             messages = [event.message for event in events]
             self.metrics.batch_size.labels(agent="ingest").observe(len(messages))
-            async with self._ingest_lock:
-                read_ms = time.time_ns() // 1_000_000
-                bundles = self.ingest(messages)
-                progress = self._progress(self._owned_raw()) if s.event_time_order else None
-                self._queue_bundles(bundles, progress, read_ms)
-                await self._drain("ingest")
-                self._progress_sent = time.monotonic()
+            with self.running:  # a rebalance waits for the batch (_on_revoked)
+                async with self._ingest_lock:
+                    read_ms = time.time_ns() // 1_000_000
+                    bundles = self.ingest(messages)
+                    progress = self._progress(self._owned_raw()) if s.event_time_order else None
+                    self._queue_bundles(bundles, progress, read_ms)
+                    await self._drain("ingest")
+                    self._progress_sent = time.monotonic()
             self._align()
 
     async def _heartbeat(self) -> None:
@@ -665,20 +711,21 @@ class Pipeline:
         async def entity_agent(stream: Any) -> None:
             s = self.settings
             async for events in stream.noack_take(s.worker_batch_size, s.worker_batch_within_ms / 1000):
-                await self.warm.tick(entity)  # a warm start's hand-over happens between batches
-                await self.take_bundles(entity, events)
-                await self._drain(entity)  # the batch's state writes before any tombstone
-                for order in self._orders_of(entity):
-                    queue = order.bundles
-                    while queue and queue[0].remaining == 0:
-                        await stream.ack(queue.popleft().event)
-                self._align()
-                every = s.evict_every_batches
-                if every:
-                    n = self._batches[entity] = self._batches[entity] + 1
-                    if n % every == 0 or entity in self._sweeps:  # a sweep goes on in slices
-                        await self.evict(entity)
-                        await self._drain(entity)
+                with self.running:
+                    await self.warm.tick(entity)  # a warm start's hand-over happens between batches
+                    await self.take_bundles(entity, events)
+                    await self._drain(entity)  # the batch's state writes before any tombstone
+                    for order in self._orders_of(entity):
+                        queue = order.bundles
+                        while queue and queue[0].remaining == 0:
+                            await stream.ack(queue.popleft().event)
+                    self._align()
+                    every = s.evict_every_batches
+                    if every:
+                        n = self._batches[entity] = self._batches[entity] + 1
+                        if n % every == 0 or entity in self._sweeps:  # a sweep goes on in slices
+                            await self.evict(entity)
+                            await self._drain(entity)
 
         entity_agent.__name__ = f"entity_{entity}"
         return entity_agent
@@ -717,8 +764,15 @@ class Pipeline:
         return self._raw_sources
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        """Held events of entity partitions that move away are dropped: they were never
-        acknowledged, so their new owner reads them again."""
+        """The batches in progress are finished first (Faust does not wait for them:
+        ``stream_wait_empty`` is off); then held events of entity partitions that move away
+        are dropped: they were never acknowledged, so their new owner reads them again."""
+        if not await self.running.wait_idle(REVOKE_WAIT_S):
+            log.warning(
+                "a rebalance went on after %.0f s with %d batches still in progress",
+                REVOKE_WAIT_S,
+                self.running.count,
+            )
         revoked = args[0] if args else kwargs.get("revoked", ())
         gone = {(tp.topic, tp.partition) for tp in revoked}
         names = {self.entity_topics[e].get_topic_name(): e for e in self.entities}

@@ -255,7 +255,7 @@ class EntityRocksStore(_RocksStore):
 
 
 def tune_faust_consumer(settings: Settings) -> None:
-    """Fix two things in the aiokafka consumer Faust's driver instantiates (this process only).
+    """Fix three things in the aiokafka consumer Faust's driver instantiates (this process only).
 
     - **Fetch wait.** faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500``.  A broker
       that holds a fetch for the whole wait when the partition has no new record yet (Tansu
@@ -267,6 +267,9 @@ def tune_faust_consumer(settings: Settings) -> None:
       write while the stream went on from the committed offsets: events applied before the
       crash were missing from the state and their redeliveries were rejected as late.  The
       end offsets are checked with a fetch (:func:`streams.core.kafka.end_offsets`).
+    - **Partitions never committed.** After a rebalance a stream partition without a
+      committed offset is read again from its beginning (``seek_to_committed`` below): else
+      the records Faust dropped during the rebalance were never read.
     """
     import types
 
@@ -283,6 +286,20 @@ def tune_faust_consumer(settings: Settings) -> None:
             kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", max_wait_ms)), max_wait_ms)
             super().__init__(*args, **kwargs)
 
+        async def seek_to_committed(self, *partitions: Any) -> Any:
+            """Faust seeks its stream partitions to their committed offsets after every
+            rebalance; aiokafka leaves a partition without one (or at 0) where the fetcher
+            already is.  The records fetched for it while Faust's flow was stopped were
+            dropped by Faust, so it went on after them: events lost for good (a raw
+            partition a killed worker never committed, a new topic's first events during a
+            rebalance).  Such a partition is sent back to its beginning (at least once: a
+            record seen twice changes no state)."""
+            committed = await super().seek_to_committed(*partitions)
+            for tp, offset in committed.items():
+                if (offset is None or offset <= 0) and _stream_topic(tp.topic):
+                    await self.seek_to_beginning(tp)
+            return committed
+
         async def end_offsets(self, partitions: Any) -> Any:
             reported = await super().end_offsets(partitions)
             checked = await asyncio.get_running_loop().run_in_executor(
@@ -296,6 +313,11 @@ def tune_faust_consumer(settings: Settings) -> None:
     shim = types.SimpleNamespace(**vars(aiokafka))
     shim.AIOKafkaConsumer = _Consumer
     driver.aiokafka = shim  # type: ignore[attr-defined]
+
+
+def _stream_topic(topic: str) -> bool:
+    """A topic Faust consumes as a stream (not a table's changelog, not its assignor's)."""
+    return not topic.endswith("-changelog") and "-__assignor-" not in topic
 
 
 def faust_broker_url(bootstrap: str) -> str:

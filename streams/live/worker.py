@@ -476,10 +476,21 @@ def _stuck_report(loop: Any) -> str:
     except RuntimeError:  # the set changed while read
         tasks = []
     for task in tasks:
-        lines.append(f"task {task.get_name()} {task.get_coro()!r}:")
-        for frame in task.get_stack(limit=6):
-            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        lines.append(f"task {task.get_name()}:")
+        lines.extend(f"  {where}" for where in _awaiting(task.get_coro()))
     return "\n".join(lines)
+
+
+def _awaiting(coro: Any, depth: int = 12) -> list[str]:
+    """Where a coroutine waits: the chain of the coroutines it awaits, outermost first."""
+    out: list[str] = []
+    while coro is not None and len(out) < depth:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        out.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return out
 
 
 def _watch_stop(loop: Any, signal_name: str) -> None:

@@ -10,6 +10,7 @@ and rocksdb://, same assertions).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -625,6 +626,58 @@ def test_two_workers_split_partitions_and_hot_reload(psettings: Settings, tmp_pa
         assert reload_hits and {h["ruleset_version"] for h in reload_hits} == {"u-2"}
     finally:
         for w in (reference, one, two):
+            w.stop()
+
+
+def _raw_split(workers: list[Worker], topic: str, timeout_s: float = 120.0) -> list[str]:
+    """Wait until the workers' logs say they split ``topic``'s partitions (each its last
+    "ready in" / "rebalanced" line: disjoint, none empty); returns those lines' lists."""
+    deadline = time.monotonic() + timeout_s
+    last: list[str] = []
+    while time.monotonic() < deadline:
+        last = []
+        for w in workers:
+            lines = [ln for ln in w.text().splitlines() if "raw partitions" in ln]
+            found = re.search(re.escape(topic) + r"\[([0-9,\-]+)\]", lines[-1]) if lines else None
+            last.append(found.group(1) if found else "")
+        if all(last) and len(set(last)) == len(last):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"the workers never split {topic}: {last}")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_before_its_first_commit_loses_no_event(psettings: Settings, tmp_path: Path) -> None:
+    """Two workers split the raw partitions; one is SIGKILLed before it ever committed an
+    offset (nothing had come yet), and the events come while the survivor takes its
+    partitions over: the survivor's hits equal a single worker's.  (Faust drops the
+    records it fetched during a rebalance and seeks back to the committed offsets; a
+    partition without one stayed past them: every event of the dead worker's partitions
+    was lost.)"""
+    s = psettings
+    ref = _reference(s)
+    kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, ref.hits_topic])
+    assert publish(s, USER_RULES.format(version="u-1"), tmp_path).returncode == 0
+    events = _sim_events(seed=11, duration_s=20)
+    reference = Worker(ref, tmp_path / "ref.log")
+    doomed = Worker(s, tmp_path / "doomed.log", state_dir=tmp_path / "doomed")
+    survivor = Worker(s, tmp_path / "survivor.log", state_dir=tmp_path / "survivor")
+    try:
+        split = _raw_split([doomed, survivor], s.raw_topics[0])
+        doomed.kill()
+        doomed.proc.wait(10)
+        produce(s, events)
+        want = _read_reference(ref)
+        assert want, "the reference run gave no hit"
+        got = _read_as_many(s, want)
+        assert got == want, f"partitions split {split}: {len(got)} hits of {len(want)}"
+        raw = s.raw_topics[0]
+        deadline = time.monotonic() + 60
+        while (survivor.metric("bypass_events_in_total", f'topic="{raw}"') or 0) < len(events):
+            assert time.monotonic() < deadline, "the survivor did not read every event"
+            time.sleep(0.2)
+    finally:
+        for w in (reference, doomed, survivor):
             w.stop()
 
 
