@@ -185,6 +185,19 @@ class Settings(BaseSettings):
         ge=0,
         description="retention of the DLQ topic when bypass creates it (0 = the broker's default)",
     )
+    repartition_retention_ms: int = Field(
+        604_800_000,
+        ge=0,
+        description="retention of the entity topics a worker creates (each event on its way from "
+        "ingest to its entity kinds' agents; 0 = the broker's default)",
+    )
+    changelog_segment_ms: int = Field(
+        21_600_000,
+        ge=0,
+        description="segment.ms of the state changelog topics a worker creates (compacted: only "
+        "closed segments are compacted, so this bounds the superseded states a restore reads; "
+        "0 = the broker's default)",
+    )
     max_future_ms: int = Field(
         3_600_000,
         ge=0,

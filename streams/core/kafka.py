@@ -330,6 +330,28 @@ def topic_partitions(
     return out
 
 
+def ensure_partitioned(
+    settings: Settings, names: Sequence[str], *, compacted: bool = False, config: dict[str, str] | None = None
+) -> list[str]:
+    """:func:`ensure_topics` for topics that must have ``settings.topic_partitions``
+    partitions (co-partitioned state: entity topics, their changelogs); an existing one with
+    another count is a KafkaSetupError saying so.  Returns the names created."""
+    created = ensure_topics(settings, names, compacted=compacted, config=config)
+    counts: dict[str, int] = {}
+    for topic, _ in topic_partitions(settings, names):
+        counts[topic] = counts.get(topic, 0) + 1
+    for topic in names:
+        if counts.get(topic) != settings.topic_partitions:
+            raise KafkaSetupError(
+                f"topic {topic!r} has {counts.get(topic, 0)} partitions, BYPASS_TOPIC_PARTITIONS is "
+                f"{settings.topic_partitions}: an entity's state is partitioned like its topic, so "
+                "they must agree (set BYPASS_TOPIC_PARTITIONS to the topic's count, or start a new "
+                "BYPASS_APP_ID)",
+                topic=topic,
+            )
+    return created
+
+
 def committed_offsets(
     settings: Settings, group_id: str, partitions: Sequence[tuple[str, int]], *, timeout_s: float = 15.0
 ) -> dict[tuple[str, int], int]:

@@ -730,6 +730,19 @@ class Pipeline:
         entity_agent.__name__ = f"entity_{entity}"
         return entity_agent
 
+    def ensure_state_topics(self) -> None:
+        """Create the entity topics (retention BYPASS_REPARTITION_RETENTION_MS) and their
+        state changelogs (compacted, segment.ms BYPASS_CHANGELOG_SEGMENT_MS) before Faust
+        would with its defaults; both with BYPASS_TOPIC_PARTITIONS partitions, and existing
+        ones checked to have that many."""
+        s = self.settings
+        entity_topics = [self.entity_topics[e].get_topic_name() for e in self.entities]
+        changelogs = [self.tables[e].changelog_topic.get_topic_name() for e in self.entities]
+        retention = {"retention.ms": str(s.repartition_retention_ms)} if s.repartition_retention_ms else {}
+        kafka.ensure_partitioned(s, entity_topics, config=retention)
+        segment = {"segment.ms": str(s.changelog_segment_ms)} if s.changelog_segment_ms else {}
+        kafka.ensure_partitioned(s, changelogs, compacted=True, config=segment)
+
     def swap_processor(self, processor: Processor) -> None:
         """Run a new feature spec (same entity kinds) from the next batch on: the processor,
         its batch step, and no decoded state of the old spec's layout; every entity kind's

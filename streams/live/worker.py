@@ -376,6 +376,7 @@ class LiveWorker:
         s = self.settings
         kafka.ensure_topics(s, [*s.raw_topics, s.hits_topic, s.blacklist_topic, s.decisions_topic])
         kafka.ensure_dlq(s)
+        self.pipeline.ensure_state_topics()
         self.pipeline.set_raw_sources(kafka.topic_partitions(s, s.raw_topics))
         log.info(
             "bypass worker %s: app id %s, Kafka %s, raw topics %s, spec %s (%s)",
