@@ -337,8 +337,17 @@ def ensure_partitioned(
     partitions (co-partitioned state: entity topics, their changelogs); an existing one with
     another count is a KafkaSetupError saying so.  Returns the names created."""
     created = ensure_topics(settings, names, compacted=compacted, config=config)
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while True:  # a topic just created may take a moment to show in the metadata
+        try:
+            listed = topic_partitions(settings, names)
+            break
+        except KafkaSetupError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     counts: dict[str, int] = {}
-    for topic, _ in topic_partitions(settings, names):
+    for topic, _ in listed:
         counts[topic] = counts.get(topic, 0) + 1
     for topic in names:
         if counts.get(topic) != settings.topic_partitions:
