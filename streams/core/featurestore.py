@@ -20,9 +20,7 @@ What a running worker does with a new version (warm start) is :mod:`streams.core
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import time
 from dataclasses import dataclass
 
 import features
@@ -34,9 +32,11 @@ from streams.core.rulestore import (
     PublishError,
     RuleSetRecord,
     designated,
-    operator_name,
-    produce_record,
+    find_published,
     read_entries,
+    require_published,
+    write_activation,
+    write_publication,
 )
 from streams.settings import Settings
 
@@ -155,29 +155,14 @@ def publish_spec(settings: Settings, text: str, *, source: str | None = None) ->
     kafka.ensure_topics(settings, [topic], partitions=1, compacted=True)
     current = active_spec(settings)
     check_compatible(settings, current.spec, spec, version)
-    for entry in read_entries(settings, topic=topic):
-        if isinstance(entry, RuleSetRecord) and entry.version == version:
-            if entry.text == text:
-                return entry, False
-            raise SpecPublishError(
-                f"feature spec version {version!r} is already published with a different text; "
-                "versions are immutable - give the edited spec a new `version:`",
-                version=version,
-            )
-    record = RuleSetRecord(
-        version=version,
-        text=text,
-        published_ms=int(time.time() * 1000),
-        source=source,
-        publisher=operator_name(settings),
-    )
+    entries = read_entries(settings, topic=topic)
+    existing = find_published(entries, version, text, "feature spec", SpecPublishError)
+    if existing is not None:
+        return existing, False
     try:
-        offset = produce_record(
-            settings, version.encode(), record.to_bytes(), "feature spec", version, topic=topic
-        )
+        return write_publication(settings, topic, version, text, source, "feature spec"), True
     except PublishError as exc:
         raise SpecPublishError(exc.message, version=version) from None
-    return dataclasses.replace(record, offset=offset), True
 
 
 def activate_spec(settings: Settings, version: str) -> tuple[RuleSetRecord, Activation | None]:
@@ -186,24 +171,14 @@ def activate_spec(settings: Settings, version: str) -> tuple[RuleSetRecord, Acti
     active already)."""
     topic = settings.features_topic
     entries = read_entries(settings, topic=topic)
-    published = {e.version: e for e in entries if isinstance(e, RuleSetRecord)}
-    record = published.get(version)
-    if record is None:
-        known = ", ".join(list(published)[-10:]) or "none"
-        raise SpecPublishError(
-            f"feature spec version {version!r} was never published on {topic} (published: {known}); "
-            "publish it first with `bypass features publish SPEC.yaml`",
-            version=version,
-        )
+    record = require_published(
+        entries, version, topic, "feature spec", "bypass features publish SPEC.yaml", SpecPublishError
+    )
     current = active_spec(settings)
     if current.version == version:
         return record, None
     check_compatible(settings, current.spec, _load(record, settings), version)
-    activation = Activation(version=version, activated_ms=int(time.time() * 1000), by=operator_name(settings))
     try:
-        offset = produce_record(
-            settings, activation.key(), activation.to_bytes(), "the activation of", version, topic=topic
-        )
+        return record, write_activation(settings, topic, version)
     except PublishError as exc:
         raise SpecPublishError(exc.message, version=version) from None
-    return record, dataclasses.replace(activation, offset=offset)

@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
@@ -301,6 +301,63 @@ def produce_record(
     return offsets[0] if offsets else -1
 
 
+def find_published(
+    entries: Sequence[Entry], version: str, text: str | None, what: str, error: type[BypassError]
+) -> RuleSetRecord | None:
+    """The publication of ``version`` among ``entries`` (None: never published).  With
+    ``text``: that version published with another text raises ``error`` (versions are
+    immutable)."""
+    for entry in entries:
+        if isinstance(entry, RuleSetRecord) and entry.version == version:
+            if text is not None and entry.text != text:
+                raise error(
+                    f"{what} version {version!r} is already published with a different text; "
+                    f"versions are immutable - give the edited {what} a new `version:`",
+                    version=version,
+                )
+            return entry
+    return None
+
+
+def require_published(
+    entries: Sequence[Entry], version: str, topic: str, what: str, hint: str, error: type[BypassError]
+) -> RuleSetRecord:
+    """The publication of ``version``, or ``error`` naming the last ten published."""
+    record = find_published(entries, version, None, what, error)
+    if record is None:
+        known = ", ".join([e.version for e in entries if isinstance(e, RuleSetRecord)][-10:]) or "none"
+        raise error(
+            f"{what} version {version!r} was never published on {topic} (published: {known}); "
+            f"publish it first with `{hint}`",
+            version=version,
+        )
+    return record
+
+
+def write_publication(
+    settings: Settings, topic: str, version: str, text: str, source: str | None, what: str
+) -> RuleSetRecord:
+    """Produce a new version's publication record to ``topic``; returns it with its offset."""
+    record = RuleSetRecord(
+        version=version,
+        text=text,
+        published_ms=int(time.time() * 1000),
+        source=source,
+        publisher=operator_name(settings),
+    )
+    offset = produce_record(settings, version.encode(), record.to_bytes(), what, version, topic=topic)
+    return dataclasses.replace(record, offset=offset)
+
+
+def write_activation(settings: Settings, topic: str, version: str) -> Activation:
+    """Produce an activation of ``version`` to ``topic``; returns it with its offset."""
+    activation = Activation(version=version, activated_ms=int(time.time() * 1000), by=operator_name(settings))
+    offset = produce_record(
+        settings, activation.key(), activation.to_bytes(), "the activation of", version, topic=topic
+    )
+    return dataclasses.replace(activation, offset=offset)
+
+
 def activate_ruleset(
     settings: Settings, version: str
 ) -> tuple[RuleSetRecord, RuleSetRecord | None, Activation | None]:
@@ -312,23 +369,14 @@ def activate_ruleset(
     written: workers would refuse it)."""
     entries = read_entries(settings)
     chain = designated(entries)
-    published = {e.version: e for e in entries if isinstance(e, RuleSetRecord)}
-    record = published.get(version)
-    if record is None:
-        known = ", ".join(list(published)[-10:]) or "none"
-        raise PublishError(
-            f"rule-set version {version!r} was never published on {settings.rules_topic} "
-            f"(published: {known}); publish it first with `bypass rules publish FILE`",
-            version=version,
-        )
+    topic = settings.rules_topic
+    record = require_published(entries, version, topic, "rule-set", "bypass rules publish FILE", PublishError)
     spec = _active_spec(settings)
     load_for_spec(record.text, spec, source=record.source)  # raises RuleSetError, names the problems
     before = chain[-1] if chain else None
     if before is not None and before.version == version:
         return record, before, None
-    activation = Activation(version=version, activated_ms=int(time.time() * 1000), by=operator_name(settings))
-    offset = produce_record(settings, activation.key(), activation.to_bytes(), "the activation of", version)
-    return record, before, Activation(activation.version, activation.activated_ms, activation.by, offset)
+    return record, before, write_activation(settings, topic, version)
 
 
 def publish_ruleset(
@@ -345,24 +393,10 @@ def publish_ruleset(
     ruleset = load_for_spec(text, spec, source=source)
     version = str(ruleset.version)
     kafka.ensure_topics(settings, [settings.rules_topic], partitions=1, compacted=True)
-    for existing in read_versions(settings):
-        if existing.version == version:
-            if existing.text == text:
-                return existing, False
-            raise PublishError(
-                f"version {version!r} is already published with a different text; versions are "
-                "immutable - give the edited rule set a new `version:`",
-                version=version,
-            )
-    record = RuleSetRecord(
-        version=version,
-        text=text,
-        published_ms=int(time.time() * 1000),
-        source=source,
-        publisher=operator_name(settings),
-    )
-    offset = produce_record(settings, version.encode(), record.to_bytes(), "rule set", version)
-    return dataclasses.replace(record, offset=offset), True
+    existing = find_published(read_versions(settings), version, text, "rule set", PublishError)
+    if existing is not None:
+        return existing, False
+    return write_publication(settings, settings.rules_topic, version, text, source, "rule set"), True
 
 
 class RulesFollower(Generic[T]):
